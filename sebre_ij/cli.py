@@ -1,0 +1,151 @@
+"""The `sebre` command. Each subcommand parses its flags and makes one call into the Python API;
+errors a user can fix become one line on stderr and exit code 2 (`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Brain-region segmentation of OME-Zarr slides (SeBRe's Mask R-CNN), with results for Fiji, napari and QuPath.")
+console = Console()
+state = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
+    state["debug"] = debug
+
+
+def _run(fn, *args, **kwargs):
+    """Call the API; turn user errors (and unreadable files) into one line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except (UserError, FileExistsError, FileNotFoundError, PermissionError) as exc:
+        if state["debug"]:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"sebre: error: {message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def info(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fsspec URL.")):
+    """Levels, shapes, axes, µm/px per level, channels and label layers of a slide."""
+    from .slide import open_slide
+
+    s = _run(open_slide, slide)
+    console.print(f"[bold]{slide}[/]  NGFF {s.version}, zarr v{s.zarr_format}, axes {s.axes}, channels {', '.join(s.channels)}")
+    table = Table("level", "path", "shape", "chunks", "µm/px", "dtype")
+    for i, lv in enumerate(s.levels):
+        table.add_row(str(i), lv.path, str(lv.shape), str(lv.chunks), f"{s.pixel_size(i):.4g}", lv.dtype)
+    console.print(table)
+    console.print(f"label layers: {', '.join(s.label_names()) or 'none'}")
+
+
+@app.command()
+def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
+          sections: int = typer.Option(4, help="Brain sections on the slide."),
+          size: tuple[int, int] = typer.Option((4096, 4096), help="Slide height and width in level-0 pixels."),
+          pixel_size: float = typer.Option(4.0, help="µm per pixel at level 0."),
+          seed: int = typer.Option(0, help="Random seed."),
+          ngff: str = typer.Option("0.4", help="NGFF version to write: 0.4 (zarr v2) or 0.5 (zarr v3).")):
+    """A synthetic whole slide of brain-like sections, with its ground truth as label layer `truth`."""
+    from .synth import make_slide_store
+
+    _run(make_slide_store, out, sections=sections, size=size, pixel_size=pixel_size, seed=seed, ngff=ngff)
+    console.print(f"wrote {out} ({sections} sections, {size[0]} x {size[1]} px at {pixel_size} µm/px, labels/truth)")
+
+
+@app.command()
+def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer."),
+          out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
+          arch: str = typer.Option("tiny_fpn", help="tiny_fpn (fast on CPU), mobilenet_v3_fpn or resnet50_fpn (SeBRe's)."),
+          steps: int = typer.Option(400, help="Optimiser steps."),
+          pixel_size: float = typer.Option(16.0, help="µm per pixel the model works at."),
+          tile_size: int = typer.Option(256, help="Tile side in pixels."),
+          overlap: int = typer.Option(64, help="Tile overlap in pixels."),
+          batch_size: int = typer.Option(4, help="Tiles per step."),
+          labels: Optional[str] = typer.Option(None, help="Label layer to learn (default: the first)."),
+          seed: int = typer.Option(0, help="Random seed."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
+    """Train a Mask R-CNN and write one checkpoint carrying its model card."""
+    from .train import train as train_model
+
+    card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
+                overlap=overlap, batch_size=batch_size, label_name=labels, seed=seed, device=device)
+    console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
+                  f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
+
+
+def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:
+    table = Table("value", "section", "region", "area (mm²)", "score", *(["Dice"] if dice else []))
+    for r in rows:
+        extra = [f"{dice.get(r['name'], float('nan')):.3f}"] if dice else []
+        table.add_row(str(r["label-value"]), str(r["section"]), r["name"], f"{r['area_um2'] / 1e6:.3f}", f"{r['score']:.2f}", *extra)
+    console.print(table)
+
+
+@app.command()
+def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fsspec URL."),
+            model: Path = typer.Option(..., "--model", help="Checkpoint written by `sebre train`."),
+            labels: str = typer.Option("sebre", "--labels", help="Name of the label layer to write."),
+            rois: Optional[Path] = typer.Option(None, help="Write ImageJ ROIs (RoiSet.zip) here."),
+            geojson: Optional[Path] = typer.Option(None, help="Write QuPath GeoJSON here."),
+            measurements: Optional[Path] = typer.Option(None, help="Write a measurements CSV here."),
+            preview: Optional[Path] = typer.Option(None, help="Write a preview PNG here."),
+            overwrite: bool = typer.Option(False, help="Replace an existing label layer of that name."),
+            batch_size: int = typer.Option(4, help="Tiles per model call."),
+            min_score: float = typer.Option(0.3, help="Ignore detections scoring below this."),
+            device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
+    """Segment brain regions into labels/NAME of the same store, and export them."""
+    from .segment import segment as run_segment
+
+    result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
+                  preview=preview, overwrite=overwrite, batch_size=batch_size, min_score=min_score, device=device)
+    console.print(f"{result.slide}: labels/{result.labels} at level {result.level} ({result.pixel_size_um:.3g} µm/px), "
+                  f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
+    print_regions(result.regions)
+    for kind, path in result.outputs.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label layer."),
+         labels: str = typer.Option(..., "--labels", help="Label layer to export."),
+         out: Path = typer.Option(..., "--out", help="RoiSet.zip to write."),
+         geojson: Optional[Path] = typer.Option(None, help="Also write QuPath GeoJSON here.")):
+    """ImageJ ROIs (and optionally GeoJSON) from an existing label layer."""
+    from .exports import export_regions
+    from .slide import open_slide
+
+    s = _run(open_slide, slide)
+    written = _run(export_regions, s, labels, rois=out, geojson=geojson)
+    for kind, path in written.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo slide and results."),
+         steps: int = typer.Option(400, help="Training steps for the demo model (cached after the first run)."),
+         retrain: bool = typer.Option(False, help="Train the demo model again even if cached.")):
+    """Make a demo slide and a model, segment the slide, export everything and score it against the truth."""
+    from .demo import run_demo
+
+    report = _run(run_demo, out, steps=steps, retrain=retrain)
+    print_regions(report["regions"], report["dice_by_region"])
+    console.print("Dice per region against truth: " + ", ".join(f"{k} {v:.3f}" for k, v in report["dice"].items() if k != "mean"))
+    console.print(f"[bold]mean Dice {report['dice']['mean']:.3f}[/]")
+    for kind, path in report["outputs"].items():
+        console.print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,75 @@
+"""Exports of a finished label layer: RoiSet.zip, GeoJSON, measurements CSV and a preview PNG.
+
+`sebre segment` and `sebre rois` both come here, so a layer exports the same way however it was made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .labels import LabelInfo, open_labels, read_plane
+from .measure import measure_regions, write_csv
+from .preview import write_preview
+from .rois import regions_from_labels, write_geojson, write_roiset
+from .slide import Slide
+from .tissue import coarse_level
+
+MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
+
+
+def roi_level(slide: Slide, info: LabelInfo) -> int:
+    """The level regions were inferred at (recorded by `sebre segment`), else a bounded fine one."""
+    recorded = dict(info.group.attrs).get("sebre", {}).get("level")
+    if isinstance(recorded, int) and 0 <= recorded < len(slide.levels):
+        return recorded
+    fits = [i for i in range(len(slide.levels)) if max(slide.yx_shape(i)) <= MAX_ROI_SIDE]
+    return fits[0] if fits else len(slide.levels) - 1
+
+
+def region_properties(info: LabelInfo) -> dict[int, dict]:
+    """Layer properties with colours folded in, as `rois` and `measure` take them."""
+    return {v: {**p, "color": info.colors.get(v, (255, 255, 0))} for v, p in info.properties.items()}
+
+
+def _section_map(values: np.ndarray, props: dict[int, dict]) -> np.ndarray:
+    lut = np.zeros(int(values.max(initial=0)) + 1, np.int32)
+    for v, p in props.items():
+        if v < len(lut):
+            lut[v] = int(p.get("section", 1))
+    return lut[values]
+
+
+def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
+                   level: int | None = None, tolerance: float | None = None) -> dict[str, str]:
+    """Write whichever exports are asked for; returns {kind: path}."""
+    info = open_labels(slide, labels)
+    props = region_properties(info)
+    level = roi_level(slide, info) if level is None else level
+    (h0, w0), (h, w) = slide.yx_shape(0), slide.yx_shape(level)
+    written: dict[str, str] = {}
+    planes = range(slide.n_planes)
+    if rois or geojson:
+        regions = []
+        for z in planes:
+            regions += regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
+        if rois:
+            write_roiset(rois, regions)
+            written["rois"] = str(rois)
+        if geojson:
+            write_geojson(geojson, regions, pixel_size_um=slide.pixel_size(0))
+            written["geojson"] = str(geojson)
+    if measurements:
+        rows = []
+        for z in planes:
+            rows += measure_regions(read_plane(info, slide, level, z), np.asarray(slide.plane(level, z)), props,
+                                    slide.pixel_size(level), slide.channels)
+        write_csv(measurements, rows)
+        written["measurements"] = str(measurements)
+    if preview:
+        small = coarse_level(slide)
+        values = read_plane(info, slide, small, 0)
+        write_preview(preview, np.asarray(slide.plane(small, 0)), values, _section_map(values, props), info.colors)
+        written["preview"] = str(preview)
+    return {k: str(Path(v)) for k, v in written.items()}

@@ -1,0 +1,202 @@
+"""The NGFF label layer: `labels/<name>/` in the slide's own store, one level per image level.
+
+Label values encode the section and the class (value = section * base + class, base a power of
+ten above the class count: 305 is section 3, class 5), so a value can be computed from any tile
+alone and every writer agrees on it. The multiscales and image-label metadata are written last:
+a layer without them is an unfinished run, never mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import zarr
+from ome_zarr.format import FormatV04, FormatV05
+from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+from .errors import UserError
+from .slide import Slide, _ome_attrs
+
+LABEL_DTYPE = np.uint32
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def class_base(n_classes: int) -> int:
+    """Smallest power of ten above the largest class index."""
+    return 10 ** len(str(max(n_classes - 1, 1)))
+
+
+def encode(sections: np.ndarray, classes: np.ndarray, base: int) -> np.ndarray:
+    """Label values from per-pixel section and class; 0 where either is background."""
+    values = sections.astype(LABEL_DTYPE) * base + classes.astype(LABEL_DTYPE)
+    return np.where((sections > 0) & (classes > 0), values, 0).astype(LABEL_DTYPE)
+
+
+def label_axes(slide: Slide) -> str:
+    """Labels carry the image's axes but the channel."""
+    return slide.axes.replace("c", "")
+
+
+def _drop_channel(slide: Slide, values: tuple) -> tuple:
+    return tuple(v for a, v in zip(slide.axes, values) if a != "c")
+
+
+def _format(slide: Slide):
+    return FormatV05() if slide.version == "0.5" else FormatV04()
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise UserError(f"label name {name!r} is not a valid path segment; use letters, digits, '.', '_' or '-' (for example 'sebre')")
+    return name
+
+
+def open_writable(slide: Slide) -> zarr.Group:
+    """The slide's root group opened for writing; the image arrays themselves are never written."""
+    try:
+        return zarr.open_group(slide.url, mode="r+")
+    except Exception as exc:
+        raise UserError(f"{slide.url}: the store cannot be opened for writing ({exc}); check permissions or copy the slide somewhere writable") from exc
+
+
+@dataclass
+class LabelLayer:
+    """An open, unfinished label layer being filled at one inference level."""
+
+    slide: Slide
+    name: str
+    group: zarr.Group
+    labels: zarr.Group
+    level: int
+
+    def array(self, level: int) -> zarr.Array:
+        return self.group[self.slide.levels[level].path]
+
+    def write(self, z: int, window: tuple[slice, slice], values: np.ndarray) -> None:
+        """Write `values` into plane z at the inference level."""
+        index = tuple(z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1]
+                      for a in label_axes(self.slide))
+        self.array(self.level)[index] = values
+
+
+def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False) -> LabelLayer:
+    """Make empty arrays for every level, chunked like the image, after checking the name is free."""
+    check_name(name)
+    root = open_writable(slide)
+    labels = root.require_group("labels")
+    if name in labels:
+        if not overwrite:
+            raise UserError(f"{slide.url}: label layer {name!r} exists; pass --overwrite to replace it or --labels NAME for another")
+        _unregister(labels, name)
+        del labels[name]
+    group = labels.create_group(name)
+    if slide.zarr_format == 2:
+        extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    else:
+        extra = {"dimension_names": list(label_axes(slide))}
+    for lv in slide.levels:
+        group.create_array(lv.path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
+                           dtype=LABEL_DTYPE, fill_value=0, **extra)
+    return LabelLayer(slide, name, group, labels, level)
+
+
+def _unregister(labels: zarr.Group, name: str) -> None:
+    attrs = _ome_attrs(labels)
+    if name in attrs.get("labels", []):
+        attrs["labels"] = [n for n in attrs["labels"] if n != name]
+        _set_ome_attrs(labels, attrs)
+
+
+def _set_ome_attrs(group: zarr.Group, attrs: dict) -> None:
+    if group.metadata.zarr_format == 3:
+        group.attrs["ome"] = attrs
+    else:
+        group.attrs.update(attrs)
+
+
+def _resample_block(src: zarr.Array, dst_shape: tuple[int, ...], block_info=None) -> np.ndarray:
+    """One destination chunk by nearest neighbour (pixel centres matched) from the source level."""
+    loc = block_info[None]["array-location"]
+    index = [np.minimum(((np.arange(a, b) + 0.5) * s / d).astype(np.int64), s - 1)
+             for (a, b), s, d in zip(loc, src.shape, dst_shape)]
+    window = tuple(slice(int(i.min()), int(i.max()) + 1) if len(i) else slice(0, 0) for i in index)
+    data = src[window]
+    return data[np.ix_(*[i - w.start for i, w in zip(index, window)])]
+
+
+def build_pyramid(layer: LabelLayer) -> None:
+    """Fill every other level from the inference level, chunk by chunk (Dask), label-safe."""
+    src = layer.array(layer.level)
+    for i in range(len(layer.slide.levels)):
+        if i == layer.level:
+            continue
+        dst = layer.array(i)
+        chunks = da.core.normalize_chunks(dst.chunks, dst.shape)
+        block = da.map_blocks(_resample_block, src, dst.shape, chunks=chunks, dtype=dst.dtype, meta=np.empty((0,) * dst.ndim, dst.dtype))
+        da.store(block, dst, lock=False)
+
+
+def _axes_meta(slide: Slide) -> list[dict]:
+    kinds = {"t": ("time", None), "z": ("space", "micrometer"), "y": ("space", "micrometer"), "x": ("space", "micrometer")}
+    out = []
+    for a in label_axes(slide):
+        kind, unit = kinds[a]
+        out.append({"name": a, "type": kind, **({"unit": unit} if unit else {})})
+    return out
+
+
+def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], provenance: dict | None = None) -> None:
+    """Write the metadata that marks the layer complete: multiscales, image-label, then the list."""
+    slide, fmt = layer.slide, _format(layer.slide)
+    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}
+    datasets = [{"path": lv.path, "coordinateTransformations": [{"type": "scale", "scale": list(_drop_channel(slide, lv.scale))}]}
+                for lv in slide.levels]
+    write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
+    labels = layer.labels
+    write_label_metadata(labels, layer.name, colors=colors, properties=properties, fmt=fmt, source={"image": "../../"})
+    if fmt.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
+        attrs = _ome_attrs(labels)
+        attrs["version"] = fmt.version
+        _set_ome_attrs(labels, attrs)
+
+
+@dataclass
+class LabelInfo:
+    """A finished label layer as readers see it."""
+
+    name: str
+    group: zarr.Group
+    properties: dict[int, dict]
+    colors: dict[int, tuple[int, int, int]]
+    paths: list[str]
+
+
+def open_labels(slide: Slide, name: str) -> LabelInfo:
+    if name not in slide.label_names():
+        have = ", ".join(slide.label_names()) or "none"
+        raise UserError(f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or pass --labels NAME")
+    group = slide.group["labels"][name]
+    attrs = _ome_attrs(group)
+    image_label = attrs.get("image-label", {})
+    props = {int(p["label-value"]): dict(p) for p in image_label.get("properties", []) if "label-value" in p}
+    colors = {int(c["label-value"]): tuple(int(v) for v in c["rgba"][:3]) for c in image_label.get("colors", []) if "label-value" in c}
+    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
+    return LabelInfo(name, group, props, colors, paths)
+
+
+def class_lut(info: LabelInfo, max_value: int) -> np.ndarray:
+    """Lookup table label value -> class index, from the layer's properties ("class")."""
+    lut = np.zeros(max_value + 1, np.int64)
+    for value, p in info.properties.items():
+        if value <= max_value and "class" in p:
+            lut[value] = int(p["class"])
+    return lut
+
+
+def read_plane(info: LabelInfo, slide: Slide, level: int, z: int = 0) -> np.ndarray:
+    arr = info.group[info.paths[level]]
+    index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in label_axes(slide))
+    return np.asarray(arr[index])

@@ -1,0 +1,190 @@
+"""Mask R-CNN variants and the checkpoint: one safetensors file with the model card in its metadata.
+
+The card is what makes a checkpoint usable without its author: the class names and colours, the
+pixel size in µm the model was trained at (inference picks the pyramid level from it), the input
+channels with their normalisation, and the tile size and overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from .errors import UserError
+
+CARD_FORMAT = "sebre-ij-checkpoint/1"
+ARCHITECTURES = ("tiny_fpn", "mobilenet_v3_fpn", "resnet50_fpn")
+
+
+@dataclass
+class ModelCard:
+    """Everything inference needs to know about a model besides its weights."""
+
+    architecture: str
+    classes: list[str]  # index 0 is background
+    colors: list[tuple[int, int, int]]
+    pixel_size_um: float
+    channels: list[str]
+    mean: list[float]  # per channel, on images scaled to [0, 1]
+    std: list[float]
+    tile_size: int = 256
+    overlap: int = 64
+    training: dict = field(default_factory=dict)
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "checkpoint") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{source}: the model card is not valid JSON ({exc}); re-train or re-export the model") from exc
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            raise UserError(
+                f"{source}: model card format {data.get('format') if isinstance(data, dict) else None!r} "
+                f"is not {CARD_FORMAT!r}; use a checkpoint written by this version of sebre-ij (sebre train)"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        card = cls(**{k: v for k, v in data.items() if k in known})
+        card.colors = [tuple(int(v) for v in c) for c in card.colors]
+        if card.architecture not in ARCHITECTURES:
+            raise UserError(f"{source}: unknown architecture {card.architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+        return card
+
+
+def _gn(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+def _stage(cin: int, cout: int) -> nn.Sequential:
+    """A stride-2 residual-free stage: cheap on CPU, enough for region-scale shapes."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _gn(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), _gn(cout), nn.ReLU(inplace=True),
+    )
+
+
+class TinyBackbone(nn.Module):
+    """Five stride-2 stages (strides 2..32) with GroupNorm, so it trains from scratch on small batches."""
+
+    def __init__(self, in_channels: int, widths=(24, 32, 48, 64, 96)):
+        super().__init__()
+        chans = (in_channels, *widths)
+        for i in range(len(widths)):
+            self.add_module(f"layer{i + 1}", _stage(chans[i], chans[i + 1]))
+
+    def forward(self, x):
+        for layer in self.children():
+            x = layer(x)
+        return x
+
+
+def _tiny_fpn(in_channels: int) -> BackboneWithFPN:
+    body = TinyBackbone(in_channels)
+    returned = {"layer2": "0", "layer3": "1", "layer4": "2", "layer5": "3"}
+    return BackboneWithFPN(body, returned, [32, 48, 64, 96], out_channels=64, norm_layer=None)
+
+
+def _first_conv_for(backbone: nn.Module, in_channels: int) -> None:
+    """Swap a torchvision body's RGB stem for one with `in_channels` inputs."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            parent = backbone.get_submodule(name.rsplit(".", 1)[0]) if "." in name else backbone
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding, bias=module.bias is not None)
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return
+
+
+def build_model(card: ModelCard) -> MaskRCNN:
+    """A Mask R-CNN for `card`, fed tiles at their native size (no resize to 800 px)."""
+    num_classes = len(card.classes)
+    in_ch = len(card.channels)
+    common = dict(
+        min_size=card.tile_size, max_size=card.tile_size, image_mean=card.mean, image_std=card.std,
+        box_detections_per_img=50, box_batch_size_per_image=128, rpn_batch_size_per_image=128,
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
+    )
+    anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5)
+    if card.architecture == "tiny_fpn":
+        backbone = _tiny_fpn(in_ch)
+        ch = backbone.out_channels
+        names = ["0", "1", "2", "3"]
+        return MaskRCNN(
+            backbone, None, rpn_anchor_generator=anchors,
+            box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
+            box_head=TwoMLPHead(ch * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes),
+            mask_roi_pool=MultiScaleRoIAlign(names, 28, 2),
+            mask_head=MaskRCNNHeads(ch, [ch] * 4, 1), mask_predictor=MaskRCNNPredictor(ch, ch, num_classes),
+            **common,
+        )
+    if card.architecture == "mobilenet_v3_fpn":
+        backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
+                                      norm_layer=nn.BatchNorm2d, trainable_layers=6)
+        anchors = AnchorGenerator(((32, 64, 128, 256),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    else:
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d,
+                                       trainable_layers=5)
+    if in_ch != 3:
+        _first_conv_for(backbone.body, in_ch)
+    return MaskRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **common)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> None:
+    """Write weights and card in one file, atomically (a crash leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp), metadata={"sebre_card": card.to_json()})
+    tmp.replace(path)
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The model card alone, read from the safetensors header (no weights loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; pass a checkpoint written by `sebre train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a safetensors checkpoint ({exc}); pass a file written by `sebre train`") from exc
+    if "sebre_card" not in meta:
+        raise UserError(f"{path}: safetensors file without a sebre-ij model card; pass a file written by `sebre train`")
+    return ModelCard.from_json(meta["sebre_card"], source=str(path))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskRCNN, ModelCard]:
+    """Model in eval mode and its card. safetensors holds tensors only, so loading runs no code."""
+    card = read_card(path)
+    model = build_model(card)
+    state = load_file(str(path), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit architecture {card.architecture!r} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected); re-train the model")
+    return model.to(device).eval(), card
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present unless the user asks otherwise."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

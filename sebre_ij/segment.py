@@ -1,0 +1,141 @@
+"""`sebre segment` as one function: slide + checkpoint in, label layer and exports out.
+
+The order of the steps is the data flow of DESIGN.md: level from the card's µm/px, sections on a
+coarse level, tiles over tissue, batched inference, core-of-tile stitching into the label layer,
+the pyramid, then the metadata that marks the layer complete, then the exports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .errors import UserError
+from .exports import export_regions
+from .infer import predict_tiles, read_tile
+from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
+from .model import ModelCard, load_checkpoint, pick_device
+from .slide import Slide, open_slide, pick_level
+from .tiles import resample_nearest, tile_grid
+from .tissue import find_sections, to_unit
+
+
+@dataclass
+class SegmentResult:
+    slide: str
+    labels: str
+    level: int
+    pixel_size_um: float
+    sections: int
+    tiles: int
+    regions: list[dict]
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def check_channels(slide: Slide, card: ModelCard) -> None:
+    if len(slide.channels) != len(card.channels):
+        raise UserError(f"{slide.url}: {len(slide.channels)} channel(s) {slide.channels} but the model expects "
+                        f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide")
+
+
+def glass_colour(slide: Slide, sections: np.ndarray, level: int, z: int) -> np.ndarray:
+    """Per-channel median of the coarse level outside tissue: what padding past the edge looks like."""
+    image = to_unit(np.asarray(slide.plane(level, z)))
+    outside = sections == 0
+    if not outside.any():
+        return np.median(image.reshape(image.shape[0], -1), axis=1)
+    return np.median(image[:, outside], axis=1)
+
+
+class RegionStats:
+    """Pixel counts and summed scores per label value, to report each region's mean score."""
+
+    def __init__(self):
+        self.count: dict[int, int] = {}
+        self.score: dict[int, float] = {}
+
+    def add(self, values: np.ndarray, scores: np.ndarray) -> None:
+        uniq, inverse = np.unique(values, return_inverse=True)
+        counts = np.bincount(inverse.ravel())
+        sums = np.bincount(inverse.ravel(), weights=scores.ravel())
+        for v, c, s in zip(uniq.tolist(), counts.tolist(), sums.tolist()):
+            if v:
+                self.count[v] = self.count.get(v, 0) + c
+                self.score[v] = self.score.get(v, 0.0) + s
+
+
+def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
+    """One row per label value: the properties written into the label layer."""
+    base = class_base(len(card.classes))
+    rows = []
+    for value in sorted(stats.count):
+        section, cls = divmod(value, base)
+        rows.append({"label-value": value, "name": card.classes[cls], "class": cls, "section": section,
+                     "score": round(stats.score[value] / stats.count[value], 4),
+                     "area_um2": round(stats.count[value] * pixel_area_um2, 1)})
+    return rows
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]segment"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                    TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(), disable=not enabled, transient=True)
+
+
+def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, batch_size: int, min_score: float,
+              progress: bool) -> tuple[RegionStats, int, int]:
+    """Segment every plane's tissue tiles into the layer's inference level."""
+    stats, n_tiles, n_sections = RegionStats(), 0, 0
+    base, level = class_base(len(card.classes)), layer.level
+    shape = slide.yx_shape(level)
+    array = slide.array(level)
+    with _progress(progress) as bar:
+        for z in range(slide.n_planes):
+            sections, coarse = find_sections(slide, z)
+            n_sections = max(n_sections, int(sections.max()))
+            fill = glass_colour(slide, sections, coarse, z)
+            tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
+            task = bar.add_task("tiles", total=len(tiles), rate=0.0)
+            start = time.perf_counter()
+            read = lambda t: read_tile(array, slide.axes, t, z, fill)  # noqa: E731
+            for i, (tile, classes, scores) in enumerate(predict_tiles(model, card, tiles, read, device, batch_size, min_score)):
+                ys, xs = tile.core
+                local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))
+                sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, shape)
+                values = encode(sec, classes[local], base)
+                layer.write(z, tile.core, values)
+                stats.add(values, scores[local])
+                bar.update(task, advance=1, rate=(i + 1) / max(time.perf_counter() - start, 1e-9))
+            n_tiles += len(tiles)
+    return stats, n_tiles, n_sections
+
+
+def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
+            geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
+            overwrite: bool = False, device: str | None = None, batch_size: int = 4, min_score: float = 0.3,
+            progress: bool = True) -> SegmentResult:
+    """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports."""
+    started = time.perf_counter()
+    slide = open_slide(slide_url)
+    dev = pick_device(device)
+    model, card = load_checkpoint(model_path, dev)
+    check_channels(slide, card)
+    level = pick_level(slide, card.pixel_size_um)
+    layer = create_layer(slide, labels, level, overwrite=overwrite)
+    torch.manual_seed(0)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, model, card, dev, batch_size, min_score, progress)
+    build_pyramid(layer)
+    rows = region_table(stats, card, slide.pixel_size(level) ** 2)
+    colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
+    finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
+                                       "pixel_size_um": card.pixel_size_um})
+    result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows)
+    result.outputs = export_regions(open_slide(slide_url), labels, rois=rois, geojson=geojson,
+                                    measurements=measurements, preview=preview)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,164 @@
+"""Open an OME-Zarr slide (NGFF 0.4 on zarr v2, 0.5 on zarr v3; local path or fsspec URL).
+
+Everything downstream sees a `Slide`: its levels with shapes and µm/px, its axes, its channel
+names, and lazy (Dask) planes of shape (C, Y, X) whatever the stored axes were.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import zarr
+
+from .errors import UserError
+
+SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
+VERSIONS = ("0.4", "0.5")
+
+
+@dataclass(frozen=True)
+class Level:
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    scale: tuple[float, ...]  # per axis, in the axis unit (µm for y and x)
+    dtype: str
+
+
+@dataclass
+class Slide:
+    url: str
+    group: zarr.Group
+    version: str
+    axes: str
+    levels: list[Level]
+    channels: list[str]
+    name: str = ""
+
+    @property
+    def zarr_format(self) -> int:
+        return self.group.metadata.zarr_format
+
+    def pixel_size(self, level: int) -> float:
+        """µm per pixel along x at `level` (slides have square pixels in practice)."""
+        return self.levels[level].scale[self.axes.index("x")]
+
+    def yx_shape(self, level: int) -> tuple[int, int]:
+        shape = self.levels[level].shape
+        return shape[self.axes.index("y")], shape[self.axes.index("x")]
+
+    @property
+    def n_planes(self) -> int:
+        return self.levels[0].shape[self.axes.index("z")] if "z" in self.axes else 1
+
+    def array(self, level: int) -> zarr.Array:
+        return self.group[self.levels[level].path]
+
+    def plane(self, level: int, z: int = 0) -> da.Array:
+        """Lazy (C, Y, X) view of one plane: t (always 1) dropped, z selected, c added when absent."""
+        arr = da.from_zarr(self.array(level))
+        index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in self.axes)
+        plane = arr[index]
+        return plane if "c" in self.axes else plane[None]
+
+    def label_names(self) -> list[str]:
+        try:
+            labels = self.group["labels"]
+        except KeyError:
+            return []
+        return list(_ome_attrs(labels).get("labels", []))
+
+
+def _ome_attrs(group: zarr.Group) -> dict:
+    """NGFF metadata lives under "ome" in 0.5 and at the top of .zattrs in 0.4."""
+    attrs = dict(group.attrs)
+    return dict(attrs["ome"]) if "ome" in attrs else attrs
+
+
+def _open_group(url: str) -> zarr.Group:
+    if "://" not in url and not Path(url).exists():
+        raise UserError(f"{url}: no such file or directory; pass the path of an OME-Zarr store (.zarr folder)")
+    try:
+        node = zarr.open(url, mode="r")
+    except Exception as exc:  # zarr raises many types for "not a store"
+        raise UserError(f"{url}: not a zarr store ({type(exc).__name__}: {exc}); pass an OME-Zarr image (convert with bioformats2raw)") from exc
+    if not isinstance(node, zarr.Group):
+        raise UserError(f"{url}: is a single zarr array, not an OME-Zarr image group; pass the image's root folder")
+    return node
+
+
+def _multiscale(url: str, attrs: dict) -> dict:
+    ms = attrs.get("multiscales")
+    if not ms or not isinstance(ms, list) or not isinstance(ms[0], dict):
+        raise UserError(f"{url}: zarr group without OME-NGFF 'multiscales' metadata; pass the image group (the folder with .zattrs/zarr.json naming its levels)")
+    return ms[0]
+
+
+def _version(url: str, attrs: dict, ms: dict) -> str:
+    version = str(attrs.get("version") or ms.get("version") or "")
+    if version not in VERSIONS:
+        raise UserError(f"{url}: OME-NGFF version {version or 'unknown'!r} is not supported; convert the slide to NGFF 0.4 or 0.5 (ome-zarr-py, bioformats2raw)")
+    return version
+
+
+def _axes(url: str, ms: dict) -> str:
+    axes = "".join(a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", []))
+    if axes not in SUPPORTED_AXES:
+        raise UserError(f"{url}: axes {axes or 'missing'!r} are not supported; expected one of {', '.join(SUPPORTED_AXES)}")
+    return axes
+
+
+def _scale(ds: dict, ndim: int) -> tuple[float, ...]:
+    scale = [1.0] * ndim
+    for t in ds.get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            scale = [float(v) for v in t["scale"]]
+    return tuple(scale)
+
+
+def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
+    levels = []
+    for ds in ms.get("datasets", []):
+        try:
+            arr = group[ds["path"]]
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{url}: level {ds.get('path')!r} named in the metadata is missing; re-export the slide") from exc
+        if arr.ndim != len(axes):
+            raise UserError(f"{url}: level {ds['path']!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or re-export")
+        scale = _scale(ds, arr.ndim)
+        if len(scale) != arr.ndim or any(not math.isfinite(s) or s <= 0 for s in scale):
+            raise UserError(f"{url}: level {ds['path']!r} has an invalid scale {scale}; fix coordinateTransformations")
+        levels.append(Level(ds["path"], tuple(arr.shape), tuple(arr.chunks), scale, str(arr.dtype)))
+    if not levels:
+        raise UserError(f"{url}: multiscales metadata lists no datasets; re-export the slide")
+    if "t" in axes and levels[0].shape[0] != 1:
+        raise UserError(f"{url}: time axis of length {levels[0].shape[0]}; sebre segments one time point: export a single one")
+    return levels
+
+
+def _channels(attrs: dict, axes: str, levels: list[Level]) -> list[str]:
+    n = levels[0].shape[axes.index("c")] if "c" in axes else 1
+    names = [c.get("label") for c in attrs.get("omero", {}).get("channels", []) if isinstance(c, dict)]
+    if len(names) == n and all(isinstance(s, str) and s for s in names):
+        return names
+    return [f"C{i}" for i in range(n)]
+
+
+def open_slide(url: str | Path) -> Slide:
+    """Read the metadata of an OME-Zarr image; pixel data stays on disk until asked for."""
+    url = str(url)
+    group = _open_group(url)
+    attrs = _ome_attrs(group)
+    ms = _multiscale(url, attrs)
+    version = _version(url, attrs, ms)
+    axes = _axes(url, ms)
+    levels = _levels(url, group, ms, axes)
+    return Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), ms.get("name", ""))
+
+
+def pick_level(slide: Slide, pixel_size_um: float) -> int:
+    """The level whose µm/px is nearest (in log scale) to the model's."""
+    return min(range(len(slide.levels)), key=lambda i: abs(math.log(slide.pixel_size(i) / pixel_size_um)))

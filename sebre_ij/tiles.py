@@ -1,0 +1,68 @@
+"""The tile grid: overlapping tiles over tissue only, each owning a core that no other tile owns.
+
+Tiles step by `size - overlap`; the core of a tile is the tile less half the overlap on each inner
+side, so the cores partition the level exactly and stitching is a matter of writing cores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    y: int  # top-left of the tile at the inference level (may extend past the edge: padded)
+    x: int
+    size: int
+    core: tuple[slice, slice]  # in level coordinates, clipped to the level
+
+
+def _starts(length: int, size: int, overlap: int) -> list[int]:
+    step = size - overlap
+    n = max(1, math.ceil((length - overlap) / step))
+    return [i * step for i in range(n)]
+
+
+def _core(start: int, size: int, overlap: int, length: int) -> slice:
+    lo = 0 if start == 0 else start + overlap // 2
+    hi = length if start + size >= length else start + size - (overlap - overlap // 2)
+    return slice(lo, hi)
+
+
+def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: np.ndarray | None = None) -> list[Tile]:
+    """Tiles over a level of `shape`; with a coarse `sections` map, only those touching tissue."""
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap {overlap} must be in [0, tile size {size})")
+    height, width = shape
+    tiles = []
+    for y in _starts(height, size, overlap):
+        for x in _starts(width, size, overlap):
+            tile = Tile(y, x, size, (_core(y, size, overlap, height), _core(x, size, overlap, width)))
+            if tile.core[0].start < tile.core[0].stop and tile.core[1].start < tile.core[1].stop:
+                if sections is None or touches_tissue(tile, shape, sections):
+                    tiles.append(tile)
+    return tiles
+
+
+def coarse_window(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int], coarse_shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The coarse-level pixels covering a fine-level window (rounded outwards)."""
+    fy, fx = coarse_shape[0] / shape[0], coarse_shape[1] / shape[1]
+    return (slice(int(y0 * fy), max(int(math.ceil(y1 * fy)), int(y0 * fy) + 1)),
+            slice(int(x0 * fx), max(int(math.ceil(x1 * fx)), int(x0 * fx) + 1)))
+
+
+def touches_tissue(tile: Tile, shape: tuple[int, int], sections: np.ndarray) -> bool:
+    window = coarse_window(tile.y, min(tile.y + tile.size, shape[0]), tile.x, min(tile.x + tile.size, shape[1]), shape, sections.shape)
+    return bool(sections[window].any())
+
+
+def resample_nearest(src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int,
+                     dst_shape: tuple[int, int]) -> np.ndarray:
+    """Pixels [y0:y1, x0:x1] of a level of `dst_shape`, taken by nearest neighbour from `src` (a whole
+    level of `src_shape`). Label-safe in both directions; pixel centres are matched."""
+    rows = np.minimum(((np.arange(y0, y1) + 0.5) * src_shape[0] / dst_shape[0]).astype(np.int64), src_shape[0] - 1)
+    cols = np.minimum(((np.arange(x0, x1) + 0.5) * src_shape[1] / dst_shape[1]).astype(np.int64), src_shape[1] - 1)
+    return src[np.ix_(rows, cols)]

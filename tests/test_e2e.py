@@ -1,0 +1,129 @@
+"""The whole path through the real `sebre` command: synth -> train -> segment -> exports.
+
+Checks what a user relies on: the store validates as OME-Zarr, the image is untouched byte for byte,
+and real ImageJ reads the RoiSet.zip with the expected names and coordinates.
+"""
+
+import csv
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr_models.v04.image import Image
+from ome_zarr_models.v04.image_label import ImageLabel
+
+from sebre_ij.exports import region_properties, roi_level
+from sebre_ij.labels import open_labels, read_plane
+from sebre_ij.rois import regions_from_labels
+from sebre_ij.slide import open_slide
+
+SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
+
+
+def sebre(*args, check=True):
+    proc = subprocess.run([*SEBRE, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sebre {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def image_checksums(store: Path) -> dict[str, str]:
+    """Every file of the store outside labels/: the image and its metadata."""
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file() and p.relative_to(store).parts[0] != "labels"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    slide, model = work / "slide.zarr", work / "model.safetensors"
+    sebre("synth", slide, "--sections", 2, "--size", 1024, 1536, "--pixel-size", 8, "--seed", 3)
+    sebre("train", slide, "--out", model, "--steps", 40, "--pixel-size", 16, "--tile-size", 128, "--overlap", 32, "--batch-size", 2)
+    before = image_checksums(slide)
+    out = sebre("segment", slide, "--model", model, "--rois", work / "RoiSet.zip", "--geojson", work / "regions.geojson",
+                "--measurements", work / "measurements.csv", "--preview", work / "preview.png", "--min-score", 0.05)
+    return work, slide, model, before, out
+
+
+def test_segment_writes_a_valid_label_layer_and_leaves_the_image_alone(run):
+    work, slide, _, before, out = run
+    assert image_checksums(slide) == before
+    root = zarr.open_group(slide, mode="r")
+    Image.from_zarr(root)
+    ImageLabel.from_zarr(root["labels"]["sebre"])
+    s = open_slide(slide)
+    assert s.label_names() == ["truth", "sebre"]
+    info = open_labels(s, "sebre")
+    for level in range(len(s.levels)):
+        assert info.group[info.paths[level]].shape == s.yx_shape(level)
+    assert info.properties, "the model found no region at all"
+    for value, p in info.properties.items():
+        assert value == p["section"] * 100 + p["class"] and p["section"] in (1, 2)
+        assert info.colors[value] == tuple(read_card_colors(work)[p["class"]])
+    assert "labels/sebre at level" in out.stdout
+
+
+def read_card_colors(work):
+    from sebre_ij.model import read_card
+
+    return read_card(work / "model.safetensors").colors
+
+
+def test_roiset_decodes_in_imagej_with_names_and_coordinates(run, imagej):
+    from sebre_ij.imagej import decode_roiset_with_imagej
+
+    work, slide, *_ = run
+    s = open_slide(slide)
+    info = open_labels(s, "sebre")
+    level = roi_level(s, info)
+    (h0, w0), (h, w) = s.yx_shape(0), s.yx_shape(level)
+    expected = regions_from_labels(read_plane(info, s, level), region_properties(info), scale=(h0 / h, w0 / w))
+    decoded = decode_roiset_with_imagej(work / "RoiSet.zip")
+    assert [d["name"] for d in decoded] == [r.name for r in expected]
+    for d, r in zip(decoded, expected):
+        assert re.fullmatch(r"s\d+-[a-z_]+", d["name"])
+        outline = np.concatenate([ring for part in r.polygons for ring in (part[0], *part[1])])
+        x0, y0 = outline.min(axis=0)
+        x1, y1 = outline.max(axis=0)
+        bx, by, bw, bh = d["bounds"]
+        assert abs(bx - x0) < 1 and abs(by - y0) < 1 and abs(bx + bw - x1) < 1 and abs(by + bh - y1) < 1
+        assert tuple(d["color"][:3]) == r.color
+
+
+def test_other_exports_are_written(run):
+    work, *_ = run
+    geo = json.loads((work / "regions.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and geo["features"]
+    rows = list(csv.DictReader((work / "measurements.csv").open()))
+    assert rows and float(rows[0]["area_um2"]) > 0
+    assert (work / "preview.png").stat().st_size > 1000
+
+
+def test_rois_command_matches_segment_export(run, tmp_path):
+    work, slide, *_ = run
+    sebre("rois", slide, "--labels", "sebre", "--out", tmp_path / "again.zip")
+    assert (tmp_path / "again.zip").read_bytes() == (work / "RoiSet.zip").read_bytes()
+
+
+def test_existing_layer_is_refused_without_overwrite(run):
+    work, slide, model, before, _ = run
+    labels_before = image_checksums(slide / "labels" / "sebre")
+    proc = sebre("segment", slide, "--model", model, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert image_checksums(slide / "labels" / "sebre") == labels_before
+
+
+@pytest.mark.parametrize("args, words", [
+    (["info", "nowhere.zarr"], "no such file"),
+    (["segment", "nowhere.zarr", "--model", "m.safetensors"], "no such file"),
+])
+def test_user_errors_are_one_line_exit_2(args, words, tmp_path):
+    proc = subprocess.run([*SEBRE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr

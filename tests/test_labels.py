@@ -1,0 +1,53 @@
+"""The label layer: value encoding, refusal to overwrite, the pyramid and its metadata."""
+
+import numpy as np
+import pytest
+from ome_zarr_models.v04.image_label import ImageLabel as ImageLabelV04
+from ome_zarr_models.v05.image_label import ImageLabel as ImageLabelV05
+
+from sebre_ij.errors import UserError
+from sebre_ij.labels import build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
+from sebre_ij.slide import open_slide
+from sebre_ij.synth import write_slide
+
+
+def test_encoding_is_section_times_base_plus_class():
+    assert class_base(13) == 100 and class_base(10) == 10 and class_base(2) == 10
+    values = encode(np.array([[0, 1, 3]]), np.array([[5, 0, 5]]), 100)
+    np.testing.assert_array_equal(values, [[0, 0, 305]])
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 200])
+def test_bad_names_refused(name):
+    with pytest.raises(UserError, match="valid path segment"):
+        check_name(name)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_layer_pyramid_and_metadata(tmp_path, ngff):
+    path = tmp_path / "s.zarr"
+    image = np.full((3, 512, 768), 240, np.uint8)
+    write_slide(path, image, np.zeros((512, 768), np.uint8), 1.0, ngff=ngff, chunk=128, levels=3)
+    slide = open_slide(path)
+    layer = create_layer(slide, "pred", level=1)
+    values = np.zeros(slide.yx_shape(1), np.uint32)
+    values[10:100, 20:200] = 101
+    values[150:250, 50:80] = 205
+    layer.write(0, (slice(0, values.shape[0]), slice(0, values.shape[1])), values)
+    build_pyramid(layer)
+    props = [{"label-value": 101, "name": "cortex", "class": 1, "section": 1}, {"label-value": 205, "name": "thalamus", "class": 5, "section": 2}]
+    finish_layer(layer, props, [{"label-value": 101, "rgba": [230, 90, 60, 255]}, {"label-value": 205, "rgba": [0, 120, 60, 255]}])
+
+    slide = open_slide(path)
+    assert slide.label_names() == ["truth", "pred"]
+    info = open_labels(slide, "pred")
+    level0 = read_plane(info, slide, 0)
+    np.testing.assert_array_equal(level0[::2, ::2], values)  # nearest upsampling repeats each pixel
+    np.testing.assert_array_equal(read_plane(info, slide, 2), values[1::2, 1::2])
+    assert info.properties[205]["name"] == "thalamus" and info.colors[101] == (230, 90, 60)
+    model = ImageLabelV05 if ngff == "0.5" else ImageLabelV04
+    model.from_zarr(slide.group["labels"]["pred"])
+    with pytest.raises(UserError, match="--overwrite"):
+        create_layer(open_slide(path), "pred", level=1)
+    create_layer(open_slide(path), "pred", level=1, overwrite=True)
+    assert open_slide(path).label_names() == ["truth"]  # unfinished again until its metadata is written

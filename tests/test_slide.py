@@ -1,0 +1,68 @@
+"""Reading OME-Zarr metadata: versions, axes, pixel sizes, channels, level choice."""
+
+import numpy as np
+import pytest
+import zarr
+
+from sebre_ij.errors import UserError
+from sebre_ij.slide import open_slide, pick_level
+from sebre_ij.synth import write_slide
+
+
+@pytest.fixture(scope="module", params=["0.4", "0.5"])
+def store(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"ngff{request.param}") / "slide.zarr"
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (3, 600, 800), dtype=np.uint8)
+    labels = np.zeros((600, 800), np.uint8)
+    labels[100:300, 200:500] = 1
+    write_slide(path, image, labels, 2.0, ngff=request.param, chunk=128)
+    return path, request.param, image
+
+
+def test_open_reads_levels_axes_and_pixel_sizes(store):
+    path, version, image = store
+    slide = open_slide(path)
+    assert slide.version == version
+    assert slide.zarr_format == (2 if version == "0.4" else 3)
+    assert slide.axes == "cyx"
+    assert slide.channels == ["R", "G", "B"]
+    assert slide.yx_shape(0) == (600, 800)
+    assert [slide.pixel_size(i) for i in range(len(slide.levels))] == [2.0 * 2**i for i in range(len(slide.levels))]
+    assert slide.label_names() == ["truth"]
+    np.testing.assert_array_equal(np.asarray(slide.plane(0)), image)
+
+
+def test_pick_level_nearest_in_log_scale(store):
+    slide = open_slide(store[0])
+    assert pick_level(slide, 2.0) == 0
+    assert pick_level(slide, 7.0) == 2  # 8 is nearer than 4 in ratio
+    assert pick_level(slide, 1000.0) == len(slide.levels) - 1
+
+
+def test_zyx_plane_view(tmp_path):
+    path = tmp_path / "z.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    data = np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50)
+    root.create_array("0", data=data, chunks=(1, 20, 20))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.5, 0.5]}]}]}]
+    slide = open_slide(path)
+    assert slide.n_planes == 2 and slide.channels == ["C0"]
+    np.testing.assert_array_equal(np.asarray(slide.plane(0, z=1))[0], data[1])
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir(), "not a zarr store"),
+    (lambda p: zarr.open_group(p, mode="w", zarr_format=2), "multiscales"),
+])
+def test_bad_stores_are_user_errors(tmp_path, make, words):
+    path = tmp_path / "bad.zarr"
+    make(path)
+    with pytest.raises(UserError, match=words):
+        open_slide(path)
+
+
+def test_missing_path_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        open_slide(tmp_path / "nope.zarr")
