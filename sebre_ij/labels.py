@@ -148,12 +148,20 @@ def _axes_meta(slide: Slide) -> list[dict]:
     return out
 
 
+def _transforms(slide: Slide, level) -> list[dict]:
+    """The image level's scale (and translation, if any) less the channel axis: labels overlay exactly."""
+    out = [{"type": "scale", "scale": list(_drop_channel(slide, level.scale))}]
+    for t in level.transforms:
+        if t.get("type") == "translation" and len(t.get("translation", ())) == len(slide.axes):
+            out.append({"type": "translation", "translation": list(_drop_channel(slide, t["translation"]))})
+    return out
+
+
 def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], provenance: dict | None = None) -> None:
     """Write the metadata that marks the layer complete: multiscales, image-label, then the list."""
     slide, fmt = layer.slide, _format(layer.slide)
     layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}
-    datasets = [{"path": lv.path, "coordinateTransformations": [{"type": "scale", "scale": list(_drop_channel(slide, lv.scale))}]}
-                for lv in slide.levels]
+    datasets = [{"path": lv.path, "coordinateTransformations": _transforms(slide, lv)} for lv in slide.levels]
     write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
     labels = layer.labels
     write_label_metadata(labels, layer.name, colors=colors, properties=properties, fmt=fmt, source={"image": "../../"})

@@ -26,6 +26,7 @@ class Level:
     chunks: tuple[int, ...]
     scale: tuple[float, ...]  # per axis, in the axis unit (µm for y and x)
     dtype: str
+    transforms: tuple = ()  # the level's coordinateTransformations as stored (label layers copy them)
 
 
 @dataclass
@@ -131,7 +132,8 @@ def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
         scale = _scale(ds, arr.ndim)
         if len(scale) != arr.ndim or any(not math.isfinite(s) or s <= 0 for s in scale):
             raise UserError(f"{url}: level {ds['path']!r} has an invalid scale {scale}; fix coordinateTransformations")
-        levels.append(Level(ds["path"], tuple(arr.shape), tuple(arr.chunks), scale, str(arr.dtype)))
+        levels.append(Level(ds["path"], tuple(arr.shape), tuple(arr.chunks), scale, str(arr.dtype),
+                            tuple(ds.get("coordinateTransformations", ()))))
     if not levels:
         raise UserError(f"{url}: multiscales metadata lists no datasets; re-export the slide")
     if "t" in axes and levels[0].shape[0] != 1:
