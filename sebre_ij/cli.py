@@ -56,11 +56,12 @@ def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
           size: tuple[int, int] = typer.Option((4096, 4096), help="Slide height and width in level-0 pixels."),
           pixel_size: float = typer.Option(4.0, help="µm per pixel at level 0."),
           seed: int = typer.Option(0, help="Random seed."),
+          stain: Optional[str] = typer.Option(None, help="dab (brown) or nissl (violet); default: drawn from the seed."),
           ngff: str = typer.Option("0.4", help="NGFF version to write: 0.4 (zarr v2) or 0.5 (zarr v3).")):
     """A synthetic whole slide of brain-like sections, with its ground truth as label layer `truth`."""
     from .synth import make_slide_store
 
-    _run(make_slide_store, out, sections=sections, size=size, pixel_size=pixel_size, seed=seed, ngff=ngff)
+    _run(make_slide_store, out, sections=sections, size=size, pixel_size=pixel_size, seed=seed, ngff=ngff, stain=stain)
     console.print(f"wrote {out} ({sections} sections, {size[0]} x {size[1]} px at {pixel_size} µm/px, labels/truth)")
 
 
@@ -73,6 +74,7 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           tile_size: int = typer.Option(256, help="Tile side in pixels."),
           overlap: int = typer.Option(64, help="Tile overlap in pixels."),
           batch_size: int = typer.Option(4, help="Tiles per step."),
+          lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
           labels: Optional[str] = typer.Option(None, help="Label layer to learn (default: the first)."),
           seed: int = typer.Option(0, help="Random seed."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
@@ -80,7 +82,7 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
     from .train import train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
-                overlap=overlap, batch_size=batch_size, label_name=labels, seed=seed, device=device)
+                overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
 
@@ -102,14 +104,19 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             measurements: Optional[Path] = typer.Option(None, help="Write a measurements CSV here."),
             preview: Optional[Path] = typer.Option(None, help="Write a preview PNG here."),
             overwrite: bool = typer.Option(False, help="Replace an existing label layer of that name."),
+            roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
             batch_size: int = typer.Option(4, help="Tiles per model call."),
             min_score: float = typer.Option(0.3, help="Ignore detections scoring below this."),
+            tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model card's)."),
+            overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model card's)."),
+            tta: bool = typer.Option(False, help="Also run each tile mirrored 3 ways and average (4x the model time, better regions)."),
             device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
     """Segment brain regions into labels/NAME of the same store, and export them."""
     from .segment import segment as run_segment
 
     result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
-                  preview=preview, overwrite=overwrite, batch_size=batch_size, min_score=min_score, device=device)
+                  preview=preview, overwrite=overwrite, batch_size=batch_size, min_score=min_score, device=device,
+                  tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups)
     console.print(f"{result.slide}: labels/{result.labels} at level {result.level} ({result.pixel_size_um:.3g} µm/px), "
                   f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
     print_regions(result.regions)
@@ -121,20 +128,21 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
 def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label layer."),
          labels: str = typer.Option(..., "--labels", help="Label layer to export."),
          out: Path = typer.Option(..., "--out", help="RoiSet.zip to write."),
-         geojson: Optional[Path] = typer.Option(None, help="Also write QuPath GeoJSON here.")):
+         geojson: Optional[Path] = typer.Option(None, help="Also write QuPath GeoJSON here."),
+         roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours).")):
     """ImageJ ROIs (and optionally GeoJSON) from an existing label layer."""
     from .exports import export_regions
     from .slide import open_slide
 
     s = _run(open_slide, slide)
-    written = _run(export_regions, s, labels, rois=out, geojson=geojson)
+    written = _run(export_regions, s, labels, rois=out, geojson=geojson, groups=roi_groups)
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
 
 
 @app.command()
 def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo slide and results."),
-         steps: int = typer.Option(400, help="Training steps for the demo model (cached after the first run)."),
+         steps: int = typer.Option(1000, help="Training steps for the demo model (cached after the first run)."),
          retrain: bool = typer.Option(False, help="Train the demo model again even if cached.")):
     """Make a demo slide and a model, segment the slide, export everything and score it against the truth."""
     from .demo import run_demo

@@ -14,7 +14,7 @@ from .measure import measure_regions, write_csv
 from .preview import write_preview
 from .rois import regions_from_labels, write_geojson, write_roiset
 from .slide import Slide
-from .tissue import coarse_level
+from .tissue import find_sections
 
 MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
 
@@ -33,17 +33,12 @@ def region_properties(info: LabelInfo) -> dict[int, dict]:
     return {v: {**p, "color": info.colors.get(v, (255, 255, 0))} for v, p in info.properties.items()}
 
 
-def _section_map(values: np.ndarray, props: dict[int, dict]) -> np.ndarray:
-    lut = np.zeros(int(values.max(initial=0)) + 1, np.int32)
-    for v, p in props.items():
-        if v < len(lut):
-            lut[v] = int(p.get("section", 1))
-    return lut[values]
-
-
 def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
-                   level: int | None = None, tolerance: float | None = None) -> dict[str, str]:
-    """Write whichever exports are asked for; returns {kind: path}."""
+                   level: int | None = None, tolerance: float | None = None, groups: bool = True) -> dict[str, str]:
+    """Write whichever exports are asked for; returns {kind: path}.
+
+    ROI groups carry the class index (ImageJ then shows its group colours; `groups=False` keeps
+    the model card's colours in ImageJ, the class stays in each ROI's properties either way)."""
     info = open_labels(slide, labels)
     props = region_properties(info)
     level = roi_level(slide, info) if level is None else level
@@ -53,9 +48,12 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
     if rois or geojson:
         regions = []
         for z in planes:
-            regions += regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
+            plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
+            for r in plane:
+                r.position = z + 1 if slide.n_planes > 1 else 0
+            regions += plane
         if rois:
-            write_roiset(rois, regions)
+            write_roiset(rois, regions, groups=groups)
             written["rois"] = str(rois)
         if geojson:
             write_geojson(geojson, regions, pixel_size_um=slide.pixel_size(0))
@@ -68,8 +66,7 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
         write_csv(measurements, rows)
         written["measurements"] = str(measurements)
     if preview:
-        small = coarse_level(slide)
-        values = read_plane(info, slide, small, 0)
-        write_preview(preview, np.asarray(slide.plane(small, 0)), values, _section_map(values, props), info.colors)
+        sections, small = find_sections(slide, 0)
+        write_preview(preview, np.asarray(slide.plane(small, 0)), read_plane(info, slide, small, 0), sections, info.colors)
         written["preview"] = str(preview)
     return {k: str(Path(v)) for k, v in written.items()}

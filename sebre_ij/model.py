@@ -124,11 +124,14 @@ def build_model(card: ModelCard) -> MaskRCNN:
         backbone = _tiny_fpn(in_ch)
         ch = backbone.out_channels
         names = ["0", "1", "2", "3"]
+        # CPU training time goes mostly to RoIAlign's backward pass: one sample per bin and fewer,
+        # more often positive, sampled proposals (48, half positive) make steps about twice as fast.
+        common.update(box_batch_size_per_image=48, box_positive_fraction=0.5)
         return MaskRCNN(
             backbone, None, rpn_anchor_generator=anchors,
-            box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
+            box_roi_pool=MultiScaleRoIAlign(names, 7, 1),
             box_head=TwoMLPHead(ch * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes),
-            mask_roi_pool=MultiScaleRoIAlign(names, 28, 2),
+            mask_roi_pool=MultiScaleRoIAlign(names, 14, 1),
             mask_head=MaskRCNNHeads(ch, [ch] * 4, 1), mask_predictor=MaskRCNNPredictor(ch, ch, num_classes),
             **common,
         )
@@ -171,9 +174,17 @@ def read_card(path: str | Path) -> ModelCard:
     return ModelCard.from_json(meta["sebre_card"], source=str(path))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskRCNN, ModelCard]:
-    """Model in eval mode and its card. safetensors holds tensors only, so loading runs no code."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", tile_size: int | None = None,
+                    overlap: int | None = None) -> tuple[MaskRCNN, ModelCard]:
+    """Model in eval mode and its card. safetensors holds tensors only, so loading runs no code.
+
+    `tile_size` and `overlap` override the card's for inference (the network is convolutional, so
+    larger tiles than it was trained on give it more context per call)."""
     card = read_card(path)
+    card.tile_size = tile_size or card.tile_size
+    card.overlap = card.overlap if overlap is None else overlap
+    if not 0 <= card.overlap < card.tile_size:
+        raise UserError(f"overlap {card.overlap} must be at least 0 and smaller than the tile size {card.tile_size}")
     model = build_model(card)
     state = load_file(str(path), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -62,6 +62,7 @@ class Region:
     color: tuple[int, int, int]
     score: float | None
     polygons: list[Part]
+    position: int = 0  # ImageJ's 1-based stack position (the z plane + 1); 0 = every plane
 
 
 def region_name(section: int, name: str) -> str:
@@ -273,7 +274,7 @@ def imagej_roi(region: Region, *, position: int | None = None, groups: bool = Fa
     roi.name = region.name
     roi.stroke_color = bytes((255, *region.color))
     roi.group = min(max(region.class_index, 0), 255) if groups else 0
-    roi.position = int(position or 0)
+    roi.position = int(position or region.position or 0)
     roi.props = "".join(f"{key}: {value}\n" for key, value in roi_properties(region).items())
     return roi
 

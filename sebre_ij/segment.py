@@ -88,7 +88,7 @@ def _progress(enabled: bool) -> Progress:
 
 
 def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, batch_size: int, min_score: float,
-              progress: bool) -> tuple[RegionStats, int, int]:
+              tta: bool, progress: bool) -> tuple[RegionStats, int, int]:
     """Segment every plane's tissue tiles into the layer's inference level."""
     stats, n_tiles, n_sections = RegionStats(), 0, 0
     base, level = class_base(len(card.classes)), layer.level
@@ -103,7 +103,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, b
             task = bar.add_task("tiles", total=len(tiles), rate=0.0)
             start = time.perf_counter()
             read = lambda t: read_tile(array, slide.axes, t, z, fill)  # noqa: E731
-            for i, (tile, classes, scores) in enumerate(predict_tiles(model, card, tiles, read, device, batch_size, min_score)):
+            for i, (tile, classes, scores) in enumerate(predict_tiles(model, card, tiles, read, device, batch_size, min_score, tta)):
                 ys, xs = tile.core
                 local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))
                 sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, shape)
@@ -118,17 +118,18 @@ def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, b
 def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
             geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
             overwrite: bool = False, device: str | None = None, batch_size: int = 4, min_score: float = 0.3,
+            tile_size: int | None = None, overlap: int | None = None, tta: bool = False, roi_groups: bool = True,
             progress: bool = True) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports."""
     started = time.perf_counter()
     slide = open_slide(slide_url)
     dev = pick_device(device)
-    model, card = load_checkpoint(model_path, dev)
+    model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level = pick_level(slide, card.pixel_size_um)
     layer = create_layer(slide, labels, level, overwrite=overwrite)
     torch.manual_seed(0)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, model, card, dev, batch_size, min_score, progress)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, model, card, dev, batch_size, min_score, tta, progress)
     build_pyramid(layer)
     rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
@@ -136,6 +137,6 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
                                        "pixel_size_um": card.pixel_size_um})
     result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows)
     result.outputs = export_regions(open_slide(slide_url), labels, rois=rois, geojson=geojson,
-                                    measurements=measurements, preview=preview)
+                                    measurements=measurements, preview=preview, groups=roi_groups)
     result.seconds = time.perf_counter() - started
     return result

@@ -119,6 +119,7 @@ def synth_slide(
     size: tuple[int, int] = (4096, 4096),
     pixel_size: float = 4.0,
     seed: int = 0,
+    stain: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole slide of `sections` brain sections on a grid on glass.
 
@@ -135,7 +136,7 @@ def synth_slide(
     rng = np.random.default_rng(seed)
     image = _glass(size, rng)
     labels = np.zeros(size, np.uint8)
-    stain = _stain(rng)
+    stain = _stain(rng, stain)
     for r0, c0, h, w in _layout(sections, size, pixel_size, rng):
         window = (slice(r0, r0 + h), slice(c0, c0 + w))
         labels[window] = _draw(image[(slice(None), *window)], stain, rng)
@@ -166,9 +167,12 @@ def _layout(
     return out
 
 
-def _stain(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+def _stain(rng: np.random.Generator, kind: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Two stain colours (OD per channel) to mix per region, and the slide's staining strength."""
-    kind = "dab" if rng.random() < 0.5 else "nissl"
+    drawn = "dab" if rng.random() < 0.5 else "nissl"
+    kind = kind or drawn
+    if kind not in _STAINS:
+        raise ValueError(f"stain {kind!r} is not one of {', '.join(_STAINS)}")
     a, b = (c * rng.uniform(0.9, 1.1, 3) for c in _STAINS[kind])
     return a.astype(np.float32), b.astype(np.float32), float(rng.uniform(1.3, 2.0))
 
@@ -525,7 +529,8 @@ def make_slide_store(
     seed: int = 0,
     *,
     ngff: str = "0.4",
+    stain: str | None = None,
 ) -> None:
     """Synthesise a slide and write it to a new OME-Zarr store at `path`: the `sebre synth` step."""
-    image, labels = synth_slide(sections, size, pixel_size, seed)
+    image, labels = synth_slide(sections, size, pixel_size, seed, stain)
     write_slide(path, image, labels, pixel_size, ngff=ngff)

@@ -42,7 +42,7 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     if grey.max() - grey.min() < 0.05:
         return np.zeros(grey.shape, bool)
     mask = grey > filters.threshold_otsu(grey)
-    mask = morphology.binary_closing(mask, morphology.disk(3))
+    mask = morphology.closing(mask, morphology.disk(3))
     return ndi.binary_fill_holes(mask)
 
 

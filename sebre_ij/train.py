@@ -104,13 +104,16 @@ def targets_from_classes(classes: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def augment(image: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Flips, quarter turns and brightness/contrast jitter: sections lie any way up on a slide."""
+    """Flips, quarter turns, brightness/contrast, stain and greyscale jitter: sections lie any way
+    up on a slide, and stains differ between labs and batches."""
     k = int(rng.integers(4))
     image, classes = np.rot90(image, k, axes=(1, 2)), np.rot90(classes, k)
     if rng.random() < 0.5:
         image, classes = image[:, :, ::-1], classes[:, ::-1]
-    gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-0.08, 0.08)
-    image = np.clip(image * gain + bias, 0, 1)
+    if image.shape[0] == 3 and rng.random() < 0.2:
+        image = np.repeat(image.mean(axis=0, keepdims=True), 3, axis=0)
+    gain = rng.uniform(0.85, 1.15) * rng.uniform(0.9, 1.1, (image.shape[0], 1, 1))
+    image = np.clip(image * gain + rng.uniform(-0.08, 0.08), 0, 1)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(classes)
 
 

@@ -20,7 +20,7 @@ from ome_zarr_models.v04.image_label import ImageLabel
 
 from sebre_ij.exports import region_properties, roi_level
 from sebre_ij.labels import open_labels, read_plane
-from sebre_ij.rois import regions_from_labels
+from sebre_ij.rois import read_roiset, regions_from_labels
 from sebre_ij.slide import open_slide
 
 SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
@@ -93,7 +93,9 @@ def test_roiset_decodes_in_imagej_with_names_and_coordinates(run, imagej):
         x1, y1 = outline.max(axis=0)
         bx, by, bw, bh = d["bounds"]
         assert abs(bx - x0) < 1 and abs(by - y0) < 1 and abs(bx + bw - x1) < 1 and abs(by + bh - y1) < 1
-        assert tuple(d["color"][:3]) == r.color
+        assert d["group"] == r.class_index  # ImageJ recolours by group; the card's colour is in the file
+    for roi, r in zip(read_roiset(work / "RoiSet.zip"), expected):
+        assert tuple(roi.stroke_color[1:]) == r.color
 
 
 def test_other_exports_are_written(run):

@@ -66,3 +66,10 @@ def test_bad_stores_are_user_errors(tmp_path, make, words):
 def test_missing_path_is_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         open_slide(tmp_path / "nope.zarr")
+
+
+def test_fsspec_url_reads_like_a_path(store):
+    path, version, image = store
+    slide = open_slide(f"file://{path}")
+    assert slide.version == version and slide.label_names() == ["truth"]
+    np.testing.assert_array_equal(np.asarray(slide.plane(1)), np.asarray(open_slide(path).plane(1)))
