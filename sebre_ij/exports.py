@@ -14,7 +14,7 @@ from .measure import measure_regions, write_csv
 from .preview import write_preview
 from .rois import regions_from_labels, write_geojson, write_roiset
 from .slide import Slide
-from .tissue import find_sections
+from .tissue import coarse_sections
 
 MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
 
@@ -66,7 +66,7 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
         write_csv(measurements, rows)
         written["measurements"] = str(measurements)
     if preview:
-        sections, small = find_sections(slide, 0)
-        write_preview(preview, np.asarray(slide.plane(small, 0)), read_plane(info, slide, small, 0), sections, info.colors)
+        image, sections, small = coarse_sections(slide, 0)
+        write_preview(preview, image, read_plane(info, slide, small, 0), sections, info.colors)
         written["preview"] = str(preview)
     return {k: str(Path(v)) for k, v in written.items()}

@@ -22,7 +22,7 @@ from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode,
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, open_slide, pick_level
 from .tiles import resample_nearest, tile_grid
-from .tissue import find_sections, to_unit
+from .tissue import coarse_sections, to_unit
 
 
 @dataclass
@@ -44,9 +44,9 @@ def check_channels(slide: Slide, card: ModelCard) -> None:
                         f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide")
 
 
-def glass_colour(slide: Slide, sections: np.ndarray, level: int, z: int) -> np.ndarray:
+def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
     """Per-channel median of the coarse level outside tissue: what padding past the edge looks like."""
-    image = to_unit(np.asarray(slide.plane(level, z)))
+    image = to_unit(image)
     outside = sections == 0
     if not outside.any():
         return np.median(image.reshape(image.shape[0], -1), axis=1)
@@ -96,9 +96,9 @@ def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, b
     array = slide.array(level)
     with _progress(progress) as bar:
         for z in range(slide.n_planes):
-            sections, coarse = find_sections(slide, z)
+            coarse, sections, _ = coarse_sections(slide, z)
             n_sections = max(n_sections, int(sections.max()))
-            fill = glass_colour(slide, sections, coarse, z)
+            fill = glass_colour(coarse, sections)
             tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
             task = bar.add_task("tiles", total=len(tiles), rate=0.0)
             start = time.perf_counter()

@@ -66,18 +66,23 @@ def reading_order(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def find_sections(slide: Slide, z: int = 0, min_area_fraction: float = 0.05, margin_px: int = 3) -> tuple[np.ndarray, int]:
-    """Section labels (1..N in reading order) on the coarse level, grown by a small margin.
+def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = 3) -> np.ndarray:
+    """Section labels (1..N in reading order) of a coarse (C, Y, X) image, grown by a small margin.
 
     Pieces smaller than `min_area_fraction` of the largest are dust, not sections.
     """
-    level = coarse_level(slide)
-    mask = tissue_mask(np.asarray(slide.plane(level, z)))
-    labels, n = ndi.label(mask)
+    labels, n = ndi.label(tissue_mask(image))
     if n == 0:
-        return labels.astype(np.uint16), level
+        return labels.astype(np.uint16)
     areas = np.bincount(labels.ravel())[1:]
     keep = np.flatnonzero(areas >= min_area_fraction * areas.max()) + 1
     labels = np.where(np.isin(labels, keep), labels, 0)
     labels = segmentation.expand_labels(reading_order(ndi.label(labels > 0)[0]), margin_px)
-    return labels.astype(np.uint16), level
+    return labels.astype(np.uint16)
+
+
+def coarse_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The coarse level's image, its sections and the level's index."""
+    level = coarse_level(slide)
+    image = np.asarray(slide.plane(level, z))
+    return image, find_sections(image), level
