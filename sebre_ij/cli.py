@@ -66,7 +66,7 @@ def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
 
 
 @app.command()
-def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer."),
+def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer, or images (TIFF, PNG, OME-Zarr) with --rois."),
           out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
           arch: str = typer.Option("tiny_fpn", help="tiny_fpn (fast on CPU), mobilenet_v3_fpn or resnet50_fpn (SeBRe's)."),
           steps: int = typer.Option(400, help="Optimiser steps."),
@@ -77,12 +77,16 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
           labels: Optional[str] = typer.Option(None, help="Label layer to learn (default: the first)."),
           seed: int = typer.Option(0, help="Random seed."),
-          device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
+          device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
+          rois: Optional[list[Path]] = typer.Option(None, "--rois", help="RoiSet.zip annotating each image, in order (ROI names give the classes: s1-cortex or cortex)."),
+          class_map: Optional[Path] = typer.Option(None, "--class-map", help="JSON object mapping ROI names to class names."),
+          pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say.")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .train import train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
-                overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device)
+                overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
+                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
 
@@ -110,7 +114,9 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model card's)."),
             overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model card's)."),
             tta: bool = typer.Option(False, help="Also run each tile mirrored 3 ways and average (4x the model time, better regions)."),
-            device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present).")):
+            device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
+            imagej: bool = typer.Option(False, "--imagej", help="Last, push the regions into the ROI Manager of ImageJ (needs a display)."),
+            fiji: Optional[Path] = typer.Option(None, "--fiji", help="With --imagej: start this Fiji.app through pyimagej instead of ij.jar.")):
     """Segment brain regions into labels/NAME of the same store, and export them."""
     from .segment import segment as run_segment
 
@@ -122,6 +128,12 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
     print_regions(result.regions)
     for kind, path in result.outputs.items():
         console.print(f"{kind}: {path}")
+    if imagej:
+        from .exports import push_regions
+        from .slide import open_slide
+
+        n = _run(push_regions, open_slide(slide), labels, fiji=fiji, groups=roi_groups)
+        console.print(f"ImageJ ROI Manager: {n} ROIs")
 
 
 @app.command()

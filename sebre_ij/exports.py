@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .labels import LabelInfo, open_labels, read_plane
 from .measure import measure_regions, write_csv
 from .preview import write_preview
-from .rois import regions_from_labels, write_geojson, write_roiset
+from .rois import Region, regions_from_labels, write_geojson, write_roiset
 from .slide import Slide
 from .tissue import coarse_sections
 
@@ -33,6 +36,37 @@ def region_properties(info: LabelInfo) -> dict[int, dict]:
     return {v: {**p, "color": info.colors.get(v, (255, 255, 0))} for v, p in info.properties.items()}
 
 
+def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None) -> list[Region]:
+    """Every plane's regions in level-0 pixels, each at its 1-based stack position (0 for one plane)."""
+    props = region_properties(info)
+    (h0, w0), (h, w) = slide.yx_shape(0), slide.yx_shape(level)
+    regions = []
+    for z in range(slide.n_planes):
+        plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
+        for r in plane:
+            r.position = z + 1 if slide.n_planes > 1 else 0
+        regions += plane
+    return regions
+
+
+def push_regions(slide: Slide, labels: str, *, fiji: str | Path | None = None, groups: bool = True) -> int:
+    """Add a label layer's regions to the ROI Manager of ImageJ started in this process (Fiji's
+    gateway with `fiji`, else ij.jar); returns how many. Needs a display, checked first so a
+    headless run fails with the way out instead of a Java error."""
+    from . import imagej
+
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        raise UserError(f"{slide.url}: no display for the ImageJ ROI Manager (DISPLAY is unset); run under "
+                        "`xvfb-run -a sebre segment ...`, or use --rois RoiSet.zip (open it in Fiji) instead of --imagej")
+    try:
+        imagej.start_imagej(fiji=fiji, headless=False)
+        info = open_labels(slide, labels)
+        return imagej.push_to_roi_manager(layer_regions(slide, info, roi_level(slide, info)), groups=groups)
+    except RuntimeError as exc:  # a JVM already started headless, or no ImageJ classes
+        raise UserError(f"{slide.url}: cannot reach the ImageJ ROI Manager ({str(exc).splitlines()[0]}); "
+                        "use --rois RoiSet.zip and open it in Fiji") from None
+
+
 def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
                    level: int | None = None, tolerance: float | None = None, groups: bool = True) -> dict[str, str]:
     """Write whichever exports are asked for; returns {kind: path}.
@@ -42,16 +76,10 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
     info = open_labels(slide, labels)
     props = region_properties(info)
     level = roi_level(slide, info) if level is None else level
-    (h0, w0), (h, w) = slide.yx_shape(0), slide.yx_shape(level)
     written: dict[str, str] = {}
     planes = range(slide.n_planes)
     if rois or geojson:
-        regions = []
-        for z in planes:
-            plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
-            for r in plane:
-                r.position = z + 1 if slide.n_planes > 1 else 0
-            regions += plane
+        regions = layer_regions(slide, info, level, tolerance)
         if rois:
             write_roiset(rois, regions, groups=groups)
             written["rois"] = str(rois)

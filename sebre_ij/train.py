@@ -7,7 +7,9 @@ one instance per connected piece of each class (SeBRe's region rule, tile by til
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from roifile import ImagejRoi
 from scipy import ndimage as ndi
+from skimage.draw import polygon as fill_polygon
 from skimage.transform import resize
 
 from .errors import UserError
 from .labels import class_lut, open_labels, read_plane
+from .rois import read_roiset
 from .model import ARCHITECTURES, ModelCard, build_model, pick_device, save_checkpoint
 from .slide import open_slide, pick_level
 from .tissue import to_unit
 
 MIN_INSTANCE_PX = 16
+SECTION_PREFIX = re.compile(r"^s\d+-")  # "s1-cortex" -> "cortex", as `sebre segment` names ROIs
+IMAGEJ_DEFAULT_NAME = re.compile(r"^\d{4}(-\d{4,5}){1,2}$")  # what the ROI Manager calls an unnamed ROI
+MICRON_UNITS = {"micron", "microns", "um", "µm", "\\u00B5m"}  # ImageJ may write µ escaped
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
 @dataclass
@@ -79,6 +89,177 @@ def examples_from_zarr(url: str, pixel_size_um: float, label_name: str | None = 
         image, classes = _resample(image, classes, factor)
         examples.append(Example(image, classes, f"{Path(url).name}[z={z}]"))
     return examples, class_table_of(info), slide.channels
+
+
+def load_class_map(path: str | Path | None) -> dict[str, str] | None:
+    """A JSON object mapping ROI names to class names (--class-map), or None."""
+    if path is None:
+        return None
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the class map ({exc}); give a JSON object like {{\"s1-ctx\": \"cortex\"}}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items()):
+        raise UserError(f"{path}: the class map must be a JSON object of ROI name -> class name strings; fix the file")
+    return mapping
+
+
+def roi_class(name: str, class_map: dict[str, str] | None, source) -> str:
+    """The class a ROI annotates: its class-map entry (full name, then without the `s<N>-` section
+    prefix), else the name less that prefix. ImageJ's default numeric names carry no class."""
+    bare = SECTION_PREFIX.sub("", name or "")
+    if class_map is not None:
+        if name in class_map or bare in class_map:
+            return class_map.get(name, class_map.get(bare))
+        raise UserError(f"{source}: ROI {name!r} is not in the class map; add it to the --class-map file or rename the ROI")
+    if not bare or bare == "background" or IMAGEJ_DEFAULT_NAME.match(bare):
+        raise UserError(f"{source}: ROI {name!r} names no class; rename it in the ROI Manager to its region "
+                        "(e.g. cortex or s1-cortex) or map it with --class-map FILE.json")
+    return bare
+
+
+def roi_rings(roi: ImagejRoi) -> list[np.ndarray]:
+    """The ROI's outline rings as (N, 2) x, y arrays in pixel-corner coordinates; a composite
+    (ShapeRoi) gives one ring per sub-path."""
+    return [np.asarray(r, np.float64).reshape(-1, 2) for r in roi.coordinates(multi=True) if len(r) >= 3]
+
+
+def rings_mask(rings: list[np.ndarray], shape: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Pixels whose centre is inside the rings by the even-odd rule (ImageJ's fill of a composite
+    ROI): the XOR of each ring's fill. `scale` (y, x) maps ROI pixels to `shape`'s pixels."""
+    mask = np.zeros(shape, bool)
+    for ring in rings:
+        # a pixel's centre is at +0.5 in ImageJ's corner convention, at the integer in skimage's
+        rr, cc = fill_polygon(ring[:, 1] * scale[0] - 0.5, ring[:, 0] * scale[1] - 0.5, shape)
+        mask[rr, cc] ^= True
+    return mask
+
+
+def rasterise_rois(rois: list[ImagejRoi], classes: list[int], shape: tuple[int, int],
+                   scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """A class map from ROIs (later ROIs paint over earlier ones, as in the ROI Manager's list)."""
+    out = np.zeros(shape, np.uint8)
+    for roi, cls in zip(rois, classes):
+        out[rings_mask(roi_rings(roi), shape, scale)] = cls
+    return out
+
+
+def roi_class_table(rois: list[ImagejRoi], class_map: dict[str, str] | None, source) -> ClassTable:
+    """Classes in a stable order (the class map's, else sorted names); colours from the first
+    ROI of each class with a stroke colour, else a fixed palette."""
+    found = [roi_class(r.name, class_map, source) for r in rois]
+    names = list(dict.fromkeys(class_map.values())) if class_map is not None else sorted(set(found))
+    colors = {}
+    for roi, cls in zip(rois, found):
+        argb = roi.stroke_color or b""
+        if len(argb) == 4 and any(argb[1:]):
+            colors.setdefault(cls, tuple(argb[1:]))
+    return ClassTable(["background", *names],
+                      [(0, 0, 0), *(colors.get(n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names))])
+
+
+def _tiff_pixel_size(tif) -> float | None:
+    """µm/px from an ImageJ TIFF (unit=micron) or a TIFF resolution in centimetres; None otherwise."""
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    if not num or not den:
+        return None
+    unit = (tif.imagej_metadata or {}).get("unit")
+    if unit is not None:
+        return den / num if str(unit) in MICRON_UNITS else None
+    return 1e4 * den / num if "ResolutionUnit" in tags and tags["ResolutionUnit"].value == 3 else None
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, list[str], float | None]:
+    """A TIFF or PNG as (C, H, W) in [0, 1], its channel names and its µm/px when the file says."""
+    import tifffile
+    from PIL import Image
+
+    path = Path(path)
+    size = None
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                array, axes, size = tif.series[0].asarray(), tif.series[0].axes, _tiff_pixel_size(tif)
+        else:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "RGB") else im)
+            axes = "YXS" if array.ndim == 3 else "YX"
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise UserError(f"{path}: cannot read this image ({exc}); give a TIFF or PNG of one section") from None
+    if axes == "YXS":
+        array = array[..., :3].transpose(2, 0, 1)
+    elif axes == "YX":
+        array = array[None]
+    elif axes != "CYX":
+        raise UserError(f"{path}: image axes {axes} are not YX, YXS (RGB) or CYX; save one plane as TIFF")
+    names = ["R", "G", "B"] if axes == "YXS" else [f"c{i}" for i in range(array.shape[0])]
+    return to_unit(array), names, size
+
+
+def _is_zarr(path: str | Path) -> bool:
+    return "://" in str(path) or str(path).rstrip("/").endswith(".zarr") or Path(path).is_dir()
+
+
+def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
+                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
+                       ) -> tuple[list[Example], ClassTable, list[str]]:
+    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
+    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+    try:
+        rois = read_roiset(roiset_path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{roiset_path}: cannot read the ROIs ({str(exc).splitlines()[0]}); export them again from the ROI Manager") from None
+    if not rois:
+        raise UserError(f"{roiset_path}: no ROIs; outline the regions in the ROI Manager and save them again")
+    table = roi_class_table(rois, class_map, roiset_path)
+    classes = [table.names.index(roi_class(r.name, class_map, roiset_path)) for r in rois]
+    if _is_zarr(image_path):
+        planes, channels, level0, size = _zarr_planes(image_path, pixel_size_um)
+    else:
+        image, channels, size = read_image(image_path)
+        planes, level0 = [image], image.shape[1:]
+        size = pixel_size_in or size
+    if pixel_size_in and _is_zarr(image_path):
+        size = pixel_size_in * level0[1] / planes[0].shape[2]
+    if not size:
+        raise UserError(f"{image_path}: the file does not say its pixel size; pass --pixel-size-in UM (µm per pixel)")
+    examples = []
+    for z, image in enumerate(planes):
+        here = [(r, c) for r, c in zip(rois, classes) if r.position in (0, z + 1)]
+        scale = (image.shape[1] / level0[0], image.shape[2] / level0[1])
+        label = rasterise_rois([r for r, _ in here], [c for _, c in here], image.shape[1:], scale)
+        examples.append(Example(*_resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]"))
+    return examples, table, channels
+
+
+def _zarr_planes(url, pixel_size_um: float) -> tuple[list[np.ndarray], list[str], tuple[int, int], float]:
+    """Every plane of an OME-Zarr image at the level nearest `pixel_size_um`, with level 0's shape."""
+    slide = open_slide(url)
+    level = pick_level(slide, pixel_size_um)
+    planes = [to_unit(np.asarray(slide.plane(level, z))) for z in range(slide.n_planes)]
+    return planes, slide.channels, slide.yx_shape(0), slide.pixel_size(level)
+
+
+def load_examples(data: list[str], pixel_size: float, label_name: str | None = None, rois: list | None = None,
+                  class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
+                  ) -> tuple[list[Example], ClassTable, list[str]]:
+    """All training examples: OME-Zarr label layers, or images paired in order with RoiSet.zip files."""
+    if rois and len(rois) != len(data):
+        raise UserError(f"{len(data)} image(s) but {len(rois)} --rois file(s); give one RoiSet.zip per image, in the same order")
+    examples, table, channels = [], None, None
+    for i, url in enumerate(data):
+        if rois:
+            ex, t, ch = examples_from_rois(url, rois[i], pixel_size, class_map, pixel_size_in)
+        else:
+            ex, t, ch = examples_from_zarr(str(url), pixel_size, label_name)
+        if table is not None and (t.names != table.names or ch != channels):
+            raise UserError(f"{url}: its classes {t.names[1:]} or channels {ch} differ from the first input's; train on "
+                            "inputs that agree (with ROIs, list every class in --class-map)")
+        examples, table, channels = examples + ex, table or t, channels or ch
+    return examples, table, channels
 
 
 def targets_from_classes(classes: np.ndarray) -> dict[str, torch.Tensor]:
@@ -155,24 +336,21 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 30) -> float:
 
 def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: int = 400, pixel_size: float = 16.0,
           tile_size: int = 256, overlap: int = 64, batch_size: int = 4, lr: float = 2e-3, label_name: str | None = None,
-          seed: int = 0, device: str | None = None, progress: bool = True) -> ModelCard:
-    """Train a Mask R-CNN on annotated OME-Zarr slides and write the checkpoint with its card."""
+          seed: int = 0, device: str | None = None, progress: bool = True, rois: list | None = None,
+          class_map: str | Path | None = None, pixel_size_in: float | None = None) -> ModelCard:
+    """Train a Mask R-CNN on annotated slides (OME-Zarr label layers, or images with RoiSet.zip
+    annotations from Fiji, `rois` paired with `data` in order) and write the checkpoint with its card."""
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if not data:
         raise UserError("no training data given; pass one or more OME-Zarr stores with a label layer")
-    examples, table, channels = [], None, None
-    for url in data:
-        ex, t, ch = examples_from_zarr(str(url), pixel_size, label_name)
-        if table is not None and (t.names != table.names or ch != channels):
-            raise UserError(f"{url}: its classes {t.names} or channels {ch} differ from the first store's; train on stores that agree")
-        examples, table, channels = examples + ex, t, ch
+    examples, table, channels = load_examples(data, pixel_size, label_name, rois, load_class_map(class_map), pixel_size_in)
     if not any(e.classes.any() for e in examples):
-        raise UserError(f"{data[0]}: the label layer holds no labelled pixels at {pixel_size} µm/px; check the layer or --pixel-size")
+        raise UserError(f"{data[0]}: the annotations hold no labelled pixels at {pixel_size} µm/px; check them or --pixel-size")
     examples = [e for e in examples if e.classes.any()]
     mean, std, fill = channel_stats(examples)
     card = ModelCard(arch, table.names, table.colors, pixel_size, channels, mean, std, tile_size, overlap,
-                     training={"data": [str(d) for d in data], "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed})
+                     training={"data": [str(d) for d in data], **({"rois": [str(r) for r in rois]} if rois else {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = pick_device(device)
