@@ -92,7 +92,7 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
 
 
 def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:
-    table = Table("value", "section", "region", "area (mm²)", "score", *(["Dice"] if dice else []))
+    table = Table("value", "section", "region", "area (mm²)", "score", *(["Dice (class)"] if dice else []))
     for r in rows:
         extra = [f"{dice.get(r['name'], float('nan')):.3f}"] if dice else []
         table.add_row(str(r["label-value"]), str(r["section"]), r["name"], f"{r['area_um2'] / 1e6:.3f}", f"{r['score']:.2f}", *extra)
@@ -159,7 +159,11 @@ def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo 
     """Make a demo slide and a model, segment the slide, export everything and score it against the truth."""
     from .demo import run_demo
 
+    console.print(f"sebre demo: synthetic slides in {out}/; the first run trains the demo model (about 5 minutes on 2 CPU cores)")
     report = _run(run_demo, out, steps=steps, retrain=retrain)
+    card = report["card"]
+    console.print(f"model: {card.architecture} at {card.pixel_size_um:g} µm/px, trained {card.training.get('steps')} steps in "
+                  f"{card.training.get('seconds')} s; segmented level {report['level']} ({report['tiles']} tiles) in {report['seconds']:.1f} s")
     print_regions(report["regions"], report["dice_by_region"])
     console.print("Dice per region against truth: " + ", ".join(f"{k} {v:.3f}" for k, v in report["dice"].items() if k != "mean"))
     console.print(f"[bold]mean Dice {report['dice']['mean']:.3f}[/]")

@@ -60,6 +60,7 @@ def run_demo(out: str | Path = "sebre-demo", steps: int = STEPS, retrain: bool =
                      measurements=out / "measurements.csv", preview=out / "preview.png", tta=True)
     card = read_card(model)
     dice = compare_layers(open_slide(slide), "sebre", "truth", card.classes, result.level)
-    return {"model": str(model), "slide": str(slide), "regions": result.regions, "dice": dice,
+    return {"model": str(model), "slide": str(slide), "regions": result.regions, "dice": dice, "card": card,
+            "level": result.level, "pixel_size_um": result.pixel_size_um, "tiles": result.tiles,
             "dice_by_region": {r["name"]: dice.get(r["name"], float("nan")) for r in result.regions},
             "outputs": {"labels": f"{slide}/labels/sebre", "model": str(model), **result.outputs}, "seconds": result.seconds}
