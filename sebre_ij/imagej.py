@@ -17,7 +17,7 @@ import jpype
 import numpy as np
 import scyjava
 
-from sebre_ij.rois import Region, atomic_output, roi_properties
+from .rois import Region, atomic_output, roi_group, roi_properties, roi_rings
 
 JAR_ENV = "SEBRE_IJ_JAR"
 _SYSTEM_JARS = (Path("/usr/share/java/ij.jar"), Path("/usr/share/imagej/ij.jar"))
@@ -96,19 +96,14 @@ def _jfloats(values: np.ndarray):
 def java_roi(region: Region, *, position: int | None = None, groups: bool = False):
     """The region as an ImageJ ROI object, matching what write_roiset stores:
     a float PolygonRoi for one part without holes, else a ShapeRoi (even-odd path)."""
-    parts = region.polygons
-    if not parts:
-        raise ValueError(f"region {region.name!r} has no polygon")
-    if len(parts) == 1 and not parts[0][1]:
-        roi = _polygon_roi(parts[0][0])
-    else:
-        roi = _shape_roi([ring for ext, holes in parts for ring in (ext, *holes)])
+    simple, rings = roi_rings(region)
+    roi = _polygon_roi(rings[0]) if simple else _shape_roi(rings)
     roi.setName(region.name)
     roi.setStrokeColor(scyjava.jimport("java.awt.Color")(*map(int, region.color)))
     if groups:  # after the colour, as RoiDecoder does: ImageJ then shows the group colour
-        roi.setGroup(min(max(region.class_index, 0), 255))
-    if position:
-        roi.setPosition(int(position))
+        roi.setGroup(roi_group(region))
+    if position or region.position:
+        roi.setPosition(int(position or region.position))
     for key, value in roi_properties(region).items():
         roi.setProperty(key, value)
     return roi

@@ -256,6 +256,22 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Pa
         raise
 
 
+def roi_rings(region: Region) -> tuple[bool, list[np.ndarray]]:
+    """(True, [exterior]) when one polygon ROI holds the region, else (False, every ring) for a
+    composite ROI (ShapeRoi): holes and several parts."""
+    parts = region.polygons
+    if not parts:
+        raise ValueError(f"region {region.name!r} has no polygon")
+    if len(parts) == 1 and not parts[0][1]:
+        return True, [parts[0][0]]
+    return False, [ring for ext, holes in parts for ring in (ext, *holes)]
+
+
+def roi_group(region: Region) -> int:
+    """ImageJ groups are one byte: the class index, clamped."""
+    return min(max(region.class_index, 0), 255)
+
+
 def imagej_roi(region: Region, *, position: int | None = None, groups: bool = False) -> ImagejRoi:
     """One ImageJ ROI for a region: a float polygon, or a composite (ShapeRoi) for
     holes and several parts.
@@ -264,16 +280,11 @@ def imagej_roi(region: Region, *, position: int | None = None, groups: bool = Fa
     region colour survives only with ``groups=False`` (the default); the class is
     always in the ROI's properties.
     """
-    parts = region.polygons
-    if not parts:
-        raise ValueError(f"region {region.name!r} has no polygon")
-    if len(parts) == 1 and not parts[0][1]:
-        roi = _polygon_roi(parts[0][0])
-    else:
-        roi = _composite_roi([ring for ext, holes in parts for ring in (ext, *holes)])
+    simple, rings = roi_rings(region)
+    roi = _polygon_roi(rings[0]) if simple else _composite_roi(rings)
     roi.name = region.name
     roi.stroke_color = bytes((255, *region.color))
-    roi.group = min(max(region.class_index, 0), 255) if groups else 0
+    roi.group = roi_group(region) if groups else 0
     roi.position = int(position or region.position or 0)
     roi.props = "".join(f"{key}: {value}\n" for key, value in roi_properties(region).items())
     return roi
