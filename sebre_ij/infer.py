@@ -71,7 +71,7 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray],
+def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray], *,
                   device: torch.device, batch_size: int = 4, min_score: float = 0.3,
                   flips: bool = False) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
     """Yield (tile, classes, scores) for every tile, reading batch i+1 while the model runs batch i.

@@ -7,7 +7,9 @@ the pyramid, then the metadata that marks the layer complete, then the exports.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from .infer import predict_tiles, read_tile
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, open_slide, pick_level
-from .tiles import resample_nearest, tile_grid
+from .tiles import Tile, resample_nearest, tile_grid
 from .tissue import coarse_sections, to_unit
 
 
@@ -87,9 +89,15 @@ def _progress(enabled: bool) -> Progress:
                     TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(), disable=not enabled, transient=True)
 
 
-def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, batch_size: int, min_score: float,
-              tta: bool, progress: bool) -> tuple[RegionStats, int, int]:
-    """Segment every plane's tissue tiles into the layer's inference level."""
+Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
+
+
+def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor,
+              progress: bool = False) -> tuple[RegionStats, int, int]:
+    """Segment every plane's tissue tiles into the layer's inference level.
+
+    `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
+    or in tests an oracle, so that stitching is checked apart from the network."""
     stats, n_tiles, n_sections = RegionStats(), 0, 0
     base, level = class_base(len(card.classes)), layer.level
     shape = slide.yx_shape(level)
@@ -103,7 +111,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, model, card: ModelCard, device, b
             task = bar.add_task("tiles", total=len(tiles), rate=0.0)
             start = time.perf_counter()
             read = lambda t: read_tile(array, slide.axes, t, z, fill)  # noqa: E731
-            for i, (tile, classes, scores) in enumerate(predict_tiles(model, card, tiles, read, device, batch_size, min_score, tta)):
+            for i, (tile, classes, scores) in enumerate(predict(tiles, read)):
                 ys, xs = tile.core
                 local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))
                 sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, shape)
@@ -129,7 +137,8 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     level = pick_level(slide, card.pixel_size_um)
     layer = create_layer(slide, labels, level, overwrite=overwrite)
     torch.manual_seed(0)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, model, card, dev, batch_size, min_score, tta, progress)
+    predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, progress)
     build_pyramid(layer)
     rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
