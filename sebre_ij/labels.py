@@ -89,7 +89,8 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False) -
     labels = root.require_group("labels")
     if name in labels:
         if not overwrite:
-            raise UserError(f"{slide.url}: label layer {name!r} exists; pass --overwrite to replace it or --labels NAME for another")
+            state = "exists" if name in slide.label_names() else "exists, unfinished (an interrupted run)"
+            raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or --labels NAME for another")
         _unregister(labels, name)
         del labels[name]
     group = labels.create_group(name)

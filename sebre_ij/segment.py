@@ -92,8 +92,17 @@ def _progress(enabled: bool) -> Progress:
 Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
 
 
+def find_tissue(slide: Slide) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(coarse image, sections) of every plane; a slide without tissue is refused before anything is written."""
+    planes = [coarse_sections(slide, z)[:2] for z in range(slide.n_planes)]
+    if not any(sections.any() for _, sections in planes):
+        raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
+                        "right slide and that its pixels are not all one value")
+    return planes
+
+
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor,
-              progress: bool = False) -> tuple[RegionStats, int, int]:
+              progress: bool = False, planes: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[RegionStats, int, int]:
     """Segment every plane's tissue tiles into the layer's inference level.
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
@@ -103,8 +112,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
     shape = slide.yx_shape(level)
     array = slide.array(level)
     with _progress(progress) as bar:
-        for z in range(slide.n_planes):
-            coarse, sections, _ = coarse_sections(slide, z)
+        for z, (coarse, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, int(sections.max()))
             fill = glass_colour(coarse, sections)
             tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
@@ -135,10 +143,11 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level = pick_level(slide, card.pixel_size_um)
+    planes = find_tissue(slide)
     layer = create_layer(slide, labels, level, overwrite=overwrite)
     torch.manual_seed(0)
     predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, progress)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, progress, planes)
     build_pyramid(layer)
     rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]

@@ -129,3 +129,16 @@ def test_existing_layer_is_refused_without_overwrite(run):
 def test_user_errors_are_one_line_exit_2(args, words, tmp_path):
     proc = subprocess.run([*SEBRE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_blank_slide_is_refused_and_nothing_written(run, tmp_path):
+    from sebre_ij.synth import write_slide
+
+    _, _, model, _, _ = run
+    blank = tmp_path / "blank.zarr"
+    write_slide(blank, np.full((3, 600, 800), 240, np.uint8), np.zeros((600, 800), np.uint8), 8.0)
+    before = image_checksums(blank) | image_checksums(blank / "labels")
+    proc = sebre("segment", blank, "--model", model, check=False)
+    assert proc.returncode == 2 and "no tissue found" in proc.stderr
+    assert open_slide(blank).label_names() == ["truth"] and not (blank / "labels" / "sebre").exists()
+    assert image_checksums(blank) | image_checksums(blank / "labels") == before
