@@ -125,6 +125,8 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups)
     console.print(f"{result.slide}: labels/{result.labels} at level {result.level} ({result.pixel_size_um:.3g} µm/px), "
                   f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
+    if result.resumed_tiles:
+        console.print(f"resumed an interrupted run: {result.resumed_tiles} tiles were already done")
     print_regions(result.regions)
     for kind, path in result.outputs.items():
         console.print(f"{kind}: {path}")

@@ -9,7 +9,7 @@ a layer without them is an unfinished run, never mistaken for a result.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
@@ -71,6 +71,16 @@ class LabelLayer:
     group: zarr.Group
     labels: zarr.Group
     level: int
+    progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
+
+    def save_progress(self, plane: int, batches: int, stats: dict) -> None:
+        """Record, after a batch's tiles are written, how far the run got: a killed run resumes here."""
+        self.progress.setdefault("done", {})[str(plane)] = batches
+        self.progress["stats"] = stats
+        self.group.attrs["sebre"] = {"level": self.level, "progress": self.progress}
+
+    def done(self, plane: int) -> int:
+        return int(self.progress.get("done", {}).get(str(plane), 0))
 
     def array(self, level: int) -> zarr.Array:
         return self.group[self.slide.levels[level].path]
@@ -82,14 +92,21 @@ class LabelLayer:
         self.array(self.level)[index] = values
 
 
-def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False) -> LabelLayer:
-    """Make empty arrays for every level, chunked like the image, after checking the name is free."""
+def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "") -> LabelLayer:
+    """Make empty arrays for every level, chunked like the image, after checking the name is free.
+
+    An unfinished layer left by a killed run with the same `run_key` (same model, slide level and
+    settings) is reopened as it is, so the run resumes where it stopped."""
     check_name(name)
     root = open_writable(slide)
     labels = root.require_group("labels")
     if name in labels:
+        finished = name in slide.label_names()
+        progress = dict(labels[name].attrs).get("sebre", {}).get("progress", {})
+        if not overwrite and not finished and run_key and progress.get("key") == run_key:
+            return LabelLayer(slide, name, labels[name], labels, level, progress)
         if not overwrite:
-            state = "exists" if name in slide.label_names() else "exists, unfinished (an interrupted run)"
+            state = "exists" if finished else "exists, unfinished, from a run with other settings"
             raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or --labels NAME for another")
         _unregister(labels, name)
         del labels[name]
@@ -101,7 +118,9 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False) -
     for lv in slide.levels:
         group.create_array(lv.path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
                            dtype=LABEL_DTYPE, fill_value=0, **extra)
-    return LabelLayer(slide, name, group, labels, level)
+    layer = LabelLayer(slide, name, group, labels, level, {"key": run_key})
+    layer.save_progress(0, 0, {})
+    return layer
 
 
 def _unregister(labels: zarr.Group, name: str) -> None:
@@ -161,7 +180,7 @@ def _transforms(slide: Slide, level) -> list[dict]:
 def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], provenance: dict | None = None) -> None:
     """Write the metadata that marks the layer complete: multiscales, image-label, then the list."""
     slide, fmt = layer.slide, _format(layer.slide)
-    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}
+    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}  # progress dropped: finished
     datasets = [{"path": lv.path, "coordinateTransformations": _transforms(slide, lv)} for lv in slide.levels]
     write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
     labels = layer.labels

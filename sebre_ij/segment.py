@@ -8,6 +8,8 @@ the pyramid, then the metadata that marks the layer complete, then the exports.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class SegmentResult:
     regions: list[dict]
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_tiles: int = 0  # tiles a killed run had already written
 
 
 def check_channels(slide: Slide, card: ModelCard) -> None:
@@ -61,6 +64,16 @@ class RegionStats:
     def __init__(self):
         self.count: dict[int, int] = {}
         self.score: dict[int, float] = {}
+
+    def to_dict(self) -> dict:
+        return {"count": {str(k): v for k, v in self.count.items()}, "score": {str(k): v for k, v in self.score.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RegionStats:
+        stats = cls()
+        stats.count = {int(k): int(v) for k, v in data.get("count", {}).items()}
+        stats.score = {int(k): float(v) for k, v in data.get("score", {}).items()}
+        return stats
 
     def add(self, values: np.ndarray, scores: np.ndarray) -> None:
         uniq, inverse = np.unique(values, return_inverse=True)
@@ -101,13 +114,15 @@ def find_tissue(slide: Slide) -> list[tuple[np.ndarray, np.ndarray]]:
     return planes
 
 
-def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor,
+def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
               progress: bool = False, planes: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[RegionStats, int, int]:
     """Segment every plane's tissue tiles into the layer's inference level.
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
-    or in tests an oracle, so that stitching is checked apart from the network."""
-    stats, n_tiles, n_sections = RegionStats(), 0, 0
+    or in tests an oracle, so that stitching is checked apart from the network. Progress is saved
+    after every batch; batches a killed run finished are skipped, and the rest keep their original
+    boundaries, so a resumed run computes exactly what an uninterrupted one would."""
+    stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
     base, level = class_base(len(card.classes)), layer.level
     shape = slide.yx_shape(level)
     array = slide.array(level)
@@ -116,19 +131,31 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             n_sections = max(n_sections, int(sections.max()))
             fill = glass_colour(coarse, sections)
             tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
-            task = bar.add_task("tiles", total=len(tiles), rate=0.0)
+            skip = layer.done(z) * batch_size
+            task = bar.add_task("tiles", total=len(tiles), completed=min(skip, len(tiles)), rate=0.0)
             start = time.perf_counter()
             read = lambda t: read_tile(array, slide.axes, t, z, fill)  # noqa: E731
-            for i, (tile, classes, scores) in enumerate(predict(tiles, read)):
+            for i, (tile, classes, scores) in enumerate(predict(tiles[skip:], read), start=skip):
                 ys, xs = tile.core
                 local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))
                 sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, shape)
                 values = encode(sec, classes[local], base)
                 layer.write(z, tile.core, values)
                 stats.add(values, scores[local])
-                bar.update(task, advance=1, rate=(i + 1) / max(time.perf_counter() - start, 1e-9))
+                if (i + 1) % batch_size == 0 or i + 1 == len(tiles):
+                    layer.save_progress(z, (i + batch_size) // batch_size, stats.to_dict())
+                bar.update(task, advance=1, rate=(i + 1 - skip) / max(time.perf_counter() - start, 1e-9))
             n_tiles += len(tiles)
     return stats, n_tiles, n_sections
+
+
+def run_key(model_path: str | Path, settings: dict) -> str:
+    """What must match for a killed run to be resumed: the model's bytes and the run's settings."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
@@ -144,16 +171,19 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     check_channels(slide, card)
     level = pick_level(slide, card.pixel_size_um)
     planes = find_tissue(slide)
-    layer = create_layer(slide, labels, level, overwrite=overwrite)
+    settings = {"level": level, "batch_size": batch_size, "min_score": min_score, "tta": tta, "card": card.to_json()}
+    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings))
     torch.manual_seed(0)
+    resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
     predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, progress, planes)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes)
     build_pyramid(layer)
     rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
                                        "pixel_size_um": card.pixel_size_um})
-    result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows)
+    result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows,
+                           resumed_tiles=min(resumed, n_tiles))
     result.outputs = export_regions(open_slide(slide_url), labels, rois=rois, geojson=geojson,
                                     measurements=measurements, preview=preview, groups=roi_groups)
     result.seconds = time.perf_counter() - started
