@@ -7,8 +7,9 @@
 // (bracket values holding spaces: slide=[/my data/slide.zarr]). rois= sets where RoiSet.zip goes
 // (default: next to the slide). Errors print one line starting "SeBRe: error:" and stop the macro.
 
+var batch = false;
 arg = getArgument();
-batch = arg != "";
+batch = (arg != "");
 if (batch) {
 	slide = value(arg, "slide", "");
 	model = value(arg, "model", "");
@@ -35,9 +36,15 @@ if (endsWith(slide, "/") || endsWith(slide, "\\")) slide = substring(slide, 0, l
 if (slide == "" || model == "") fail("give slide=... and model=... (the OME-Zarr slide and the sebre checkpoint)");
 if (rois == "") rois = File.getParent(slide) + File.separator + File.getNameWithoutExtension(slide) + "-" + labels + "-RoiSet.zip";
 
-if (File.exists(rois)) File.delete(rois);
-output = run_sebre(newArray(sebre, "segment", slide, "--model", model, "--labels", labels, "--rois", rois,
-	"--min-score", minScore, "--overwrite"));
+if (File.exists(rois)) dummy = File.delete(rois);
+// exec() takes each argument apart (no quoting trouble) but returns stdout only, and no exit code:
+// a shell folds stderr in (where sebre prints its one-line error) and appends the code.
+if (startsWith(getInfo("os.name"), "Windows"))
+	output = exec("cmd", "/c", sebre, "segment", slide, "--model", model, "--labels", labels, "--rois", rois,
+		"--min-score", minScore, "--overwrite", "2>&1");
+else
+	output = exec("sh", "-c", "\"$0\" \"$@\" 2>&1; echo SEBRE_EXIT=$?", sebre, "segment", slide, "--model", model,
+		"--labels", labels, "--rois", rois, "--min-score", minScore, "--overwrite");
 if (!File.exists(rois)) fail(error_line(output));
 
 roiManager("reset");
@@ -46,15 +53,6 @@ n = roiManager("count");
 print("SeBRe: " + n + " ROIs");
 for (i = 0; i < n; i++) print(call("ij.plugin.frame.RoiManager.getName", i));
 print("SeBRe: RoiSet " + rois);
-
-// The command's stdout and stderr together, with "SEBRE_EXIT=<code>" last where a shell can add it
-// (exec() returns stdout only and no exit code).
-function run_sebre(args) {
-	if (startsWith(getInfo("os.name"), "Windows"))
-		return exec(Array.concat(newArray("cmd", "/c"), Array.concat(args, newArray("2>&1"))));
-	script = "\"$0\" \"$@\" 2>&1; echo SEBRE_EXIT=$?";
-	return exec(Array.concat(newArray("sh", "-c", script), args));
-}
 
 // The line that says what went wrong: sebre's own "error:" line, else the last line of output.
 function error_line(output) {
