@@ -109,6 +109,8 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             preview: Optional[Path] = typer.Option(None, help="Write a preview PNG here."),
             overwrite: bool = typer.Option(False, help="Replace an existing label layer of that name."),
             roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
+            roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
+            roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none)."),
             batch_size: int = typer.Option(4, help="Tiles per model call."),
             min_score: float = typer.Option(0.3, help="Ignore detections scoring below this."),
             tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model card's)."),
@@ -122,7 +124,8 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
 
     result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
                   preview=preview, overwrite=overwrite, batch_size=batch_size, min_score=min_score, device=device,
-                  tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups)
+                  tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
+                  roi_level=roi_level, roi_tolerance=roi_tolerance)
     console.print(f"{result.slide}: labels/{result.labels} at level {result.level} ({result.pixel_size_um:.3g} µm/px), "
                   f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
     if result.resumed_tiles:
@@ -143,13 +146,16 @@ def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label laye
          labels: str = typer.Option(..., "--labels", help="Label layer to export."),
          out: Path = typer.Option(..., "--out", help="RoiSet.zip to write."),
          geojson: Optional[Path] = typer.Option(None, help="Also write QuPath GeoJSON here."),
-         roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours).")):
+         roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
+         roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
+         roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none).")):
     """ImageJ ROIs (and optionally GeoJSON) from an existing label layer."""
     from .exports import export_regions
     from .slide import open_slide
 
     s = _run(open_slide, slide)
-    written = _run(export_regions, s, labels, rois=out, geojson=geojson, groups=roi_groups)
+    written = _run(export_regions, s, labels, rois=out, geojson=geojson, groups=roi_groups, roi_frame=roi_level,
+                   tolerance=roi_tolerance)
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
 

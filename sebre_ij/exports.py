@@ -36,15 +36,19 @@ def region_properties(info: LabelInfo) -> dict[int, dict]:
     return {v: {**p, "color": info.colors.get(v, (255, 255, 0))} for v, p in info.properties.items()}
 
 
-def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None) -> list[Region]:
-    """Every plane's regions in level-0 pixels, each at its 1-based stack position (0 for one plane)."""
+def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None, frame: int = 0) -> list[Region]:
+    """Every plane's regions traced at `level`, in the pixel coordinates of level `frame` (0: full
+    resolution), each at its 1-based stack position (0 for one plane). Off level 0, every ROI says
+    which level and µm/px its coordinates are in."""
     props = region_properties(info)
-    (h0, w0), (h, w) = slide.yx_shape(0), slide.yx_shape(level)
+    (hf, wf), (h, w) = slide.yx_shape(frame), slide.yx_shape(level)
+    extra = {"coordinate_level": frame, "um_per_px": slide.pixel_size(frame)} if frame else {}
     regions = []
     for z in range(slide.n_planes):
-        plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(h0 / h, w0 / w), tolerance=tolerance)
+        plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(hf / h, wf / w), tolerance=tolerance)
         for r in plane:
             r.position = z + 1 if slide.n_planes > 1 else 0
+            r.extra = dict(extra)
         regions += plane
     return regions
 
@@ -68,24 +72,26 @@ def push_regions(slide: Slide, labels: str, *, fiji: str | Path | None = None, g
 
 
 def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
-                   level: int | None = None, tolerance: float | None = None, groups: bool = True) -> dict[str, str]:
+                   level: int | None = None, tolerance: float | None = None, groups: bool = True,
+                   roi_frame: int = 0) -> dict[str, str]:
     """Write whichever exports are asked for; returns {kind: path}.
 
+    ROIs are in level-`roi_frame` pixels (0 by default); GeoJSON always in level 0, as QuPath wants.
     ROI groups carry the class index (ImageJ then shows its group colours; `groups=False` keeps
     the model card's colours in ImageJ, the class stays in each ROI's properties either way)."""
+    if not 0 <= roi_frame < len(slide.levels):
+        raise UserError(f"{slide.url}: --roi-level {roi_frame} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
     info = open_labels(slide, labels)
     props = region_properties(info)
     level = roi_level(slide, info) if level is None else level
     written: dict[str, str] = {}
     planes = range(slide.n_planes)
-    if rois or geojson:
-        regions = layer_regions(slide, info, level, tolerance)
-        if rois:
-            write_roiset(rois, regions, groups=groups)
-            written["rois"] = str(rois)
-        if geojson:
-            write_geojson(geojson, regions, pixel_size_um=slide.pixel_size(0))
-            written["geojson"] = str(geojson)
+    if rois:
+        write_roiset(rois, layer_regions(slide, info, level, tolerance, roi_frame), groups=groups)
+        written["rois"] = str(rois)
+    if geojson:
+        write_geojson(geojson, layer_regions(slide, info, level, tolerance), pixel_size_um=slide.pixel_size(0))
+        written["geojson"] = str(geojson)
     if measurements:
         rows = []
         for z in planes:

@@ -24,7 +24,7 @@ import os
 import struct
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Iterator
 
@@ -63,6 +63,7 @@ class Region:
     score: float | None
     polygons: list[Part]
     position: int = 0  # ImageJ's 1-based stack position (the z plane + 1); 0 = every plane
+    extra: dict = field(default_factory=dict)  # more ROI properties, e.g. the coordinate level and its scale
 
 
 def region_name(section: int, name: str) -> str:
@@ -296,7 +297,7 @@ def roi_properties(region: Region) -> dict[str, str]:
     props = {"class": str(region.class_index), "class_name": region.class_name, "section": str(region.section)}
     if region.score is not None:
         props["score"] = f"{region.score:.6g}"
-    return props
+    return props | {k: str(v) for k, v in region.extra.items()}
 
 
 def _polygon_roi(ring: np.ndarray) -> ImagejRoi:

@@ -162,6 +162,7 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
             geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
             overwrite: bool = False, device: str | None = None, batch_size: int = 4, min_score: float = 0.3,
             tile_size: int | None = None, overlap: int | None = None, tta: bool = False, roi_groups: bool = True,
+            roi_level: int = 0, roi_tolerance: float | None = None,
             progress: bool = True) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports."""
     started = time.perf_counter()
@@ -170,6 +171,8 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level = pick_level(slide, card.pixel_size_um)
+    if not 0 <= roi_level < len(slide.levels):
+        raise UserError(f"{slide.url}: --roi-level {roi_level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
     planes = find_tissue(slide)
     settings = {"level": level, "batch_size": batch_size, "min_score": min_score, "tta": tta, "card": card.to_json()}
     layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings))
@@ -185,6 +188,7 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows,
                            resumed_tiles=min(resumed, n_tiles))
     result.outputs = export_regions(open_slide(slide_url), labels, rois=rois, geojson=geojson,
-                                    measurements=measurements, preview=preview, groups=roi_groups)
+                                    measurements=measurements, preview=preview, groups=roi_groups,
+                                    roi_frame=roi_level, tolerance=roi_tolerance)
     result.seconds = time.perf_counter() - started
     return result

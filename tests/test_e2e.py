@@ -142,3 +142,18 @@ def test_blank_slide_is_refused_and_nothing_written(run, tmp_path):
     assert proc.returncode == 2 and "no tissue found" in proc.stderr
     assert open_slide(blank).label_names() == ["truth"] and not (blank / "labels" / "sebre").exists()
     assert image_checksums(blank) | image_checksums(blank / "labels") == before
+
+
+def test_rois_at_a_chosen_level_carry_their_scale(run, tmp_path):
+    work, slide, *_ = run
+    sebre("rois", slide, "--labels", "sebre", "--out", tmp_path / "l2.zip", "--roi-level", 2)
+    sebre("rois", slide, "--labels", "sebre", "--out", tmp_path / "exact.zip", "--roi-tolerance", 0)
+    full, level2, exact = (read_roiset(p) for p in (work / "RoiSet.zip", tmp_path / "l2.zip", tmp_path / "exact.zip"))
+    assert [r.name for r in level2] == [r.name for r in full]
+    factor = open_slide(slide).yx_shape(0)[0] / open_slide(slide).yx_shape(2)[0]
+    for a, b in zip(full, level2):
+        np.testing.assert_allclose(b.coordinates(), a.coordinates() / factor, atol=1e-3)
+        assert "coordinate_level: 2" in b.props and f"um_per_px: {8.0 * factor}" in b.props
+    assert sum(len(r.coordinates()) for r in exact) > sum(len(r.coordinates()) for r in full)
+    bad = sebre("rois", slide, "--labels", "sebre", "--out", tmp_path / "x.zip", "--roi-level", 9, check=False)
+    assert bad.returncode == 2 and "--roi-level 9" in bad.stderr and not (tmp_path / "x.zip").exists()
