@@ -66,6 +66,14 @@ def _unflip(evidence: torch.Tensor, dims: tuple) -> torch.Tensor:
     return evidence.flip(dims) if dims else evidence
 
 
+def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """On CUDA, through pinned host memory so the copy runs beside the GPU's work."""
+    tensor = torch.from_numpy(image)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
 def batched(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -85,7 +93,7 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
             images = pending.result()
             if i + 1 < len(batches):
                 pending = pool.submit(lambda b: [read(t) for t in b], batches[i + 1])
-            tensors = [torch.from_numpy(im).to(device, non_blocking=True) for im in images]
+            tensors = [_to_device(im, device) for im in images]
             dims = FLIPS if flips else FLIPS[:1]
             views = [t.flip(d) if d else t for d in dims for t in tensors]
             with torch.autocast(device.type, enabled=use_amp):
