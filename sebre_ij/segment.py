@@ -134,7 +134,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             skip = layer.done(z) * batch_size
             task = bar.add_task("tiles", total=len(tiles), completed=min(skip, len(tiles)), rate=0.0)
             start = time.perf_counter()
-            read = lambda t: read_tile(array, slide.axes, t, z, fill)  # noqa: E731
+            read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill)
             for i, (tile, classes, scores) in enumerate(predict(tiles[skip:], read), start=skip):
                 ys, xs = tile.core
                 local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))

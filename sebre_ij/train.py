@@ -118,7 +118,7 @@ def roi_class(name: str, class_map: dict[str, str] | None, source) -> str:
     return bare
 
 
-def roi_rings(roi: ImagejRoi) -> list[np.ndarray]:
+def file_roi_rings(roi: ImagejRoi) -> list[np.ndarray]:
     """The ROI's outline rings as (N, 2) x, y arrays in pixel-corner coordinates; a composite
     (ShapeRoi) gives one ring per sub-path."""
     return [np.asarray(r, np.float64).reshape(-1, 2) for r in roi.coordinates(multi=True) if len(r) >= 3]
@@ -140,7 +140,7 @@ def rasterise_rois(rois: list[ImagejRoi], classes: list[int], shape: tuple[int, 
     """A class map from ROIs (later ROIs paint over earlier ones, as in the ROI Manager's list)."""
     out = np.zeros(shape, np.uint8)
     for roi, cls in zip(rois, classes):
-        out[rings_mask(roi_rings(roi), shape, scale)] = cls
+        out[rings_mask(file_roi_rings(roi), shape, scale)] = cls
     return out
 
 
