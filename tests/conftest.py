@@ -1,4 +1,7 @@
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -22,3 +25,36 @@ def imagej(ij_jar):
     from sebre_ij.imagej import start_imagej
 
     return start_imagej(ij_jar, headless=True)
+
+
+@pytest.fixture(scope="session")
+def xvfb_run():
+    """xvfb-run, for the ROI Manager (it needs a display); a failure under CI when missing."""
+    path = shutil.which("xvfb-run")
+    if path is None:
+        reason = "xvfb-run not found (apt-get install xvfb): the ROI Manager needs a display"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (required when CI is set)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_slide(tmp_path_factory):
+    """A 2-section synthetic slide and a tiny model trained on it for 40 steps, through the CLI.
+    Tests copy the slide (copy_slide) before writing into it."""
+    work = tmp_path_factory.mktemp("trained")
+    slide, model = work / "slide.zarr", work / "model.safetensors"
+    cli = [sys.executable, "-m", "sebre_ij.cli"]
+    subprocess.run([*cli, "synth", str(slide), "--sections", "2", "--size", "1024", "1536", "--pixel-size", "8", "--seed", "3"],
+                   check=True, capture_output=True, timeout=600)
+    subprocess.run([*cli, "train", str(slide), "--out", str(model), "--steps", "40", "--pixel-size", "16",
+                    "--tile-size", "128", "--overlap", "32", "--batch-size", "2"], check=True, capture_output=True, timeout=600)
+    return slide, model
+
+
+def copy_slide(slide, folder):
+    """A private copy of a test slide."""
+    target = folder / slide.name
+    shutil.copytree(slide, target)
+    return target

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import copy_slide
 from ome_zarr_models.v04.image import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
 from sebre_ij.exports import region_properties, roi_level
 from sebre_ij.labels import open_labels, read_plane
+from sebre_ij.model import read_card
 from sebre_ij.rois import read_roiset, regions_from_labels
 from sebre_ij.slide import open_slide
 
@@ -40,11 +42,10 @@ def image_checksums(store: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(trained_slide, tmp_path_factory):
+    """`sebre synth` and `sebre train` ran in conftest's trained_slide; segment a copy here."""
     work = tmp_path_factory.mktemp("e2e")
-    slide, model = work / "slide.zarr", work / "model.safetensors"
-    sebre("synth", slide, "--sections", 2, "--size", 1024, 1536, "--pixel-size", 8, "--seed", 3)
-    sebre("train", slide, "--out", model, "--steps", 40, "--pixel-size", 16, "--tile-size", 128, "--overlap", 32, "--batch-size", 2)
+    slide, model = copy_slide(trained_slide[0], work), trained_slide[1]
     before = image_checksums(slide)
     out = sebre("segment", slide, "--model", model, "--rois", work / "RoiSet.zip", "--geojson", work / "regions.geojson",
                 "--measurements", work / "measurements.csv", "--preview", work / "preview.png", "--min-score", 0.05)
@@ -52,7 +53,7 @@ def run(tmp_path_factory):
 
 
 def test_segment_writes_a_valid_label_layer_and_leaves_the_image_alone(run):
-    work, slide, _, before, out = run
+    work, slide, model, before, out = run
     assert image_checksums(slide) == before
     root = zarr.open_group(slide, mode="r")
     Image.from_zarr(root)
@@ -65,14 +66,8 @@ def test_segment_writes_a_valid_label_layer_and_leaves_the_image_alone(run):
     assert info.properties, "the model found no region at all"
     for value, p in info.properties.items():
         assert value == p["section"] * 100 + p["class"] and p["section"] in (1, 2)
-        assert info.colors[value] == tuple(read_card_colors(work)[p["class"]])
+        assert info.colors[value] == tuple(read_card(model).colors[p["class"]])
     assert "labels/sebre at level" in out.stdout
-
-
-def read_card_colors(work):
-    from sebre_ij.model import read_card
-
-    return read_card(work / "model.safetensors").colors
 
 
 def test_roiset_decodes_in_imagej_with_names_and_coordinates(run, imagej):

@@ -4,13 +4,13 @@ macro error opens a modal dialog that would otherwise hang the test."""
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_slide
 
 from sebre_ij.rois import read_roiset
 from sebre_ij.slide import open_slide
@@ -29,24 +29,11 @@ def sebre(*args, check=True, env=None, wrap=()):
 
 
 @pytest.fixture(scope="module")
-def xvfb_run():
-    path = shutil.which("xvfb-run")
-    if path is None:
-        reason = "xvfb-run not found (apt-get install xvfb): the ROI Manager needs a display"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small synthetic slide and a model trained on it for 30 steps."""
+def trained(trained_slide, tmp_path_factory):
+    """The shared small slide (a private copy) and its tiny model."""
     work = tmp_path_factory.mktemp("fiji")
-    slide, model = work / "S.zarr", work / "M.safetensors"
-    sebre("synth", slide, "--sections", 2, "--size", 1024, 1536, "--pixel-size", 8, "--seed", 3)
-    sebre("train", slide, "--out", model, "--steps", 30, "--pixel-size", 16, "--tile-size", 128, "--overlap", 32, "--batch-size", 2)
-    return work, slide, model
+    slide, model = trained_slide
+    return work, copy_slide(slide, work), model
 
 
 def run_macro(xvfb_run, ij_jar, arg, timeout=300):
@@ -65,7 +52,7 @@ def test_macro_segments_and_fills_the_roi_manager(trained, ij_jar, xvfb_run):
     assert counts, proc.stdout + proc.stderr
     n = int(lines[counts[0]].split()[1])
     names = lines[counts[0] + 1:counts[0] + 1 + n]
-    roiset = work / "S-fiji-RoiSet.zip"
+    roiset = work / f"{slide.stem}-fiji-RoiSet.zip"
     assert lines[counts[0] + 1 + n] == f"SeBRe: RoiSet {roiset}"
     assert n > 0
     assert names == [roi.name for roi in read_roiset(roiset)]

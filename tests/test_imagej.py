@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,17 +43,6 @@ def assert_same_roi(got, region):
     assert len(got["rings"]) == len(rings(region))
     for decoded, ring in zip(got["rings"], rings(region)):
         np.testing.assert_allclose(decoded, ring.astype(np.float32), rtol=0, atol=1e-3)
-
-
-@pytest.fixture(scope="session")
-def xvfb_run():
-    path = shutil.which("xvfb-run")
-    if path is None:
-        reason = "xvfb-run not found (apt-get install xvfb): the ROI Manager needs a display"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
-    return path
 
 
 def test_imagej_decodes_what_we_wrote(imagej, tmp_path):
