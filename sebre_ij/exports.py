@@ -48,7 +48,8 @@ def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | 
         plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(hf / h, wf / w), tolerance=tolerance)
         for r in plane:
             r.position = z + 1 if slide.n_planes > 1 else 0
-            r.extra = dict(extra)
+            area = props.get(r.value, {}).get("area_um2")
+            r.extra = {**({"area_um2": area} if area is not None else {}), **extra}
         regions += plane
     return regions
 

@@ -149,6 +149,7 @@ def test_rois_at_a_chosen_level_carry_their_scale(run, tmp_path):
     for a, b in zip(full, level2):
         np.testing.assert_allclose(b.coordinates(), a.coordinates() / factor, atol=1e-3)
         assert "coordinate_level: 2" in b.props and f"um_per_px: {8.0 * factor}" in b.props
+        assert re.search(r"area_um2: \d", a.props)
     assert sum(len(r.coordinates()) for r in exact) > sum(len(r.coordinates()) for r in full)
     bad = sebre("rois", slide, "--labels", "sebre", "--out", tmp_path / "x.zip", "--roi-level", 9, check=False)
     assert bad.returncode == 2 and "--roi-level 9" in bad.stderr and not (tmp_path / "x.zip").exists()
