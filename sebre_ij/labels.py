@@ -8,10 +8,11 @@ a layer without them is an unfinished run, never mistaken for a result.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
-import dask.array as da
+import dask
 import numpy as np
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
@@ -72,6 +73,20 @@ class LabelLayer:
     labels: zarr.Group
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
+    ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
+
+    def mark_ran(self, core: tuple[slice, slice]) -> None:
+        """Note a tile's core, so the pyramid is built only where tiles ran."""
+        cy, cx = self.array(self.level).chunks[-2:]
+        if self.ran is None:
+            h, w = self.slide.yx_shape(self.level)
+            self.ran = np.zeros((-(-h // cy), -(-w // cx)), bool)
+        self.ran[core[0].start // cy:(core[0].stop - 1) // cy + 1, core[1].start // cx:(core[1].stop - 1) // cx + 1] = True
+
+    def ran_in(self, index: list[np.ndarray]) -> bool:
+        """Did any tile run under these inference-level rows and columns?"""
+        cy, cx = self.array(self.level).chunks[-2:]
+        return bool(self.ran[index[0].min() // cy:index[0].max() // cy + 1, index[1].min() // cx:index[1].max() // cx + 1].any())
 
     def save_progress(self, plane: int, batches: int, stats: dict) -> None:
         """Record, after a batch's tiles are written, how far the run got: a killed run resumes here."""
@@ -137,26 +152,40 @@ def _set_ome_attrs(group: zarr.Group, attrs: dict) -> None:
         group.attrs.update(attrs)
 
 
-def _resample_block(src: zarr.Array, dst_shape: tuple[int, ...], block_info=None) -> np.ndarray:
-    """One destination chunk by nearest neighbour (pixel centres matched) from the source level."""
-    loc = block_info[None]["array-location"]
-    index = [np.minimum(((np.arange(a, b) + 0.5) * s / d).astype(np.int64), s - 1)
-             for (a, b), s, d in zip(loc, src.shape, dst_shape)]
-    window = tuple(slice(int(i.min()), int(i.max()) + 1) if len(i) else slice(0, 0) for i in index)
-    data = src[window]
-    return data[np.ix_(*[i - w.start for i, w in zip(index, window)])]
+def _source_index(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """For each axis, the source pixel under each destination pixel's centre (nearest neighbour)."""
+    return [np.minimum(((np.arange(b.start, b.stop) + 0.5) * s / d).astype(np.int64), s - 1)
+            for b, s, d in zip(block, src_shape, dst_shape)]
+
+
+def _write_block(src: zarr.Array, dst: zarr.Array, block: tuple[slice, ...]) -> None:
+    """One destination chunk from the source level, label-safe."""
+    index = _source_index(block, src.shape, dst.shape)
+    window = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
+    dst[block] = src[window][np.ix_(*[i - w.start for i, w in zip(index, window)])]
+
+
+def _blocks(array: zarr.Array):
+    """Every chunk of an array as a tuple of slices."""
+    ranges = [[slice(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(array.shape, array.chunks)]
+    return itertools.product(*ranges)
 
 
 def build_pyramid(layer: LabelLayer) -> None:
-    """Fill every other level from the inference level, chunk by chunk (Dask), label-safe."""
+    """Fill every other level from the inference level, chunk by chunk with Dask, label-safe.
+
+    Only chunks over the tiles that ran are computed (`layer.ran`): on a slide that is mostly
+    glass, time follows tissue, and the glass chunks are never written."""
     src = layer.array(layer.level)
+    tasks = []
     for i in range(len(layer.slide.levels)):
         if i == layer.level:
             continue
         dst = layer.array(i)
-        chunks = da.core.normalize_chunks(dst.chunks, dst.shape)
-        block = da.map_blocks(_resample_block, src, dst.shape, chunks=chunks, dtype=dst.dtype, meta=np.empty((0,) * dst.ndim, dst.dtype))
-        da.store(block, dst, lock=False)
+        for block in _blocks(dst):
+            if layer.ran is None or layer.ran_in(_source_index(block[-2:], src.shape[-2:], dst.shape[-2:])):
+                tasks.append(dask.delayed(_write_block)(src, dst, block))
+    dask.compute(*tasks)
 
 
 def _axes_meta(slide: Slide) -> list[dict]:

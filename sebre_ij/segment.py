@@ -131,6 +131,8 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             n_sections = max(n_sections, int(sections.max()))
             fill = glass_colour(coarse, sections)
             tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
+            for tile in tiles:
+                layer.mark_ran(tile.core)
             skip = layer.done(z) * batch_size
             task = bar.add_task("tiles", total=len(tiles), completed=min(skip, len(tiles)), rate=0.0)
             start = time.perf_counter()

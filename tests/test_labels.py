@@ -51,3 +51,23 @@ def test_layer_pyramid_and_metadata(tmp_path, ngff):
         create_layer(open_slide(path), "pred", level=1)
     create_layer(open_slide(path), "pred", level=1, overwrite=True)
     assert open_slide(path).label_names() == ["truth"]  # unfinished again until its metadata is written
+
+
+def test_pyramid_only_where_tiles_ran(tmp_path):
+    """Glass chunks are neither computed nor written; where tiles ran, levels match the full build."""
+    path = tmp_path / "s.zarr"
+    write_slide(path, np.full((3, 1024, 1024), 240, np.uint8), np.zeros((1024, 1024), np.uint8), 1.0, chunk=128, levels=3)
+    slide = open_slide(path)
+    values = np.zeros(slide.yx_shape(1), np.uint32)
+    values[20:100, 30:90] = 101
+    sparse, full = create_layer(slide, "sparse", level=1), create_layer(slide, "full", level=1)
+    for layer in (sparse, full):
+        layer.write(0, (slice(0, 512), slice(0, 512)), values)
+    sparse.mark_ran((slice(0, 128), slice(0, 128)))  # one tile's core over the region
+    build_pyramid(sparse)
+    build_pyramid(full)
+    for level in (0, 2):
+        np.testing.assert_array_equal(sparse.array(level)[:], full.array(level)[:])
+    level0 = path / "labels" / "sparse" / "s0"
+    written = [p for p in level0.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert 0 < len(written) <= 4  # the 2 x 2 level-0 chunks under one level-1 chunk, of 64
