@@ -72,6 +72,11 @@ def push_regions(slide: Slide, labels: str, *, fiji: str | Path | None = None, g
                         "use --rois RoiSet.zip and open it in Fiji") from None
 
 
+def check_roi_level(slide: Slide, level: int) -> None:
+    if not 0 <= level < len(slide.levels):
+        raise UserError(f"{slide.url}: --roi-level {level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
+
+
 def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
                    level: int | None = None, tolerance: float | None = None, groups: bool = True,
                    roi_frame: int = 0) -> dict[str, str]:
@@ -80,8 +85,7 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
     ROIs are in level-`roi_frame` pixels (0 by default); GeoJSON always in level 0, as QuPath wants.
     ROI groups carry the class index (ImageJ then shows its group colours; `groups=False` keeps
     the model card's colours in ImageJ, the class stays in each ROI's properties either way)."""
-    if not 0 <= roi_frame < len(slide.levels):
-        raise UserError(f"{slide.url}: --roi-level {roi_frame} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
+    check_roi_level(slide, roi_frame)
     info = open_labels(slide, labels)
     props = region_properties(info)
     level = roi_level(slide, info) if level is None else level

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import UserError
-from .exports import export_regions
+from .exports import check_roi_level, export_regions
 from .infer import predict_tiles, read_tile
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
@@ -173,12 +172,10 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level = pick_level(slide, card.pixel_size_um)
-    if not 0 <= roi_level < len(slide.levels):
-        raise UserError(f"{slide.url}: --roi-level {roi_level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
+    check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
     settings = {"level": level, "batch_size": batch_size, "min_score": min_score, "tta": tta, "card": card.to_json()}
     layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings))
-    torch.manual_seed(0)
     resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
     predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
     stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes)
