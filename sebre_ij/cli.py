@@ -108,6 +108,8 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             measurements: Optional[Path] = typer.Option(None, help="Write a measurements CSV here."),
             preview: Optional[Path] = typer.Option(None, help="Write a preview PNG here."),
             overwrite: bool = typer.Option(False, help="Replace an existing label layer of that name."),
+            resume: bool = typer.Option(False, help="Finish an interrupted run of this command (the same command without it resumes too)."),
+            pixel_size: Optional[float] = typer.Option(None, help="µm per pixel of level 0, when the slide's metadata lacks it or is wrong."),
             roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
             roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
             roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none)."),
@@ -123,10 +125,10 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
     from .segment import segment as run_segment
 
     result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
-                  preview=preview, overwrite=overwrite, batch_size=batch_size, min_score=min_score, device=device,
+                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, batch_size=batch_size, min_score=min_score, device=device,
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
                   roi_level=roi_level, roi_tolerance=roi_tolerance)
-    console.print(f"{result.slide}: labels/{result.labels} at level {result.level} ({result.pixel_size_um:.3g} µm/px), "
+    console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "
                   f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
     if result.resumed_tiles:
         console.print(f"resumed an interrupted run: {result.resumed_tiles} tiles were already done")

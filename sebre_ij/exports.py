@@ -17,6 +17,7 @@ from .measure import measure_regions, write_csv
 from .preview import write_preview
 from .rois import Region, regions_from_labels, write_geojson, write_roiset
 from .slide import Slide
+from .tiles import resample_nearest
 from .tissue import coarse_sections
 
 MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
@@ -106,6 +107,8 @@ def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measur
         written["measurements"] = str(measurements)
     if preview:
         image, sections, small = coarse_sections(slide, 0)
-        write_preview(preview, image, read_plane(info, slide, small, 0), sections, info.colors)
+        values = read_plane(info, slide, small, 0)  # the coarse image is strided on a slide without a pyramid
+        values = resample_nearest(values, values.shape, 0, sections.shape[0], 0, sections.shape[1], sections.shape)
+        write_preview(preview, image, values, sections, info.colors)
         written["preview"] = str(preview)
     return {k: str(Path(v)) for k, v in written.items()}

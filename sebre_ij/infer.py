@@ -6,11 +6,13 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .model import ModelCard
 from .tiles import Tile
@@ -21,18 +23,52 @@ from .tissue import to_unit
 EVIDENCE_THRESHOLD = 0.15
 
 
-def read_tile(array, axes: str, tile: Tile, z: int, fill: np.ndarray) -> np.ndarray:
-    """A (C, size, size) float tile in [0, 1]; the part past the level's edge is glass-coloured."""
+def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
+    return tuple(z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
+
+
+def read_tile(array, axes: str, tile: Tile, z: int, fill: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """A (C, size, size) float tile in [0, 1]; the part past the level's edge is glass-coloured.
+
+    With `factor` != 1 the tile lies on a resampled grid (tiles.Grid) and is interpolated from
+    the source level: Gaussian anti-aliasing, then bilinear at the inference pixels' centres."""
+    if factor != 1.0:
+        return _read_resampled(array, axes, tile, z, fill, factor)
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
     y1, x1 = min(tile.y + tile.size, height), min(tile.x + tile.size, width)
-    index = tuple(z if a == "z" else 0 if a == "t" else slice(tile.y, y1) if a == "y" else slice(tile.x, x1) if a == "x" else slice(None)
-                  for a in axes)
-    data = to_unit(np.asarray(array[index]))
+    data = to_unit(np.asarray(array[_window(axes, z, slice(tile.y, y1), slice(tile.x, x1))]))
     if "c" not in axes:
         data = data[None]
     out = np.empty((data.shape[0], tile.size, tile.size), np.float32)
     out[:] = fill[:, None, None]
     out[:, : y1 - tile.y, : x1 - tile.x] = data
+    return out
+
+
+def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, factor: float) -> np.ndarray:
+    # A stride bounds memory when one source level is far finer than the model (a slide without
+    # a pyramid): the window read is then at most about twice the tile per side.
+    stride = max(1, int(factor // 2))
+    f = factor / stride
+    height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
+    valid = [min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin)))  # inference pixels whose centre is inside
+             for n, origin in ((height, tile.y), (width, tile.x))]
+    out = np.empty((len(fill), tile.size, tile.size), np.float32)
+    out[:] = fill[:, None, None]
+    if min(valid) == 0:
+        return out
+    lo = [int((o + 0.5) * factor - factor) // stride * stride for o in (tile.y, tile.x)]
+    lo = [max(0, v) for v in lo]
+    hi = [min(n, math.ceil((o + v + 0.5) * factor + factor) + stride) for n, o, v in zip((height, width), (tile.y, tile.x), valid)]
+    data = to_unit(np.asarray(array[_window(axes, z, slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))]))
+    if "c" not in axes:
+        data = data[None]
+    if f > 1:
+        data = ndimage.gaussian_filter(data, (0, (f - 1) / 2, (f - 1) / 2), mode="nearest")
+    # inference pixel i has its centre at source coordinate (origin + i + 0.5) * factor - 0.5
+    offset = [0.0] + [((o + 0.5) * factor - 0.5 - start) / stride for o, start in zip((tile.y, tile.x), lo)]
+    out[:, : valid[0], : valid[1]] = ndimage.affine_transform(data, [1.0, f, f], offset=offset,
+                                                              output_shape=(data.shape[0], *valid), order=1, mode="nearest")
     return out
 
 

@@ -107,24 +107,32 @@ class LabelLayer:
         self.array(self.level)[index] = values
 
 
-def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "") -> LabelLayer:
+def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "",
+                 resume: bool = False) -> LabelLayer:
     """Make empty arrays for every level, chunked like the image, after checking the name is free.
 
     An unfinished layer left by a killed run with the same `run_key` (same model, slide level and
-    settings) is reopened as it is, so the run resumes where it stopped."""
+    settings) is reopened as it is, so the run resumes where it stopped; with `resume`, there
+    must be one."""
     check_name(name)
     root = open_writable(slide)
-    labels = root.require_group("labels")
-    if name in labels:
+    labels = root["labels"] if "labels" in root else None
+    if labels is not None and name in labels:
         finished = name in slide.label_names()
         progress = dict(labels[name].attrs).get("sebre", {}).get("progress", {})
         if not overwrite and not finished and run_key and progress.get("key") == run_key:
             return LabelLayer(slide, name, labels[name], labels, level, progress)
+        if resume:
+            raise UserError(f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this command "
+                            "(finished, or other model or settings); rerun without --resume (add --overwrite to replace it)")
         if not overwrite:
             state = "exists" if finished else "exists, unfinished, from a run with other settings"
             raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or --labels NAME for another")
         _unregister(labels, name)
         del labels[name]
+    if resume:
+        raise UserError(f"{slide.url}: --resume, but there is no label layer {name!r} to resume; run without --resume")
+    labels = root.require_group("labels")
     group = labels.create_group(name)
     if slide.zarr_format == 2:
         extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}

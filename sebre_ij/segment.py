@@ -23,8 +23,8 @@ from .exports import check_roi_level, export_regions
 from .infer import predict_tiles, read_tile
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
-from .slide import Slide, open_slide, pick_level
-from .tiles import Tile, resample_nearest, tile_grid
+from .slide import Slide, inference_level, open_slide
+from .tiles import Grid, Tile, resample_nearest, tile_grid
 from .tissue import coarse_sections, to_unit
 
 
@@ -114,34 +114,35 @@ def find_tissue(slide: Slide) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
-              progress: bool = False, planes: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[RegionStats, int, int]:
-    """Segment every plane's tissue tiles into the layer's inference level.
+              progress: bool = False, planes: list[tuple[np.ndarray, np.ndarray]] | None = None,
+              factor: float = 1.0) -> tuple[RegionStats, int, int]:
+    """Segment every plane's tissue tiles into the layer's level (the source of a `factor` Grid).
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
     or in tests an oracle, so that stitching is checked apart from the network. Progress is saved
     after every batch; batches a killed run finished are skipped, and the rest keep their original
     boundaries, so a resumed run computes exactly what an uninterrupted one would."""
     stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
-    base, level = class_base(len(card.classes)), layer.level
-    shape = slide.yx_shape(level)
-    array = slide.array(level)
+    base = class_base(len(card.classes))
+    grid = Grid(slide.yx_shape(layer.level), factor)
+    array = slide.array(layer.level)
     with _progress(progress) as bar:
         for z, (coarse, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, int(sections.max()))
             fill = glass_colour(coarse, sections)
-            tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
+            tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
             for tile in tiles:
-                layer.mark_ran(tile.core)
+                layer.mark_ran(grid.source_window(tile.core))
             skip = layer.done(z) * batch_size
             task = bar.add_task("tiles", total=len(tiles), completed=min(skip, len(tiles)), rate=0.0)
             start = time.perf_counter()
-            read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill)
+            read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill, factor=factor)
             for i, (tile, classes, scores) in enumerate(predict(tiles[skip:], read), start=skip):
-                ys, xs = tile.core
-                local = (slice(ys.start - tile.y, ys.stop - tile.y), slice(xs.start - tile.x, xs.stop - tile.x))
-                sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, shape)
+                ys, xs = grid.source_window(tile.core)
+                local = np.ix_(grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size))
+                sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, grid.source)
                 values = encode(sec, classes[local], base)
-                layer.write(z, tile.core, values)
+                layer.write(z, (ys, xs), values)
                 stats.add(values, scores[local])
                 if (i + 1) % batch_size == 0 or i + 1 == len(tiles):
                     layer.save_progress(z, (i + batch_size) // batch_size, stats.to_dict())
@@ -161,32 +162,38 @@ def run_key(model_path: str | Path, settings: dict) -> str:
 
 def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
             geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
-            overwrite: bool = False, device: str | None = None, batch_size: int = 4, min_score: float = 0.3,
-            tile_size: int | None = None, overlap: int | None = None, tta: bool = False, roi_groups: bool = True,
-            roi_level: int = 0, roi_tolerance: float | None = None,
-            progress: bool = True) -> SegmentResult:
-    """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports."""
+            overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int = 4,
+            min_score: float = 0.3, tile_size: int | None = None, overlap: int | None = None, tta: bool = False,
+            pixel_size: float | None = None, roi_groups: bool = True, roi_level: int = 0,
+            roi_tolerance: float | None = None, progress: bool = True) -> SegmentResult:
+    """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports.
+
+    A run killed part-way resumes when started again with the same settings (`resume=True` also
+    insists that there is such a run to resume); `overwrite` starts over."""
     started = time.perf_counter()
-    slide = open_slide(slide_url)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    slide = open_slide(slide_url, pixel_size)
     dev = pick_device(device)
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
-    level = pick_level(slide, card.pixel_size_um)
+    level, factor = inference_level(slide, card.pixel_size_um)
     check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
-    settings = {"level": level, "batch_size": batch_size, "min_score": min_score, "tta": tta, "card": card.to_json()}
-    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings))
+    settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
+                "card": card.to_json()}
+    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume)
     resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
     predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes)
+    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
     build_pyramid(layer)
     rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
-                                       "pixel_size_um": card.pixel_size_um})
-    result = SegmentResult(str(slide_url), labels, level, slide.pixel_size(level), n_sections, n_tiles, rows,
-                           resumed_tiles=min(resumed, n_tiles))
-    result.outputs = export_regions(open_slide(slide_url), labels, rois=rois, geojson=geojson,
+                                       "pixel_size_um": card.pixel_size_um, "resampling_factor": factor})
+    result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
+                           n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles))
+    result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,
                                     measurements=measurements, preview=preview, groups=roi_groups,
                                     roi_frame=roi_level, tolerance=roi_tolerance)
     result.seconds = time.perf_counter() - started

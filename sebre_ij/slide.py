@@ -38,6 +38,7 @@ class Slide:
     levels: list[Level]
     channels: list[str]
     name: str = ""
+    um_per_unit: float = 1.0  # µm per stored scale unit: 1 unless --pixel-size corrected the metadata
 
     @property
     def zarr_format(self) -> int:
@@ -45,7 +46,7 @@ class Slide:
 
     def pixel_size(self, level: int) -> float:
         """µm per pixel along x at `level` (slides have square pixels in practice)."""
-        return self.levels[level].scale[self.axes.index("x")]
+        return self.levels[level].scale[self.axes.index("x")] * self.um_per_unit
 
     def yx_shape(self, level: int) -> tuple[int, int]:
         shape = self.levels[level].shape
@@ -149,8 +150,11 @@ def _channels(attrs: dict, axes: str, levels: list[Level]) -> list[str]:
     return [f"C{i}" for i in range(n)]
 
 
-def open_slide(url: str | Path) -> Slide:
-    """Read the metadata of an OME-Zarr image; pixel data stays on disk until asked for."""
+def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
+    """Read the metadata of an OME-Zarr image; pixel data stays on disk until asked for.
+
+    `pixel_size` (µm/px of level 0) replaces what the metadata says, for slides whose scale is
+    missing or wrong (a TIFF converted without it says 1); the coarser levels keep their ratios."""
     url = str(url)
     group = _open_group(url)
     attrs = _ome_attrs(group)
@@ -158,9 +162,31 @@ def open_slide(url: str | Path) -> Slide:
     version = _version(url, attrs, ms)
     axes = _axes(url, ms)
     levels = _levels(url, group, ms, axes)
-    return Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), ms.get("name", ""))
+    slide = Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), ms.get("name", ""))
+    if pixel_size is not None:
+        if not math.isfinite(pixel_size) or pixel_size <= 0:
+            raise UserError(f"{url}: --pixel-size {pixel_size} is not a positive number of µm per pixel")
+        slide.um_per_unit = pixel_size / slide.pixel_size(0)
+    return slide
 
 
 def pick_level(slide: Slide, pixel_size_um: float) -> int:
     """The level whose µm/px is nearest (in log scale) to the model's."""
     return min(range(len(slide.levels)), key=lambda i: abs(math.log(slide.pixel_size(i) / pixel_size_um)))
+
+
+LEVEL_TOLERANCE = 0.10  # a level within 10 % of the model's µm/px is used as it is
+
+
+def inference_level(slide: Slide, pixel_size_um: float) -> tuple[int, float]:
+    """(source level, resampling factor) for a model working at `pixel_size_um`.
+
+    The nearest level if it is within 10 % (factor 1); otherwise the nearest finer level, from
+    which tiles are resampled by `factor` source pixels per model pixel (the coarsest level, upsampled, if
+    every level is coarser than the model)."""
+    nearest = pick_level(slide, pixel_size_um)
+    if abs(slide.pixel_size(nearest) / pixel_size_um - 1) <= LEVEL_TOLERANCE:
+        return nearest, 1.0
+    finer = [i for i in range(len(slide.levels)) if slide.pixel_size(i) < pixel_size_um]
+    source = max(finer, key=slide.pixel_size) if finer else nearest
+    return source, pixel_size_um / slide.pixel_size(source)

@@ -66,3 +66,33 @@ def resample_nearest(src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: i
     rows = np.minimum(((np.arange(y0, y1) + 0.5) * src_shape[0] / dst_shape[0]).astype(np.int64), src_shape[0] - 1)
     cols = np.minimum(((np.arange(x0, x1) + 0.5) * src_shape[1] / dst_shape[1]).astype(np.int64), src_shape[1] - 1)
     return src[np.ix_(rows, cols)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The inference grid laid over a source level: `factor` source pixels per inference pixel.
+
+    When no image level matches the model's µm/px, tiles live on this virtual grid and are
+    resampled from the source level as they are read; their cores map back onto source pixels
+    by pixel centres, so the mapped cores still partition the source level (no seams, no gaps)."""
+
+    source: tuple[int, int]  # (height, width) of the source level
+    factor: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(max(1, round(n / self.factor)) for n in self.source)
+
+    def _bound(self, b: int, axis: int) -> int:
+        """First source pixel whose centre lies at or past inference coordinate b."""
+        if b >= self.shape[axis]:
+            return self.source[axis]
+        return min(math.ceil(b * self.factor - 0.5), self.source[axis])
+
+    def source_window(self, core: tuple[slice, slice]) -> tuple[slice, slice]:
+        return tuple(slice(self._bound(s.start, a), self._bound(s.stop, a)) for a, s in enumerate(core))
+
+    def tile_index(self, window: slice, axis: int, origin: int, size: int) -> np.ndarray:
+        """For each source pixel of `window`, the tile pixel (tile starting at `origin`) holding its centre."""
+        centres = (np.arange(window.start, window.stop) + 0.5) / self.factor
+        return np.clip(np.floor(centres).astype(np.int64), 0, self.shape[axis] - 1).clip(origin, origin + size - 1) - origin

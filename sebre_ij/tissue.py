@@ -82,7 +82,11 @@ def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px:
 
 
 def coarse_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """The coarse level's image, its sections and the level's index."""
+    """The coarse level's image, its sections and the level's index.
+
+    A slide without a small enough level (no pyramid) is read with a stride, so the tissue
+    image stays about COARSE_MAX_SIDE pixels whatever the slide's size."""
     level = coarse_level(slide)
-    image = np.asarray(slide.plane(level, z))
+    stride = -(-max(slide.yx_shape(level)) // COARSE_MAX_SIDE)
+    image = np.asarray(slide.plane(level, z)[:, ::stride, ::stride])
     return image, find_sections(image), level

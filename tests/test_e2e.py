@@ -67,7 +67,7 @@ def test_segment_writes_a_valid_label_layer_and_leaves_the_image_alone(run):
     for value, p in info.properties.items():
         assert value == p["section"] * 100 + p["class"] and p["section"] in (1, 2)
         assert info.colors[value] == tuple(read_card(model).colors[p["class"]])
-    assert "labels/sebre at level" in out.stdout
+    assert "labels/sebre from level" in out.stdout
 
 
 def test_roiset_decodes_in_imagej_with_names_and_coordinates(run, imagej):

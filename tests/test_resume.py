@@ -46,8 +46,8 @@ def setup(tmp_path_factory):
     return work, layer_files(work / "clean.zarr")
 
 
-@pytest.mark.parametrize("kill_after_batches", [1, 7, 20])
-def test_killed_run_resumes_to_identical_layer(setup, tmp_path, kill_after_batches):
+@pytest.mark.parametrize("kill_after_batches, flags", [(1, []), (7, ["--resume"]), (20, [])])
+def test_killed_run_resumes_to_identical_layer(setup, tmp_path, kill_after_batches, flags):
     work, clean = setup
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "clean.zarr", store, ignore=shutil.ignore_patterns("labels"))
@@ -60,7 +60,7 @@ def test_killed_run_resumes_to_identical_layer(setup, tmp_path, kill_after_batch
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < progress_of(store), "the run was not killed mid-way"
-    rerun = subprocess.run(segment_cmd(store, work / "m.safetensors"), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([*segment_cmd(store, work / "m.safetensors"), *flags], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed" in rerun.stdout
     assert layer_files(store) == clean
@@ -80,3 +80,18 @@ def test_unfinished_layer_from_other_settings_is_refused(setup, tmp_path):
     assert proc.returncode == 2 and "unfinished" in proc.stderr and "--overwrite" in proc.stderr
     ok = subprocess.run([*segment_cmd(store, work / "m.safetensors"), "--overwrite"], capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_resume_flag_needs_an_interrupted_run(setup, tmp_path):
+    work, _ = setup
+    finished = tmp_path / "finished.zarr"
+    shutil.copytree(work / "clean.zarr", finished)
+    before = layer_files(finished)
+    proc = subprocess.run([*segment_cmd(finished, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "not an interrupted run" in proc.stderr
+    assert layer_files(finished) == before
+    bare = tmp_path / "bare.zarr"
+    shutil.copytree(work / "clean.zarr", bare, ignore=shutil.ignore_patterns("labels"))
+    proc = subprocess.run([*segment_cmd(bare, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "no label layer 'sebre' to resume" in proc.stderr
+    assert not (bare / "labels").exists()  # nothing written
