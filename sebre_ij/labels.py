@@ -8,6 +8,7 @@ a layer without them is an unfinished run, never mistaken for a result.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -75,9 +76,14 @@ class LabelLayer:
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
     ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
 
+    @functools.cached_property
+    def chunks(self) -> tuple[int, int]:
+        """(y, x) chunk shape of the inference level (asked per pyramid chunk: not read from the store each time)."""
+        return self.array(self.level).chunks[-2:]
+
     def mark_ran(self, core: tuple[slice, slice]) -> None:
         """Note a tile's core, so the pyramid is built only where tiles ran."""
-        cy, cx = self.array(self.level).chunks[-2:]
+        cy, cx = self.chunks
         if self.ran is None:
             h, w = self.slide.yx_shape(self.level)
             self.ran = np.zeros((-(-h // cy), -(-w // cx)), bool)
@@ -85,7 +91,7 @@ class LabelLayer:
 
     def ran_in(self, index: list[np.ndarray]) -> bool:
         """Did any tile run under these inference-level rows and columns?"""
-        cy, cx = self.array(self.level).chunks[-2:]
+        cy, cx = self.chunks
         return bool(self.ran[index[0].min() // cy:index[0].max() // cy + 1, index[1].min() // cx:index[1].max() // cx + 1].any())
 
     def save_progress(self, plane: int, batches: int, stats: dict) -> None:

@@ -24,8 +24,8 @@ from .infer import predict_tiles, read_tile
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, inference_level, open_slide
-from .tiles import Grid, Tile, resample_nearest, tile_grid
-from .tissue import coarse_sections, to_unit
+from .tiles import Grid, Tile, tile_grid
+from .tissue import SectionMap, tissue_sections, to_unit
 
 
 @dataclass
@@ -104,17 +104,23 @@ def _progress(enabled: bool) -> Progress:
 Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
 
 
-def find_tissue(slide: Slide) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(coarse image, sections) of every plane; a slide without tissue is refused before anything is written."""
-    planes = [coarse_sections(slide, z)[:2] for z in range(slide.n_planes)]
-    if not any(sections.any() for _, sections in planes):
+Plane = tuple[np.ndarray, SectionMap]  # (glass colour per channel, sections) of one plane
+
+
+def find_tissue(slide: Slide) -> list[Plane]:
+    """Glass colour and sections of every plane; a slide without tissue is refused before anything is written."""
+    planes = []
+    for z in range(slide.n_planes):
+        image, coarse, sections = tissue_sections(slide, z)
+        planes.append((glass_colour(image, coarse), sections))
+    if not any(sections.count for _, sections in planes):
         raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
                         "right slide and that its pixels are not all one value")
     return planes
 
 
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
-              progress: bool = False, planes: list[tuple[np.ndarray, np.ndarray]] | None = None,
+              progress: bool = False, planes: list[Plane] | None = None,
               factor: float = 1.0) -> tuple[RegionStats, int, int]:
     """Segment every plane's tissue tiles into the layer's level (the source of a `factor` Grid).
 
@@ -127,9 +133,8 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
     grid = Grid(slide.yx_shape(layer.level), factor)
     array = slide.array(layer.level)
     with _progress(progress) as bar:
-        for z, (coarse, sections) in enumerate(planes or find_tissue(slide)):
-            n_sections = max(n_sections, int(sections.max()))
-            fill = glass_colour(coarse, sections)
+        for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
+            n_sections = max(n_sections, sections.count)
             tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
             for tile in tiles:
                 layer.mark_ran(grid.source_window(tile.core))
@@ -140,7 +145,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             for i, (tile, classes, scores) in enumerate(predict(tiles[skip:], read), start=skip):
                 ys, xs = grid.source_window(tile.core)
                 local = np.ix_(grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size))
-                sec = resample_nearest(sections, sections.shape, ys.start, ys.stop, xs.start, xs.stop, grid.source)
+                sec = sections.sample(ys, xs, grid.source)
                 values = encode(sec, classes[local], base)
                 layer.write(z, (ys, xs), values)
                 stats.add(values, scores[local])

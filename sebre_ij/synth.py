@@ -534,3 +534,42 @@ def make_slide_store(
     """Synthesise a slide and write it to a new OME-Zarr store at `path`: the `sebre synth` step."""
     image, labels = synth_slide(sections, size, pixel_size, seed, stain)
     write_slide(path, image, labels, pixel_size, ngff=ngff)
+
+
+def _mean_pyramid(level0: np.ndarray, n: int) -> list[np.ndarray]:
+    """2 x 2 mean downsampling, as scanners write their pyramids."""
+    levels = [level0]
+    for _ in range(1, n):
+        a = levels[-1].astype(np.float32)
+        h, w = a.shape[1] // 2 * 2, a.shape[2] // 2 * 2
+        levels.append(a[:, :h, :w].reshape(a.shape[0], h // 2, 2, w // 2, 2).mean((2, 4)).round().astype(np.uint8))
+    return levels
+
+
+def write_sparse_slide(path, image: np.ndarray, scale: int, pixel_size: float, *, chunk: int = 256,
+                       min_pixel_size: float = 0.0) -> None:
+    """A slide `scale` times the image's side, mostly glass, as a scanner's sparse store: NGFF 0.4,
+    the (3, H, W) uint8 image at a chunk-aligned spot near the middle, and glass (zarr's fill value,
+    the image's border colour) elsewhere, so only the tissue's chunks exist on disk.
+
+    Levels halve until the long side is at most 1024 and the pixel size reaches `min_pixel_size`."""
+    shape = (image.shape[1] * scale, image.shape[2] * scale)
+    n = 1
+    while max(shape) / 2 ** (n - 1) > 1024 or pixel_size * 2 ** (n - 1) < min_pixel_size:
+        n += 1
+    align = chunk * 2 ** (n - 1)
+    offset = [(s - i) // 2 // align * align for s, i in zip(shape, image.shape[1:])]
+    border = np.concatenate([image[:, :8].reshape(3, -1), image[:, -8:].reshape(3, -1)], axis=1)
+    root = zarr.open_group(os.fspath(path), mode="w-", zarr_format=2)
+    datasets = []
+    for k, content in enumerate(_mean_pyramid(image, n)):
+        f = 2**k
+        arr = root.create_array(str(k), shape=(3, -(-shape[0] // f), -(-shape[1] // f)), chunks=(3, chunk, chunk),
+                                dtype="uint8", fill_value=int(np.median(border)),
+                                chunk_key_encoding={"name": "v2", "separator": "/"})
+        arr[:, offset[0] // f:offset[0] // f + content.shape[1], offset[1] // f:offset[1] // f + content.shape[2]] = content
+        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]}]})
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"}]
+    root.attrs.update({"multiscales": [{"version": "0.4", "name": "sparse", "axes": axes, "datasets": datasets}],
+                       "omero": _omero()})

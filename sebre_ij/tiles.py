@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .tissue import SectionMap
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -32,8 +34,8 @@ def _core(start: int, size: int, overlap: int, length: int) -> slice:
     return slice(lo, hi)
 
 
-def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: np.ndarray | None = None) -> list[Tile]:
-    """Tiles over a level of `shape`; with a coarse `sections` map, only those touching tissue."""
+def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: SectionMap | None = None) -> list[Tile]:
+    """Tiles over a level of `shape`; with a `sections` map, only those touching tissue."""
     if not 0 <= overlap < size:
         raise ValueError(f"overlap {overlap} must be in [0, tile size {size})")
     height, width = shape
@@ -42,21 +44,10 @@ def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: np.ndar
         for x in _starts(width, size, overlap):
             tile = Tile(y, x, size, (_core(y, size, overlap, height), _core(x, size, overlap, width)))
             if tile.core[0].start < tile.core[0].stop and tile.core[1].start < tile.core[1].stop:
-                if sections is None or touches_tissue(tile, shape, sections):
+                window = (slice(y, min(y + size, height)), slice(x, min(x + size, width)))
+                if sections is None or sections.touches(*window, shape):
                     tiles.append(tile)
     return tiles
-
-
-def coarse_window(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int], coarse_shape: tuple[int, int]) -> tuple[slice, slice]:
-    """The coarse-level pixels covering a fine-level window (rounded outwards)."""
-    fy, fx = coarse_shape[0] / shape[0], coarse_shape[1] / shape[1]
-    return (slice(int(y0 * fy), max(int(math.ceil(y1 * fy)), int(y0 * fy) + 1)),
-            slice(int(x0 * fx), max(int(math.ceil(x1 * fx)), int(x0 * fx) + 1)))
-
-
-def touches_tissue(tile: Tile, shape: tuple[int, int], sections: np.ndarray) -> bool:
-    window = coarse_window(tile.y, min(tile.y + tile.size, shape[0]), tile.x, min(tile.x + tile.size, shape[1]), shape, sections.shape)
-    return bool(sections[window].any())
 
 
 def resample_nearest(src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int,

@@ -6,6 +6,9 @@ each connected piece of tissue becomes a numbered section carried through to lab
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
@@ -31,12 +34,20 @@ def coarse_level(slide: Slide) -> int:
     return fits[0] if fits else len(slide.levels) - 1
 
 
-def tissue_mask(image: np.ndarray) -> np.ndarray:
-    """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence."""
+def bright_glass(image: np.ndarray) -> bool:
+    """Most of a whole slide is glass: bright glass means brightfield, dark glass fluorescence."""
+    grey = to_unit(image).mean(axis=0)
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    return bool(np.median(grey) > (lo + hi) / 2)
+
+
+def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarray:
+    """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence;
+    `brightfield` is decided from the image itself unless given (a crop may be mostly tissue)."""
     grey = to_unit(image).mean(axis=0)
     lo, hi = np.percentile(grey, [0.5, 99.5])
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
-    if np.median(grey) > 0.5:  # most of a slide is glass: bright glass means brightfield
+    if bright_glass(image) if brightfield is None else brightfield:
         grey = 1.0 - grey
     grey = filters.gaussian(grey, sigma=2)
     if grey.max() - grey.min() < 0.05:
@@ -66,12 +77,13 @@ def reading_order(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = 3) -> np.ndarray:
+def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = 3,
+                  brightfield: bool | None = None) -> np.ndarray:
     """Section labels (1..N in reading order) of a coarse (C, Y, X) image, grown by a small margin.
 
     Pieces smaller than `min_area_fraction` of the largest are dust, not sections.
     """
-    labels, n = ndi.label(tissue_mask(image))
+    labels, n = ndi.label(tissue_mask(image, brightfield))
     if n == 0:
         return labels.astype(np.uint16)
     areas = np.bincount(labels.ravel())[1:]
@@ -90,3 +102,90 @@ def coarse_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, i
     stride = -(-max(slide.yx_shape(level)) // COARSE_MAX_SIDE)
     image = np.asarray(slide.plane(level, z)[:, ::stride, ::stride])
     return image, find_sections(image), level
+
+
+@dataclass(frozen=True)
+class SectionMap:
+    """Section numbers over a window of a tissue grid, looked up from any level by pixel centres.
+
+    On a slide that is mostly glass the window is the tissue's bounding box at a finer level
+    than the whole-slide coarse image, so sections stay as sharp as on a small slide."""
+
+    labels: np.ndarray  # (h, w) section numbers inside the window
+    origin: tuple[int, int]  # the window's top-left in tissue-grid pixels
+    shape: tuple[int, int]  # the whole tissue grid
+
+    @property
+    def count(self) -> int:
+        return int(self.labels.max(initial=0))
+
+    def _index(self, lo: int, hi: int, length: int, axis: int) -> np.ndarray:
+        grid = np.minimum(((np.arange(lo, hi) + 0.5) * self.shape[axis] / length).astype(np.int64), self.shape[axis] - 1)
+        return grid - self.origin[axis]
+
+    def sample(self, ys: slice, xs: slice, level_shape: tuple[int, int]) -> np.ndarray:
+        """Section of every pixel of a window of a level of `level_shape` (nearest), 0 off the map."""
+        rows, cols = self._index(ys.start, ys.stop, level_shape[0], 0), self._index(xs.start, xs.stop, level_shape[1], 1)
+        ok_r = (rows >= 0) & (rows < self.labels.shape[0])
+        ok_c = (cols >= 0) & (cols < self.labels.shape[1])
+        out = np.zeros((len(rows), len(cols)), self.labels.dtype)
+        out[np.ix_(ok_r, ok_c)] = self.labels[np.ix_(rows[ok_r], cols[ok_c])]
+        return out
+
+    def touches(self, ys: slice, xs: slice, level_shape: tuple[int, int]) -> bool:
+        """Any section under a window of a level (the tissue pixels covering it, rounded outwards)."""
+        window = []
+        for axis, s in enumerate((ys, xs)):
+            f = self.shape[axis] / level_shape[axis]
+            lo = int(s.start * f)
+            hi = max(math.ceil(s.stop * f), lo + 1)
+            window.append(slice(max(lo - self.origin[axis], 0), max(hi - self.origin[axis], 0)))
+        return bool(self.labels[tuple(window)].any())
+
+
+def _box(sections: np.ndarray, pad: float = 0.1) -> tuple[slice, slice] | None:
+    """Bounding box of all sections, padded by `pad` of its size (glass for the mask's threshold)."""
+    rows, cols = np.flatnonzero(sections.any(1)), np.flatnonzero(sections.any(0))
+    if rows.size == 0:
+        return None
+    out = []
+    for idx, n in ((rows, sections.shape[0]), (cols, sections.shape[1])):
+        margin = max(2, int((idx[-1] + 1 - idx[0]) * pad))
+        out.append((max(0, idx[0] - margin) / n, min(n, idx[-1] + 1 + margin) / n))  # as fractions of the level
+    return tuple(out)
+
+
+def tissue_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, SectionMap]:
+    """(coarse image, its sections, sharp section map) of one plane.
+
+    The coarse image (long side about COARSE_MAX_SIDE) finds the tissue; when the tissue's box is
+    much smaller than the slide, sections are found again on that box alone at a finer level,
+    so that two sections a few hundred µm apart stay two whatever the slide's glass area."""
+    image, coarse, level = coarse_sections(slide, z)
+    whole = SectionMap(coarse, (0, 0), coarse.shape)
+    box = _box(coarse)
+    if box is None:
+        return image, coarse, whole
+    fine, stride, window = _finer_window(slide, box)
+    if stride * slide.pixel_size(fine) > 0.67 * slide.pixel_size(level) * (slide.yx_shape(level)[0] / coarse.shape[0]):
+        return image, coarse, whole  # no sharper than the coarse image: keep it
+    crop = np.asarray(slide.plane(fine, z)[:, window[0].start * stride:window[0].stop * stride:stride,
+                                           window[1].start * stride:window[1].stop * stride:stride])
+    labels = find_sections(crop, brightfield=bright_glass(image))
+    grid = tuple(-(-n // stride) for n in slide.yx_shape(fine))
+    return image, coarse, SectionMap(labels, (window[0].start, window[1].start), grid)
+
+
+def _finer_window(slide: Slide, box) -> tuple[int, int, tuple[slice, slice]]:
+    """The finest level showing the box within COARSE_MAX_SIDE pixels (with a stride if none
+    does), and the box in that level's strided grid."""
+    def extent(level):
+        h, w = slide.yx_shape(level)
+        return max((box[0][1] - box[0][0]) * h, (box[1][1] - box[1][0]) * w)
+
+    fits = [i for i in range(len(slide.levels)) if extent(i) <= COARSE_MAX_SIDE]
+    level = fits[0] if fits else len(slide.levels) - 1
+    stride = max(1, math.ceil(extent(level) / COARSE_MAX_SIDE))
+    h, w = (-(-n // stride) for n in slide.yx_shape(level))
+    window = (slice(int(box[0][0] * h), math.ceil(box[0][1] * h)), slice(int(box[1][0] * w), math.ceil(box[1][1] * w)))
+    return level, stride, window

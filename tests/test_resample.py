@@ -15,8 +15,8 @@ from sebre_ij.model import ModelCard
 from sebre_ij.segment import run_tiles
 from sebre_ij.slide import inference_level, open_slide
 from sebre_ij.synth import CLASSES, synth_slide, write_slide
-from sebre_ij.tiles import Grid, Tile, resample_nearest, tile_grid
-from sebre_ij.tissue import coarse_sections
+from sebre_ij.tiles import Grid, Tile, tile_grid
+from sebre_ij.tissue import tissue_sections
 
 FACTORS = [1.0, 1.37, 2.5, 0.7, 5.0]
 
@@ -99,8 +99,8 @@ def test_oracle_stitching_on_a_resampled_grid(tmp_path, factor, tile, overlap):
     values = np.asarray(layer.array(0)[:])
     back_r = np.clip(np.floor((np.arange(truth.shape[0]) + 0.5) / factor).astype(int), 0, grid.shape[0] - 1)
     back_c = np.clip(np.floor((np.arange(truth.shape[1]) + 0.5) / factor).astype(int), 0, grid.shape[1] - 1)
-    _, sections, _ = coarse_sections(slide)
-    inside = resample_nearest(sections, sections.shape, 0, truth.shape[0], 0, truth.shape[1], truth.shape) > 0
+    _, _, sections = tissue_sections(slide)
+    inside = sections.sample(slice(0, truth.shape[0]), slice(0, truth.shape[1]), truth.shape) > 0
     want = np.where(inside, virtual[np.ix_(back_r, back_c)], 0)  # labels carry a section: none outside tissue
     np.testing.assert_array_equal(values % class_base(len(names)), want)
 

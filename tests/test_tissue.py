@@ -3,6 +3,10 @@
 import numpy as np
 import pytest
 
+from sebre_ij.segment import find_tissue
+from sebre_ij.slide import open_slide
+from sebre_ij.synth import synth_slide, write_sparse_slide
+from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import find_sections, to_unit
 
 
@@ -37,3 +41,19 @@ def test_to_unit_scales_by_dtype_and_cleans_floats():
     assert to_unit(np.array([65535], np.uint16))[0] == 1.0
     out = to_unit(np.array([np.nan, np.inf, 0.5], np.float32))
     assert np.isfinite(out).all() and out[2] == 0.5
+
+
+def test_sections_on_a_mostly_glass_slide_match_the_small_slide(tmp_path):
+    """The same two sections on a slide 64 times larger (glass never written): found again on a
+    finer level inside the tissue's box, so they stay two and cover the same tiles."""
+    image, _ = synth_slide(2, (768, 1024), 8.0, seed=7)
+    write_sparse_slide(tmp_path / "small.zarr", image, 1, 8.0)
+    write_sparse_slide(tmp_path / "big.zarr", image, 8, 8.0)
+    small, big = open_slide(tmp_path / "small.zarr"), open_slide(tmp_path / "big.zarr")
+    assert len(list((tmp_path / "big.zarr" / "0").rglob("*"))) < 40  # sparse: a few chunks on disk
+    (_, s_small), = find_tissue(small)
+    (_, s_big), = find_tissue(big)
+    assert s_small.count == s_big.count == 2
+    tiles_small = tile_grid(small.yx_shape(0), 128, 32, s_small)
+    tiles_big = tile_grid(big.yx_shape(0), 128, 32, s_big)
+    assert len(tiles_small) <= len(tiles_big) <= 1.15 * len(tiles_small)

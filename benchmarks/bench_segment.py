@@ -1,0 +1,171 @@
+"""How `sebre segment` spends its time and memory, printed as one JSON object.
+
+    python benchmarks/bench_segment.py [--quick] [--arch tiny_fpn]
+
+Three slides hold the same synthetic tissue: `small`, and `100x`, whose area is 100 times larger
+(10 x 10), the rest glass that is never written to disk (zarr's fill value), as on a real scanner's
+sparse store. Each runs in its own process, so peak RSS is that run's alone:
+
+- `segment` on the slide with a random-weight light model (wall time, tiles run, peak RSS), then
+  in the same process the model alone on the same tiles already in memory, with the same batch
+  size: `overhead_ratio` = segment / model-only (1.0 would mean reading, tissue finding,
+  stitching, pyramid and metadata cost nothing);
+- `naive` on the small slide: the whole inference level read into memory and every tile of the
+  grid run, glass included, then stitched in memory: `naive_time_ratio` = naive / ours.
+
+`rss_ratio_100x` and `time_ratio_100x` compare the 100x slide with the small one. Compare ratios
+within one run: these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from sebre_ij.infer import class_evidence, class_map, read_tile
+from sebre_ij.model import ModelCard, build_model, load_checkpoint, save_checkpoint
+from sebre_ij.segment import find_tissue, segment
+from sebre_ij.slide import inference_level, open_slide
+from sebre_ij.synth import CLASSES, synth_slide, write_sparse_slide
+from sebre_ij.tiles import tile_grid
+from sebre_ij.tissue import to_unit
+
+SIZES = {"quick": (1536, 2048), "full": (3072, 4096)}  # level-0 pixels of the small slide
+PIXEL_SIZE, MODEL_PIXEL_SIZE = 4.0, 8.0
+TILE, OVERLAP, BATCH = 128, 32, 4
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_inputs(work: Path, quick: bool, arch: str) -> None:
+    image, _ = synth_slide(2, SIZES["quick" if quick else "full"], PIXEL_SIZE, seed=7)
+    pixel_size = {"pixel_size": PIXEL_SIZE, "min_pixel_size": MODEL_PIXEL_SIZE}
+    write_sparse_slide(work / "small.zarr", image, 1, **pixel_size)
+    write_sparse_slide(work / "100x.zarr", image, 10, **pixel_size)
+    names = [n for n, _ in CLASSES]
+    card = ModelCard(arch, names, [c for _, c in CLASSES], MODEL_PIXEL_SIZE, list("RGB"), [0.8] * 3, [0.2] * 3, TILE, OVERLAP)
+    torch.manual_seed(0)
+    save_checkpoint(work / "model.safetensors", build_model(card), card)
+
+
+def tissue_tiles(slide_path: Path, card: ModelCard):
+    """The tiles `segment` runs, read into memory, and the level's full grid size."""
+    slide = open_slide(slide_path)
+    level, factor = inference_level(slide, card.pixel_size_um)
+    assert factor == 1.0, "the slides have a level at the model's µm/px"
+    (fill, sections), = find_tissue(slide)
+    shape = slide.yx_shape(level)
+    tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
+    images = [torch.from_numpy(read_tile(slide.array(level), slide.axes, t, 0, fill)) for t in tiles]
+    return images, len(tile_grid(shape, card.tile_size, card.overlap))
+
+
+def model_only(model, images: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(images), BATCH):
+            model(images[i:i + BATCH])
+    return time.perf_counter() - start
+
+
+def warm_up(work: Path) -> None:
+    """One untimed model call, so that neither measurement pays for torch's first-call setup."""
+    model, card = load_checkpoint(work / "model.safetensors", "cpu")
+    with torch.inference_mode():
+        model([torch.rand(len(card.channels), card.tile_size, card.tile_size) for _ in range(BATCH)])
+
+
+def run_ours(work: Path, name: str) -> dict:
+    slide = work / f"{name}.zarr"
+    warm_up(work)
+    start = time.perf_counter()
+    result = segment(slide, work / "model.safetensors", labels="bench", batch_size=BATCH, overwrite=True, progress=False,
+                     device="cpu")
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()  # before the model-only pass holds every tile in memory
+    model, card = load_checkpoint(work / "model.safetensors", "cpu")
+    images, grid_tiles = tissue_tiles(slide, card)
+    assert len(images) == result.tiles
+    return {"segment_s": round(seconds, 2), "model_only_s": round(model_only(model, images), 2), "tiles": result.tiles,
+            "grid_tiles": grid_tiles, "tissue_fraction": round(result.tiles / grid_tiles, 4), "sections": result.sections,
+            "peak_rss_mb": round(rss, 1)}
+
+
+def run_naive(work: Path, name: str) -> dict:
+    """Whole level in memory, every tile of the grid run, labels stitched in memory."""
+    start = time.perf_counter()
+    slide = open_slide(work / f"{name}.zarr")
+    model, card = load_checkpoint(work / "model.safetensors", "cpu")
+    level, _ = inference_level(slide, card.pixel_size_um)
+    image = to_unit(np.asarray(slide.plane(level)))
+    labels = np.zeros(image.shape[1:], np.uint8)
+    tiles = tile_grid(labels.shape, card.tile_size, card.overlap)
+    with torch.inference_mode():
+        for i in range(0, len(tiles), BATCH):
+            batch = tiles[i:i + BATCH]
+            crops = []
+            for t in batch:
+                crop = np.ones((image.shape[0], t.size, t.size), np.float32)
+                part = image[:, t.y:t.y + t.size, t.x:t.x + t.size]
+                crop[:, :part.shape[1], :part.shape[2]] = part
+                crops.append(torch.from_numpy(crop))
+            for t, out in zip(batch, model(crops)):
+                classes, _ = class_map(class_evidence(out, len(card.classes), 0.3))
+                ys, xs = t.core
+                labels[ys, xs] = classes[ys.start - t.y:ys.stop - t.y, xs.start - t.x:xs.stop - t.x]
+    return {"naive_s": round(time.perf_counter() - start, 2), "naive_tiles": len(tiles), "naive_peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def child(work: Path, kind: str, name: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--slide", name, "--work", str(work)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child {kind} {name} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller slides: under 3 minutes on 2 cores")
+    parser.add_argument("--arch", default="tiny_fpn", help="random-weight model: tiny_fpn or mobilenet_v3_fpn")
+    parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--slide", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.child:
+        run = run_ours if args.child == "ours" else run_naive
+        print(json.dumps(run(Path(args.work), args.slide)))
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
+        work = Path(tmp)
+        make_inputs(work, args.quick, args.arch)
+        small, big, naive = child(work, "ours", "small"), child(work, "ours", "100x"), child(work, "naive", "small")
+    report = {
+        "mode": "quick" if args.quick else "full", "arch": args.arch, "batch_size": BATCH, "tile": TILE,
+        "torch_threads": torch.get_num_threads(), "small": small, "100x": big, "naive_small": naive,
+        "overhead_ratio": round(small["segment_s"] / small["model_only_s"], 3),
+        "overhead_ratio_100x": round(big["segment_s"] / big["model_only_s"], 3),
+        "rss_ratio_100x": round(big["peak_rss_mb"] / small["peak_rss_mb"], 3),
+        "time_ratio_100x": round(big["segment_s"] / small["segment_s"], 3),
+        "naive_time_ratio": round(naive["naive_s"] / small["segment_s"], 3),
+        "bench_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
