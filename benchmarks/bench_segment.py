@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from sebre_ij.infer import class_evidence, class_map, read_tile
 from sebre_ij.model import ModelCard, build_model, load_checkpoint, save_checkpoint
