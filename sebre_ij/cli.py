@@ -66,7 +66,8 @@ def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
 
 
 @app.command()
-def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer, or images (TIFF, PNG, OME-Zarr) with --rois."),
+def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer, section folders (sections.json or SeBRe's "
+                                                     "section_img_N.jpg + section_masks_N/), or images (TIFF, PNG, OME-Zarr) with --rois."),
           out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
           arch: str = typer.Option("tiny_fpn", help="tiny_fpn (fast on CPU), mobilenet_v3_fpn or resnet50_fpn (SeBRe's)."),
           steps: int = typer.Option(400, help="Optimiser steps."),
@@ -80,15 +81,21 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
           rois: Optional[list[Path]] = typer.Option(None, "--rois", help="RoiSet.zip annotating each image, in order (ROI names give the classes: s1-cortex or cortex)."),
           class_map: Optional[Path] = typer.Option(None, "--class-map", help="JSON object mapping ROI names to class names."),
-          pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say.")):
+          pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say."),
+          classes: Optional[Path] = typer.Option(None, "--classes", help="Class table JSON for a SeBRe folder (as in sections.json; default: SeBRe's 8 classes)."),
+          val_sections: Optional[list[str]] = typer.Option(None, "--val-sections", help="Hold out this section (repeatable), e.g. glta_s044."),
+          val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this fraction of the sections, drawn with --seed.")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .train import train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
                 overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
-                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in)
+                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in, classes=classes,
+                val_sections=val_sections, val_fraction=val_fraction)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
+    if card.training["val_sections"]:
+        console.print(f"held out for validation: {', '.join(card.training['val_sections'])}")
 
 
 def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:
