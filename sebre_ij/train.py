@@ -205,11 +205,9 @@ def _is_zarr(path: str | Path) -> bool:
     return "://" in str(path) or str(path).rstrip("/").endswith(".zarr") or Path(path).is_dir()
 
 
-def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
-                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
-                       ) -> tuple[list[Example], ClassTable, list[str]]:
-    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
-    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+def roi_annotations(roiset_path: str | Path, class_map: dict[str, str] | None = None
+                    ) -> tuple[list[ImagejRoi], ClassTable, list[int]]:
+    """The ROIs of a RoiSet.zip, their class table and each ROI's class index."""
     try:
         rois = read_roiset(roiset_path)
     except (OSError, ValueError) as exc:
@@ -217,7 +215,15 @@ def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_si
     if not rois:
         raise UserError(f"{roiset_path}: no ROIs; outline the regions in the ROI Manager and save them again")
     table = roi_class_table(rois, class_map, roiset_path)
-    classes = [table.names.index(roi_class(r.name, class_map, roiset_path)) for r in rois]
+    return rois, table, [table.names.index(roi_class(r.name, class_map, roiset_path)) for r in rois]
+
+
+def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
+                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
+                       ) -> tuple[list[Example], ClassTable, list[str]]:
+    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
+    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+    rois, table, classes = roi_annotations(roiset_path, class_map)
     if _is_zarr(image_path):
         planes, channels, level0, size = _zarr_planes(image_path, pixel_size_um)
     else:
