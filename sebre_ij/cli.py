@@ -168,6 +168,35 @@ def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label laye
 
 
 @app.command()
+def evaluate(pred: str = typer.Argument(..., help="Predicted regions: slide.zarr (with --pred-labels) or slide.zarr/labels/NAME, "
+                                                  "a label image (PNG/TIFF), a folder or set of them, or a RoiSet.zip."),
+             truth: str = typer.Argument(..., help="True regions, in any of the same forms."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, metrics.csv, confusion.csv and outline PNGs here."),
+             pred_labels: Optional[str] = typer.Option(None, "--pred-labels", help="Label layer of PRED's store (default: its only one)."),
+             truth_labels: Optional[str] = typer.Option(None, "--truth-labels", help="Label layer of TRUTH's store (default: its only one)."),
+             classes: Optional[Path] = typer.Option(None, "--classes", help="Class table JSON for label images (as in sections.json)."),
+             pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per pixel to compare label layers at "
+                                                        "(default: the level the prediction was inferred at).")):
+    """Score predicted regions against true ones: Dice and IoU per region, mask mAP, confusion table."""
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    from .evaluate import evaluate as run_evaluate
+
+    report = _run(run_evaluate, pred, truth, out, pred_labels=pred_labels, truth_labels=truth_labels, classes=classes,
+                  pixel_size=pixel_size)
+    table = Table("region", "Dice", "IoU", "AP@0.5", "AP@0.5:0.95", "true px", "predicted px")
+    for r in report["regions"]:
+        table.add_row(r["region"], show(r["dice"]), show(r["iou"]), show(r["ap50"]), show(r["ap"]), str(r["truth_px"]), str(r["pred_px"]))
+    console.print(table)
+    console.print(f"[bold]mean Dice {show(report['mean_dice'])}, mean IoU {show(report['mean_iou'])}, "
+                  f"mAP@0.5 {show(report['mAP@0.5'])}, mAP@0.5:0.95 {show(report['mAP@0.5:0.95'])}[/]")
+    if out is not None:
+        console.print(f"wrote {out}/metrics.json, metrics.csv, confusion.csv and {len({r['section'] for r in report['sections']})} outline PNGs")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo slide and results."),
          steps: int = typer.Option(1000, help="Training steps for the demo model (cached after the first run)."),
          retrain: bool = typer.Option(False, help="Train the demo model again even if cached.")):
