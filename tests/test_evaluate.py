@@ -2,9 +2,11 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +214,15 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path):
         evaluate(str(tmp_path / "a.png"), str(tmp_path / "b.png"), classes=tmp_path / "c.json")
     with pytest.raises(UserError, match=r"missing.zarr"):
         evaluate(str(tmp_path / "missing.zarr"), str(tmp_path / "a.png"), classes=tmp_path / "c.json")
+
+
+def test_a_real_glta_section_against_itself():
+    """The shared set's own class table is found beside the label image; identical labels score 1."""
+    data = Path(os.environ.get("SEBRE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "glta"
+    if not (data / "sections.json").is_file():
+        pytest.skip(f"shared data not found at {data.parent} (set SEBRE_DATA to the folder holding glta/)")
+    labels = str(data / "labels" / "glta_s044.png")
+    report = evaluate(labels, labels)
+    assert report["classes"][1] == "cortex" and report["mAP@0.5:0.95"] == 1
+    assert {r["region"] for r in report["regions"]} >= {"cortex", "hippocampus", "striatum_pallidum"}
+    assert all(r["dice"] == 1 for r in report["regions"])
