@@ -343,16 +343,24 @@ def on_one_grid(pred: LabelPlane, truth: LabelPlane, source: str) -> tuple[tuple
 
 
 def section_map(truth: LabelPlane, t_values: np.ndarray, pred: LabelPlane, p_values: np.ndarray) -> np.ndarray:
-    """Per pixel, the section it belongs to: the truth's numbering, else the prediction's, spread
-    to every pixel by nearest section (so both sides' instances split alike); all 1 without one."""
+    """Per pixel of either side's regions, its section, so that both sides' instances split alike:
+    each connected piece takes the section most of its pixels have in the truth's numbering, else
+    the prediction's; a piece with no numbered pixel (tissue the prediction missed) is a section of
+    its own. All regions are section 1 when neither side numbers sections; background is 0."""
+    foreground = (t_values > 0) | (p_values > 0)
     plane, values = (truth, t_values) if truth.sections else (pred, p_values)
     if not plane.sections:
-        return np.ones(values.shape, np.int64)
+        return foreground.astype(np.int64)
     sections = _lut(plane.sections, values).astype(np.int64)
-    if not sections.any():
-        return np.ones(values.shape, np.int64)
-    nearest = ndi.distance_transform_edt(sections == 0, return_distances=False, return_indices=True)
-    return sections[tuple(nearest)]
+    pieces, n = ndi.label(foreground, structure=np.ones((3, 3)))
+    m = int(sections.max()) + 1
+    votes = np.bincount((pieces * m + sections).ravel(), minlength=(n + 1) * m).reshape(n + 1, m)
+    votes[:, 0] = 0
+    section_of = votes.argmax(axis=1)
+    orphans = np.flatnonzero(votes[1:].max(axis=1) == 0) + 1
+    section_of[orphans] = m + np.arange(len(orphans))
+    section_of[0] = 0
+    return section_of[pieces]
 
 
 def instances(classes: np.ndarray, sections: np.ndarray, scores: np.ndarray, base: int) -> Instances:

@@ -16,6 +16,7 @@ from roifile import ImagejRoi
 from sebre_ij.errors import UserError
 from sebre_ij.evaluate import (
     Instances,
+    LabelPlane,
     average_precision,
     confusion,
     dice_iou,
@@ -24,6 +25,7 @@ from sebre_ij.evaluate import (
     match,
     mean_ap,
     overlaps,
+    section_map,
 )
 from sebre_ij.labels import build_pyramid, create_layer, finish_layer
 from sebre_ij.slide import open_slide
@@ -151,7 +153,7 @@ def test_layers_in_one_store_by_hand(tmp_path):
     assert regions["cortex"]["ap50"] == 1 and regions["cortex"]["ap"] == pytest.approx(cortex_ap, abs=1e-4)
     assert regions["thalamus"]["ap50"] == 1 and regions["thalamus"]["ap"] == pytest.approx(0.1)
     assert report["mAP@0.5"] == 1 and report["mAP@0.5:0.95"] == pytest.approx((cortex_ap + 0.1) / 2, abs=1e-4)
-    # the truth has no sections: the prediction's, spread to the nearest, split it into s1 and s2
+    # the truth has no sections: the prediction's, piece by piece, split it into s1 and s2
     by_section = {(r["section"], r["region"]): r["dice"] for r in report["sections"]}
     assert by_section == {("s_s1", "cortex"): 1.0, ("s_s1", "thalamus"): pytest.approx(0.6667, abs=1e-4),
                           ("s_s2", "cortex"): pytest.approx(0.6667, abs=1e-4), ("s_s2", "thalamus"): 0.0}
@@ -226,3 +228,16 @@ def test_a_real_glta_section_against_itself():
     assert report["classes"][1] == "cortex" and report["mAP@0.5:0.95"] == 1
     assert {r["region"] for r in report["regions"]} >= {"cortex", "hippocampus", "striatum_pallidum"}
     assert all(r["dice"] == 1 for r in report["regions"])
+
+
+def test_sections_follow_the_numbered_side_and_missed_tissue_is_its_own():
+    # the prediction numbers two sections (values 11 and 21); the truth has a third piece nobody predicted
+    pred = np.zeros((5, 12), np.uint32)
+    pred[:, 0:2], pred[:, 5:7] = 11, 21
+    truth = np.zeros((5, 12), np.uint8)
+    truth[:, 0:3] = truth[:, 5:7] = truth[:, 10:] = 1
+    sections = section_map(LabelPlane("t", truth, {1: 1}, None, {}), truth,
+                           LabelPlane("p", pred, {11: 1, 21: 1}, {11: 1, 21: 2}, {}), pred)
+    # columns 0-2 are one piece, numbered 1 where predicted; 5-6 are section 2; 10-11 are a piece of
+    # tissue with no numbered pixel: section 3. Background belongs to none.
+    np.testing.assert_array_equal(sections, np.tile([1, 1, 1, 0, 0, 2, 2, 0, 0, 0, 3, 3], (5, 1)))
