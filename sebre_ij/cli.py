@@ -66,7 +66,8 @@ def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
 
 
 @app.command()
-def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer, or images (TIFF, PNG, OME-Zarr) with --rois."),
+def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a label layer, section folders (sections.json or SeBRe's "
+                                                     "section_img_N.jpg + section_masks_N/), or images (TIFF, PNG, OME-Zarr) with --rois."),
           out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
           arch: str = typer.Option("tiny_fpn", help="tiny_fpn (fast on CPU), mobilenet_v3_fpn or resnet50_fpn (SeBRe's)."),
           steps: int = typer.Option(400, help="Optimiser steps."),
@@ -80,15 +81,21 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
           rois: Optional[list[Path]] = typer.Option(None, "--rois", help="RoiSet.zip annotating each image, in order (ROI names give the classes: s1-cortex or cortex)."),
           class_map: Optional[Path] = typer.Option(None, "--class-map", help="JSON object mapping ROI names to class names."),
-          pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say.")):
+          pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say."),
+          classes: Optional[Path] = typer.Option(None, "--classes", help="Class table JSON for a SeBRe folder (as in sections.json; default: SeBRe's 8 classes)."),
+          val_sections: Optional[list[str]] = typer.Option(None, "--val-sections", help="Hold out this section (repeatable), e.g. glta_s044."),
+          val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this fraction of the sections, drawn with --seed.")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .train import train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
                 overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
-                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in)
+                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in, classes=classes,
+                val_sections=val_sections, val_fraction=val_fraction)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
+    if card.training["val_sections"]:
+        console.print(f"held out for validation: {', '.join(card.training['val_sections'])}")
 
 
 def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:
@@ -160,6 +167,35 @@ def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label laye
                    tolerance=roi_tolerance)
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
+
+
+@app.command()
+def evaluate(pred: str = typer.Argument(..., help="Predicted regions: slide.zarr (with --pred-labels) or slide.zarr/labels/NAME, "
+                                                  "a label image (PNG/TIFF), a folder or set of them, or a RoiSet.zip."),
+             truth: str = typer.Argument(..., help="True regions, in any of the same forms."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, metrics.csv, confusion.csv and outline PNGs here."),
+             pred_labels: Optional[str] = typer.Option(None, "--pred-labels", help="Label layer of PRED's store (default: its only one)."),
+             truth_labels: Optional[str] = typer.Option(None, "--truth-labels", help="Label layer of TRUTH's store (default: its only one)."),
+             classes: Optional[Path] = typer.Option(None, "--classes", help="Class table JSON for label images (as in sections.json)."),
+             pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per pixel to compare label layers at "
+                                                        "(default: the level the prediction was inferred at).")):
+    """Score predicted regions against true ones: Dice and IoU per region, mask mAP, confusion table."""
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    from .evaluate import evaluate as run_evaluate
+
+    report = _run(run_evaluate, pred, truth, out, pred_labels=pred_labels, truth_labels=truth_labels, classes=classes,
+                  pixel_size=pixel_size)
+    table = Table("region", "Dice", "IoU", "AP@0.5", "AP@0.5:0.95", "true px", "predicted px")
+    for r in report["regions"]:
+        table.add_row(r["region"], show(r["dice"]), show(r["iou"]), show(r["ap50"]), show(r["ap"]), str(r["truth_px"]), str(r["pred_px"]))
+    console.print(table)
+    console.print(f"[bold]mean Dice {show(report['mean_dice'])}, mean IoU {show(report['mean_iou'])}, "
+                  f"mAP@0.5 {show(report['mAP@0.5'])}, mAP@0.5:0.95 {show(report['mAP@0.5:0.95'])}[/]")
+    if out is not None:
+        console.print(f"wrote {out}/metrics.json, metrics.csv, confusion.csv and {len({r['section'] for r in report['sections']})} outline PNGs")
 
 
 @app.command()

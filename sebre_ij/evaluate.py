@@ -1,11 +1,40 @@
-"""Agreement between a predicted and a true class map: Dice and IoU per region."""
+"""Agreement between a predicted and a true class map: Dice and IoU per region, mask mAP.
+
+mAP is COCO's: region instances are matched greedily in score order to the unmatched true instance
+of their class with the highest IoU at or above a threshold, and average precision is the
+101-point interpolated area under the precision-recall curve, per class, averaged over classes with
+a true instance (and, for mAP@0.5:0.95, over ten IoU thresholds).
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
-from .labels import class_lut, open_labels, read_plane
-from .slide import Slide
+import numpy as np
+from scipy import ndimage as ndi
+
+from .datasets import folder_layout, load_class_table, read_labels, shared_sections
+from .errors import UserError
+from .exports import recorded_level, roi_level
+from .labels import LabelInfo, class_base, class_lut, open_labels, read_plane
+from .preview import write_comparison
+from .slide import Slide, open_slide, pick_level
+from .tiles import resample_nearest
+from .tissue import to_unit
+from .train import (
+    SECTION_PREFIX,
+    ClassTable,
+    _is_zarr,
+    class_table_of,
+    rasterise_rois,
+    read_image,
+    roi_annotations,
+)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
@@ -38,3 +67,384 @@ def compare_layers(slide: Slide, pred: str, truth: str, class_names: list[str], 
     scores = {class_names[c]: round(float(dice[c]), 4) for c in range(1, n) if not np.isnan(dice[c])}
     scores["mean"] = round(float(np.mean(list(scores.values()))), 4) if scores else float("nan")
     return scores
+
+
+IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
+RECALL_POINTS = np.linspace(0, 1, 101)
+
+
+class Instances(NamedTuple):
+    """Region instances of one image: an id per pixel (0: none), and each id's class and score."""
+
+    ids: np.ndarray
+    classes: dict[int, int]
+    scores: dict[int, float]
+
+
+def overlaps(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every predicted id with every true id, from one pass over the pixels: (ids, ids, IoU)."""
+    p_ids, p_inv = np.unique(pred, return_inverse=True)
+    t_ids, t_inv = np.unique(truth, return_inverse=True)
+    inter = np.bincount(p_inv.ravel() * len(t_ids) + t_inv.ravel(), minlength=len(p_ids) * len(t_ids))
+    inter = inter.reshape(len(p_ids), len(t_ids)).astype(float)
+    union = inter.sum(axis=1)[:, None] + inter.sum(axis=0)[None, :] - inter
+    iou = inter / np.maximum(union, 1)
+    keep_p, keep_t = p_ids != 0, t_ids != 0
+    return p_ids[keep_p], t_ids[keep_t], iou[np.ix_(keep_p, keep_t)]
+
+
+def match(iou: np.ndarray, thresholds: np.ndarray = IOU_THRESHOLDS) -> np.ndarray:
+    """(predictions, thresholds): is each prediction (rows in score order) a true positive?"""
+    hits = np.zeros((iou.shape[0], len(thresholds)), bool)
+    for k, t in enumerate(thresholds):
+        free = np.ones(iou.shape[1], bool)
+        for i in range(iou.shape[0]):
+            candidates = np.where(free & (iou[i] >= t), iou[i], -1.0)
+            if candidates.size and candidates.max() >= 0:
+                free[candidates.argmax()] = False
+                hits[i, k] = True
+    return hits
+
+
+def average_precision(hits: np.ndarray, scores: np.ndarray, n_truth: int) -> np.ndarray:
+    """101-point interpolated AP per threshold column; NaN without true instances (COCO skips them)."""
+    if n_truth == 0:
+        return np.full(hits.shape[1], np.nan)
+    if len(hits) == 0:
+        return np.zeros(hits.shape[1])
+    order = np.argsort(-scores, kind="mergesort")
+    tp = np.cumsum(hits[order], axis=0)
+    ranks = np.arange(1, len(order) + 1)[:, None]
+    ap = np.zeros(hits.shape[1])
+    for k in range(hits.shape[1]):
+        recall, precision = tp[:, k] / n_truth, tp[:, k] / ranks[:, 0]
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or more
+        at = np.searchsorted(recall, RECALL_POINTS, side="left")
+        ap[k] = np.where(at < len(recall), envelope[np.minimum(at, len(recall) - 1)], 0.0).mean()
+    return ap
+
+
+def mask_ap(pairs: list[tuple[Instances, Instances]], n_classes: int) -> np.ndarray:
+    """AP per class (rows) and IoU threshold (columns) over (predicted, true) instances of images."""
+    hits = {c: [np.zeros((0, len(IOU_THRESHOLDS)), bool)] for c in range(1, n_classes)}
+    scores = {c: [] for c in range(1, n_classes)}
+    n_truth = np.zeros(n_classes, int)
+    for pred, truth in pairs:
+        p_ids, t_ids, iou = overlaps(pred.ids, truth.ids)
+        for c in range(1, n_classes):
+            rows = sorted((i for i, v in enumerate(p_ids) if pred.classes.get(int(v)) == c),
+                          key=lambda i: -pred.scores.get(int(p_ids[i]), 1.0))
+            cols = [j for j, v in enumerate(t_ids) if truth.classes.get(int(v)) == c]
+            n_truth[c] += len(cols)
+            hits[c].append(match(iou[np.ix_(np.asarray(rows, int), np.asarray(cols, int))]))
+            scores[c] += [pred.scores.get(int(p_ids[i]), 1.0) for i in rows]
+    ap = np.full((n_classes, len(IOU_THRESHOLDS)), np.nan)
+    for c in range(1, n_classes):
+        ap[c] = average_precision(np.concatenate(hits[c]), np.asarray(scores[c], float), n_truth[c])
+    return ap
+
+
+def mean_ap(ap: np.ndarray) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 over the classes that have true instances."""
+    scored = ap[~np.isnan(ap[:, 0])]
+    if not len(scored):
+        return {"mAP@0.5": float("nan"), "mAP@0.5:0.95": float("nan")}
+    return {"mAP@0.5": float(scored[:, 0].mean()), "mAP@0.5:0.95": float(scored.mean())}
+
+
+# ---- `sebre evaluate`: label sources of any kind, compared on one grid -------------------------
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+MAX_EVAL_SIDE = 4096  # without a pixel size or a recorded inference level, read a layer no finer than this
+
+
+@dataclass
+class LabelPlane:
+    """One image's labels: values, and each value's class (source's table), section and score."""
+
+    name: str
+    values: np.ndarray
+    classes: dict[int, int]
+    sections: dict[int, int] | None  # None: the source does not number sections
+    scores: dict[int, float]
+    image: np.ndarray | None = None  # (C, Y, X) in [0, 1], drawn under the outlines
+
+
+@dataclass
+class LabelSource:
+    path: str
+    planes: list[LabelPlane]
+    table: ClassTable
+    level0: list[tuple[int, int]]  # per plane, the full-resolution (Y, X) that ROI coordinates use
+
+
+def split_layer_path(path: str, name: str | None) -> tuple[str, str | None]:
+    """`slide.zarr/labels/NAME` -> (slide.zarr, NAME); otherwise the path and the given name."""
+    head, sep, tail = str(path).rstrip("/").rpartition("/labels/")
+    is_layer = sep and tail and "/" not in tail and not Path(path).is_file() and source_kind(head) == "zarr"
+    return (head, tail) if is_layer else (str(path), name)
+
+
+def open_layer(path: str, name: str | None) -> tuple[Slide, LabelInfo]:
+    """The slide and its label layer `name` (or its only layer)."""
+    slide = open_slide(path)
+    if name is None:
+        names = slide.label_names()
+        if len(names) != 1:
+            raise UserError(f"{path}: {len(names)} label layers ({', '.join(names) or 'none'}); name one with "
+                            "--pred-labels/--truth-labels NAME or give slide.zarr/labels/NAME")
+        name = names[0]
+    return slide, open_labels(slide, name)
+
+
+def recorded_pixel_size(slide: Slide, info: LabelInfo) -> float | None:
+    """µm/px of the level `sebre segment` inferred this layer at, if it says."""
+    level = recorded_level(slide, info)
+    return None if level is None else slide.pixel_size(level)
+
+
+def layer_source(slide: Slide, info: LabelInfo, pixel_size: float | None) -> LabelSource:
+    """Every plane of a label layer at the level nearest `pixel_size` (else a bounded fine one)."""
+    level = pick_level(slide, pixel_size) if pixel_size else roi_level(slide, info, MAX_EVAL_SIDE)
+    props = info.properties
+    numbered = any("section" in p for p in props.values())
+    planes = []
+    for z in range(slide.n_planes):
+        name = Path(slide.url.rstrip("/")).stem + (f"_z{z}" if slide.n_planes > 1 else "")
+        planes.append(LabelPlane(name, read_plane(info, slide, level, z),
+                                 {v: int(p["class"]) for v, p in props.items() if "class" in p},
+                                 {v: int(p.get("section", 0)) for v, p in props.items()} if numbered else None,
+                                 {v: float(p["score"]) for v, p in props.items() if "score" in p},
+                                 to_unit(np.asarray(slide.plane(level, z)))))
+    return LabelSource(slide.url, planes, class_table_of(info), [slide.yx_shape(0)] * slide.n_planes)
+
+
+def image_source(path: Path, table: ClassTable | None) -> LabelSource:
+    """Label images: one file, a folder of them, or a set folder (sections.json gives the classes).
+    The section image, drawn under the outlines, is `../images/<stem>.*` when there is one."""
+    if folder_layout(path) == "shared":
+        set_table, sections = shared_sections(path)
+        files = [s["labels"] for s in sections]
+        table = table or set_table
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = [path]
+        beside = path.parent.parent / "sections.json"
+        if table is None and path.parent.name == "labels" and beside.is_file():
+            table = shared_sections(path.parent.parent)[0]
+    if table is None:
+        raise UserError(f"{path}: label images need their class table; pass --classes FILE.json (as in sections.json)")
+    if not files:
+        raise UserError(f"{path}: no label images (PNG or TIFF) here; give a label image or a folder of them")
+    planes = []
+    for f in files:
+        values = read_labels(f, len(table.names))
+        picture = next(iter(sorted(f.parent.parent.glob(f"images/{f.stem}.*"))), None)
+        image = read_image(picture)[0] if picture is not None else None
+        planes.append(LabelPlane(f.stem, values, {v: v for v in range(len(table.names))}, None, {},
+                                 image if image is not None and image.shape[1:] == values.shape else None))
+    return LabelSource(str(path), planes, table, [p.values.shape for p in planes])
+
+
+def roi_source(path: Path, frame: LabelSource) -> LabelSource:
+    """A RoiSet.zip drawn on the other source's planes (ROI coordinates are their level-0 pixels);
+    an `sN-` name prefix numbers the ROI's section, its stack position picks the plane."""
+    rois, table, classes = roi_annotations(path)
+    numbers = [int(m[0][1:-1]) if (m := SECTION_PREFIX.match(r.name or "")) else 0 for r in rois]
+    base = class_base(len(table.names))
+    planes = []
+    for z, (plane, level0) in enumerate(zip(frame.planes, frame.level0)):
+        here = [i for i, r in enumerate(rois) if r.position in (0, z + 1)]
+        shape = plane.values.shape
+        scale = (shape[0] / level0[0], shape[1] / level0[1])
+        cls = rasterise_rois([rois[i] for i in here], [classes[i] for i in here], shape, scale)
+        sec = rasterise_rois([rois[i] for i in here], [numbers[i] for i in here], shape, scale)
+        values = sec.astype(np.int64) * base + cls
+        present = np.unique(values[cls > 0]).tolist()
+        planes.append(LabelPlane(plane.name, values, {v: v % base for v in present},
+                                 {v: v // base for v in present} if any(numbers) else None, {}, plane.image))
+    return LabelSource(str(path), planes, table, frame.level0)
+
+
+def open_sources(pred: str, truth: str, pred_labels: str | None, truth_labels: str | None,
+                 classes: ClassTable | None, pixel_size: float | None) -> tuple[LabelSource, LabelSource]:
+    """Both sides; ROIs last, on the other side's planes. Zarr layers share one pixel size: the
+    one asked for, else the level the prediction (or truth) was inferred at."""
+    specs = [split_layer_path(pred, pred_labels), split_layer_path(truth, truth_labels)]
+    kinds = [source_kind(p) for p, _ in specs]
+    if kinds == ["roi", "roi"]:
+        raise UserError(f"{pred} and {truth}: two RoiSets give no image frame; compare one with a label layer or label image")
+    layers = {i: open_layer(*specs[i]) for i in (0, 1) if kinds[i] == "zarr"}
+    pixel_size = pixel_size or next((s for s in (recorded_pixel_size(*layers[i]) for i in sorted(layers)) if s), None)
+    sources: list[LabelSource | None] = [None, None]
+    for i in (0, 1):
+        if kinds[i] == "zarr":
+            sources[i] = layer_source(*layers[i], pixel_size)
+        elif kinds[i] == "image":
+            sources[i] = image_source(Path(specs[i][0]), classes)
+    for i in (0, 1):
+        if kinds[i] == "roi":
+            sources[i] = roi_source(Path(specs[i][0]), sources[1 - i])
+    return sources[0], sources[1]
+
+
+def source_kind(path: str) -> str:
+    """'roi' (RoiSet.zip), 'image' (label images, or a folder or set of them) or 'zarr'."""
+    if path.lower().endswith(".zip"):
+        return "roi"
+    p = Path(path)
+    if not _is_zarr(path) or folder_layout(p):
+        return "image"
+    plain_folder = p.is_dir() and not path.rstrip("/").endswith(".zarr")
+    return "image" if plain_folder and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) else "zarr"
+
+
+def common_classes(truth: ClassTable, pred: ClassTable) -> ClassTable:
+    """The truth's classes, then the prediction's others: the two sides meet by class name."""
+    names, colors = list(truth.names), list(truth.colors)
+    for name, color in zip(pred.names, pred.colors):
+        if name not in names:
+            names.append(name)
+            colors.append(color)
+    return ClassTable(names, colors)
+
+
+def pair_planes(pred: LabelSource, truth: LabelSource) -> list[tuple[LabelPlane, LabelPlane]]:
+    """Planes of the same name, else in order when both sides have as many."""
+    by_name = {p.name: p for p in pred.planes}
+    named = [(by_name[t.name], t) for t in truth.planes if t.name in by_name]
+    if named:
+        return named
+    if len(pred.planes) == len(truth.planes):
+        return list(zip(pred.planes, truth.planes))
+    raise UserError(f"{pred.path}: {len(pred.planes)} planes/sections named unlike the {len(truth.planes)} of {truth.path}; "
+                    "give label images named as the truth's (same file stems)")
+
+
+def _lut(mapping: dict[int, float], values: np.ndarray, default: float = 0) -> np.ndarray:
+    """Per pixel, `mapping` of its value (`default` for values not in it)."""
+    keys, inverse = np.unique(values, return_inverse=True)
+    return np.array([mapping.get(int(k), default) for k in keys])[inverse].reshape(values.shape)
+
+
+def _to_grid(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return array if array.shape[-2:] == shape else resample_nearest(array, array.shape, 0, shape[0], 0, shape[1], shape)
+
+
+def on_one_grid(pred: LabelPlane, truth: LabelPlane, source: str) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """The coarser of the two shapes, and both planes' values on it (nearest neighbour)."""
+    (ph, pw), (th, tw) = pred.values.shape, truth.values.shape
+    if abs(ph * tw - th * pw) > 0.02 * th * pw:
+        raise UserError(f"{source}: {truth.name} is {ph} x {pw} px predicted but {th} x {tw} px true, not the same "
+                        "field of view; compare labels of the same image")
+    shape = min((ph, pw), (th, tw), key=lambda s: s[0] * s[1])
+    return shape, _to_grid(pred.values, shape), _to_grid(truth.values, shape)
+
+
+def section_map(truth: LabelPlane, t_values: np.ndarray, pred: LabelPlane, p_values: np.ndarray) -> np.ndarray:
+    """Per pixel of either side's regions, its section, so that both sides' instances split alike:
+    each connected piece takes the section most of its pixels have in the truth's numbering, else
+    the prediction's; a piece with no numbered pixel (tissue the prediction missed) is a section of
+    its own. All regions are section 1 when neither side numbers sections; background is 0."""
+    foreground = (t_values > 0) | (p_values > 0)
+    plane, values = (truth, t_values) if truth.sections else (pred, p_values)
+    if not plane.sections:
+        return foreground.astype(np.int64)
+    sections = _lut(plane.sections, values).astype(np.int64)
+    pieces, n = ndi.label(foreground, structure=np.ones((3, 3)))
+    m = int(sections.max()) + 1
+    votes = np.bincount((pieces * m + sections).ravel(), minlength=(n + 1) * m).reshape(n + 1, m)
+    votes[:, 0] = 0
+    section_of = votes.argmax(axis=1)
+    orphans = np.flatnonzero(votes[1:].max(axis=1) == 0) + 1
+    section_of[orphans] = m + np.arange(len(orphans))
+    section_of[0] = 0
+    return section_of[pieces]
+
+
+def instances(classes: np.ndarray, sections: np.ndarray, scores: np.ndarray, base: int) -> Instances:
+    """One instance per class per section; its score is the pixel mean of the region scores."""
+    ids = np.where(classes > 0, sections * base + classes, 0)
+    present, inverse = np.unique(ids, return_inverse=True)
+    mean = np.bincount(inverse.ravel(), weights=scores.ravel()) / np.bincount(inverse.ravel())
+    return Instances(ids, {int(v): int(v % base) for v in present if v},
+                     {int(v): float(m) for v, m in zip(present, mean) if v})
+
+
+def _region_rows(section: str, matrix: np.ndarray, names: list[str]) -> list[dict]:
+    """Dice, IoU and pixel counts of each class present on either side."""
+    dice, iou = dice_iou(matrix)
+    truth_px, pred_px = matrix.sum(axis=1), matrix.sum(axis=0)
+    return [{"section": section, "region": names[c], "dice": _num(dice[c]), "iou": _num(iou[c]),
+             "truth_px": int(truth_px[c]), "pred_px": int(pred_px[c])}
+            for c in range(1, len(names)) if truth_px[c] or pred_px[c]]
+
+
+def _num(value: float) -> float | None:
+    """Rounded, and None for NaN (JSON has no NaN)."""
+    return None if np.isnan(value) else round(float(value), 4)
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def evaluate(pred: str, truth: str, out: str | Path | None = None, *, pred_labels: str | None = None,
+             truth_labels: str | None = None, classes: str | Path | None = None,
+             pixel_size: float | None = None) -> dict:
+    """Score predicted regions against true ones (label layers, label images or RoiSets, in any
+    pairing): Dice and IoU per region and per section, mask mAP, the confusion table. With `out`,
+    also writes metrics.json, metrics.csv, confusion.csv and one outline PNG per section."""
+    p_src, t_src = open_sources(pred, truth, pred_labels, truth_labels, load_class_table(classes), pixel_size)
+    table = common_classes(t_src.table, p_src.table)
+    n, base = len(table.names), class_base(len(table.names))
+    to_common = {src.path: np.array([table.names.index(name) for name in src.table.names]) for src in (p_src, t_src)}
+    total, sections_rows, pairs, pictures = np.zeros((n, n), np.int64), [], [], []
+    for p_plane, t_plane in pair_planes(p_src, t_src):
+        shape, p_values, t_values = on_one_grid(p_plane, t_plane, p_src.path)
+        pc, tc = (to_common[src.path][np.minimum(_lut(plane.classes, v).astype(int), len(src.table.names) - 1)]
+                  for src, plane, v in ((p_src, p_plane, p_values), (t_src, t_plane, t_values)))
+        sections = section_map(t_plane, t_values, p_plane, p_values)
+        pairs.append((instances(pc, sections, _lut(p_plane.scores, p_values, 1.0), base),
+                      instances(tc, sections, np.ones(shape), base)))
+        total += confusion(pc, tc, n)
+        image = next((_to_grid(p.image, shape) for p in (t_plane, p_plane) if p.image is not None), None)
+        numbers = np.unique(sections[(pc > 0) | (tc > 0)]).tolist()
+        for s in numbers:
+            inside = sections == s
+            name = t_plane.name if len(numbers) == 1 else f"{t_plane.name}_s{s}"
+            sections_rows += _region_rows(name, confusion(pc[inside], tc[inside], n), table.names)
+            pictures.append((name, inside & ((pc > 0) | (tc > 0)), image, tc, pc))
+    ap = mask_ap(pairs, n)
+    regions = _region_rows("all", total, table.names)
+    for row in regions:
+        c = table.names.index(row["region"])
+        row.update({"ap50": _num(ap[c, 0]), "ap": _num(np.nanmean(ap[c])) if not np.isnan(ap[c, 0]) else None})
+    scored = [r for r in regions if r["truth_px"]]
+    report = {"pred": str(pred), "truth": str(truth), "classes": table.names, "regions": regions,
+              "mean_dice": _num(np.mean([r["dice"] for r in scored])) if scored else None,
+              "mean_iou": _num(np.mean([r["iou"] for r in scored])) if scored else None,
+              **{k: _num(v) for k, v in mean_ap(ap).items()},
+              "sections": sections_rows, "confusion": total.tolist()}
+    if out is not None:
+        write_report(Path(out), report, pictures, table)
+    return report
+
+
+def write_report(out: Path, report: dict, pictures: list, table: ClassTable) -> None:
+    """metrics.json, metrics.csv (per section and pooled), confusion.csv, and the outline PNGs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    fields = ["section", "region", "dice", "iou", "ap50", "ap", "truth_px", "pred_px"]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, restval="")
+        writer.writeheader()
+        writer.writerows(report["sections"] + report["regions"])
+    with open(out / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["truth \\ prediction", *table.names])
+        writer.writerows([name, *row] for name, row in zip(table.names, report["confusion"]))
+    colors = dict(enumerate(table.colors))
+    for name, where, image, truth, pred in pictures:
+        write_comparison(out / f"{_file_name(name)}.png", image, truth, pred, where, colors, name)

@@ -23,12 +23,18 @@ from .tissue import coarse_sections
 MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
 
 
-def roi_level(slide: Slide, info: LabelInfo) -> int:
-    """The level regions were inferred at (recorded by `sebre segment`), else a bounded fine one."""
+def recorded_level(slide: Slide, info: LabelInfo) -> int | None:
+    """The level `sebre segment` inferred the layer at, when the layer says."""
     recorded = dict(info.group.attrs).get("sebre", {}).get("level")
-    if isinstance(recorded, int) and 0 <= recorded < len(slide.levels):
+    return recorded if isinstance(recorded, int) and 0 <= recorded < len(slide.levels) else None
+
+
+def roi_level(slide: Slide, info: LabelInfo, max_side: int = MAX_ROI_SIDE) -> int:
+    """The level regions were inferred at, else the finest level no longer than `max_side`."""
+    recorded = recorded_level(slide, info)
+    if recorded is not None:
         return recorded
-    fits = [i for i in range(len(slide.levels)) if max(slide.yx_shape(i)) <= MAX_ROI_SIDE]
+    fits = [i for i in range(len(slide.levels)) if max(slide.yx_shape(i)) <= max_side]
     return fits[0] if fits else len(slide.levels) - 1
 
 

@@ -40,14 +40,21 @@ def write_preview(path: str | Path, image: np.ndarray, values: np.ndarray, secti
     """One panel per section (its bounding box on this level), scaled to a common height."""
     rgb = overlay(image, values, colors)
     boxes = section_boxes(sections) or [(0, slice(0, rgb.shape[0]), slice(0, rgb.shape[1]))]
-    panels = []
-    for number, ys, xs in boxes:
-        crop = Image.fromarray(rgb[ys, xs])
-        width = max(1, round(crop.width * PANEL_HEIGHT / crop.height))
-        panel = Image.new("RGB", (width, PANEL_HEIGHT + 20), "white")
-        panel.paste(crop.resize((width, PANEL_HEIGHT), Image.Resampling.NEAREST), (0, 20))
-        ImageDraw.Draw(panel).text((4, 4), f"section s{number}", fill="black")
-        panels.append(panel)
+    save_sheet(path, [panel(rgb[ys, xs], f"section s{number}") for number, ys, xs in boxes])
+
+
+def panel(rgb: np.ndarray, caption: str) -> Image.Image:
+    """An RGB crop scaled to the common height, with a caption above."""
+    crop = Image.fromarray(rgb)
+    width = max(1, round(crop.width * PANEL_HEIGHT / crop.height))
+    out = Image.new("RGB", (width, PANEL_HEIGHT + 20), "white")
+    out.paste(crop.resize((width, PANEL_HEIGHT), Image.Resampling.NEAREST), (0, 20))
+    ImageDraw.Draw(out).text((4, 4), caption, fill="black")
+    return out
+
+
+def save_sheet(path: str | Path, panels: list[Image.Image]) -> None:
+    """Panels side by side, 8 px apart, as one PNG."""
     sheet = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), PANEL_HEIGHT + 20), "white")
     x = 0
     for p in panels:
@@ -55,3 +62,15 @@ def write_preview(path: str | Path, image: np.ndarray, values: np.ndarray, secti
         x += p.width + 8
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
+
+
+def write_comparison(path: str | Path, image: np.ndarray | None, truth: np.ndarray, pred: np.ndarray, where: np.ndarray,
+                     colors: dict[int, tuple[int, int, int]], title: str) -> None:
+    """Truth (left) and prediction (right) class outlines over one section's box (`where`), on
+    the image when there is one, for a person to see where the two disagree."""
+    ys, xs = np.nonzero(where)
+    box = (slice(max(ys.min() - 4, 0), ys.max() + 5), slice(max(xs.min() - 4, 0), xs.max() + 5))
+    keep = where[box]
+    under = np.ones((1, *keep.shape), np.float32) if image is None else image[(slice(None), *box)]
+    save_sheet(path, [panel(overlay(under, np.where(keep, classes[box], 0), colors, alpha=0.15), f"{title}: {label}")
+                      for label, classes in (("truth", truth), ("prediction", pred))])

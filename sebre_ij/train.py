@@ -42,6 +42,7 @@ class Example:
     image: np.ndarray  # (C, H, W) float32 in [0, 1]
     classes: np.ndarray  # (H, W) uint8
     name: str
+    pixel_size_um: float | None = None
 
 
 @dataclass
@@ -50,9 +51,10 @@ class ClassTable:
     colors: list[tuple[int, int, int]]
 
 
-def _resample(image: np.ndarray, classes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bring an example to the model's µm/px when no pyramid level is within 10 %."""
-    if abs(factor - 1) <= 0.1:
+def resample(image: np.ndarray, classes: np.ndarray, factor: float, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Scale an example by `factor` (image bilinear, anti-aliased when shrinking; labels nearest),
+    unless it is within `tolerance` already (a pyramid level near the model's µm/px is kept)."""
+    if abs(factor - 1) <= tolerance:
         return image, classes
     shape = (max(1, round(classes.shape[0] * factor)), max(1, round(classes.shape[1] * factor)))
     image = resize(image, (image.shape[0], *shape), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
@@ -86,8 +88,8 @@ def examples_from_zarr(url: str, pixel_size_um: float, label_name: str | None = 
         values = read_plane(info, slide, level, z)
         classes = class_lut(info, int(values.max()))[values].astype(np.uint8)
         image = to_unit(np.asarray(slide.plane(level, z)))
-        image, classes = _resample(image, classes, factor)
-        examples.append(Example(image, classes, f"{Path(url).name}[z={z}]"))
+        image, classes = resample(image, classes, factor)
+        examples.append(Example(image, classes, f"{Path(url).name}[z={z}]", pixel_size_um))
     return examples, class_table_of(info), slide.channels
 
 
@@ -203,11 +205,9 @@ def _is_zarr(path: str | Path) -> bool:
     return "://" in str(path) or str(path).rstrip("/").endswith(".zarr") or Path(path).is_dir()
 
 
-def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
-                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
-                       ) -> tuple[list[Example], ClassTable, list[str]]:
-    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
-    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+def roi_annotations(roiset_path: str | Path, class_map: dict[str, str] | None = None
+                    ) -> tuple[list[ImagejRoi], ClassTable, list[int]]:
+    """The ROIs of a RoiSet.zip, their class table and each ROI's class index."""
     try:
         rois = read_roiset(roiset_path)
     except (OSError, ValueError) as exc:
@@ -215,7 +215,15 @@ def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_si
     if not rois:
         raise UserError(f"{roiset_path}: no ROIs; outline the regions in the ROI Manager and save them again")
     table = roi_class_table(rois, class_map, roiset_path)
-    classes = [table.names.index(roi_class(r.name, class_map, roiset_path)) for r in rois]
+    return rois, table, [table.names.index(roi_class(r.name, class_map, roiset_path)) for r in rois]
+
+
+def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
+                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
+                       ) -> tuple[list[Example], ClassTable, list[str]]:
+    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
+    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+    rois, table, classes = roi_annotations(roiset_path, class_map)
     if _is_zarr(image_path):
         planes, channels, level0, size = _zarr_planes(image_path, pixel_size_um)
     else:
@@ -231,7 +239,7 @@ def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_si
         here = [(r, c) for r, c in zip(rois, classes) if r.position in (0, z + 1)]
         scale = (image.shape[1] / level0[0], image.shape[2] / level0[1])
         label = rasterise_rois([r for r, _ in here], [c for _, c in here], image.shape[1:], scale)
-        examples.append(Example(*_resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]"))
+        examples.append(Example(*resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]", pixel_size_um))
     return examples, table, channels
 
 
@@ -244,15 +252,20 @@ def _zarr_planes(url, pixel_size_um: float) -> tuple[list[np.ndarray], list[str]
 
 
 def load_examples(data: list[str], pixel_size: float, label_name: str | None = None, rois: list | None = None,
-                  class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
-                  ) -> tuple[list[Example], ClassTable, list[str]]:
-    """All training examples: OME-Zarr label layers, or images paired in order with RoiSet.zip files."""
+                  class_map: dict[str, str] | None = None, pixel_size_in: float | None = None,
+                  classes: ClassTable | None = None) -> tuple[list[Example], ClassTable, list[str]]:
+    """All training examples: OME-Zarr label layers, images paired in order with RoiSet.zip files,
+    or section folders (shared-data or SeBRe layout; `classes` is a SeBRe folder's class table)."""
+    from .datasets import folder_examples, folder_layout
+
     if rois and len(rois) != len(data):
         raise UserError(f"{len(data)} image(s) but {len(rois)} --rois file(s); give one RoiSet.zip per image, in the same order")
     examples, table, channels = [], None, None
     for i, url in enumerate(data):
         if rois:
             ex, t, ch = examples_from_rois(url, rois[i], pixel_size, class_map, pixel_size_in)
+        elif folder_layout(url):
+            ex, t, ch = folder_examples(url, pixel_size, classes, pixel_size_in)
         else:
             ex, t, ch = examples_from_zarr(str(url), pixel_size, label_name)
         if table is not None and (t.names != table.names or ch != channels):
@@ -337,20 +350,28 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 30) -> float:
 def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: int = 400, pixel_size: float = 16.0,
           tile_size: int = 256, overlap: int = 64, batch_size: int = 4, lr: float = 2e-3, label_name: str | None = None,
           seed: int = 0, device: str | None = None, progress: bool = True, rois: list | None = None,
-          class_map: str | Path | None = None, pixel_size_in: float | None = None) -> ModelCard:
-    """Train a Mask R-CNN on annotated slides (OME-Zarr label layers, or images with RoiSet.zip
-    annotations from Fiji, `rois` paired with `data` in order) and write the checkpoint with its card."""
+          class_map: str | Path | None = None, pixel_size_in: float | None = None, classes: str | Path | None = None,
+          val_sections: list[str] | None = None, val_fraction: float | None = None) -> ModelCard:
+    """Train a Mask R-CNN on annotated slides (OME-Zarr label layers, images with RoiSet.zip
+    annotations from Fiji, `rois` paired with `data` in order, or section folders) and write the
+    checkpoint with its card. Sections named in `val_sections` (or a `val_fraction` of them, drawn
+    with `seed`) are held out and listed in the card, for `sebre evaluate` to score."""
+    from .datasets import load_class_table, split_by_section
+
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if not data:
         raise UserError("no training data given; pass one or more OME-Zarr stores with a label layer")
-    examples, table, channels = load_examples(data, pixel_size, label_name, rois, load_class_map(class_map), pixel_size_in)
+    examples, table, channels = load_examples(data, pixel_size, label_name, rois, load_class_map(class_map), pixel_size_in,
+                                              load_class_table(classes))
+    examples, held_out = split_by_section(examples, val_sections or val_fraction, seed)
     if not any(e.classes.any() for e in examples):
         raise UserError(f"{data[0]}: the annotations hold no labelled pixels at {pixel_size} µm/px; check them or --pixel-size")
     examples = [e for e in examples if e.classes.any()]
     mean, std, fill = channel_stats(examples)
     card = ModelCard(arch, table.names, table.colors, pixel_size, channels, mean, std, tile_size, overlap,
-                     training={"data": [str(d) for d in data], **({"rois": [str(r) for r in rois]} if rois else {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed})
+                     training={"data": [str(d) for d in data], **({"rois": [str(r) for r in rois]} if rois else {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                               "val_sections": [e.name for e in held_out]})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = pick_device(device)
