@@ -117,6 +117,7 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             overwrite: bool = typer.Option(False, help="Replace an existing label layer of that name."),
             resume: bool = typer.Option(False, help="Finish an interrupted run of this command (the same command without it resumes too)."),
             pixel_size: Optional[float] = typer.Option(None, help="µm per pixel of level 0, when the slide's metadata lacks it or is wrong."),
+            mode: str = typer.Option("region", help="region: one label per class per section (SeBRe); instance: one per connected piece."),
             roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
             roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
             roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none)."),
@@ -132,7 +133,7 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
     from .segment import segment as run_segment
 
     result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
-                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, batch_size=batch_size, min_score=min_score, device=device,
+                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, mode=mode, batch_size=batch_size, min_score=min_score, device=device,
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
                   roi_level=roi_level, roi_tolerance=roi_tolerance)
     console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "

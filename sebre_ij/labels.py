@@ -20,6 +20,7 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
 from .errors import UserError
+from .instances import SCRATCH
 from .slide import Slide, _ome_attrs
 
 LABEL_DTYPE = np.uint32
@@ -106,15 +107,28 @@ class LabelLayer:
     def array(self, level: int) -> zarr.Array:
         return self.group[self.slide.levels[level].path]
 
-    def write(self, z: int, window: tuple[slice, slice], values: np.ndarray) -> None:
-        """Write `values` into plane z at the inference level."""
-        index = tuple(z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1]
-                      for a in label_axes(self.slide))
-        self.array(self.level)[index] = values
+    def _index(self, z: int, window: tuple[slice, slice]) -> tuple:
+        return tuple(z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1] for a in label_axes(self.slide))
+
+    def write(self, z: int, window: tuple[slice, slice], values: np.ndarray, path: str | None = None) -> None:
+        """Write `values` into plane z of where tiles go (the inference level, or the scratch array)."""
+        self.group[path or self.target][self._index(z, window)] = values
+
+    def read(self, z: int, window: tuple[slice, slice], path: str | None = None) -> np.ndarray:
+        return np.asarray(self.group[path or self.target][self._index(z, window)])
+
+    @functools.cached_property
+    def target(self) -> str:
+        """The array tiles write into: a scratch array in instance mode, numbered at the end."""
+        return SCRATCH if SCRATCH in self.group else self.slide.levels[self.level].path
+
+    def drop_scratch(self) -> None:
+        if SCRATCH in self.group:
+            del self.group[SCRATCH]
 
 
 def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "",
-                 resume: bool = False) -> LabelLayer:
+                 resume: bool = False, scratch: bool = False) -> LabelLayer:
     """Make empty arrays for every level, chunked like the image, after checking the name is free.
 
     An unfinished layer left by a killed run with the same `run_key` (same model, slide level and
@@ -147,6 +161,9 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
     for lv in slide.levels:
         group.create_array(lv.path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
                            dtype=LABEL_DTYPE, fill_value=0, **extra)
+    if scratch:
+        group.create_array(SCRATCH, shape=_drop_channel(slide, slide.levels[level].shape),
+                           chunks=_drop_channel(slide, slide.levels[level].chunks), dtype=LABEL_DTYPE, fill_value=0, **extra)
     layer = LabelLayer(slide, name, group, labels, level, {"key": run_key})
     layer.save_progress(0, 0, {})
     return layer

@@ -62,7 +62,7 @@ def _row(value: int, properties: dict[int, dict], area: float, perimeter: float,
     row = {
         "label": value,
         "section": props["section"],
-        "name": region_name(props["section"], props["name"]),
+        "name": region_name(props["section"], props["name"], props["instance"]),
         "class": props["class"],
         "area_um2": float(area),
         "perimeter_um": float(perimeter),

@@ -66,9 +66,9 @@ class Region:
     extra: dict = field(default_factory=dict)  # more ROI properties, e.g. the coordinate level and its scale
 
 
-def region_name(section: int, name: str) -> str:
-    """Name a region as Fiji users see it: ``s<section>-<region>``."""
-    return f"s{int(section)}-{name}"
+def region_name(section: int, name: str, instance: int | None = None) -> str:
+    """Name a region as Fiji users see it: ``s<section>-<region>``, ``-<n>`` added per instance."""
+    return f"s{int(section)}-{name}" + (f"-{int(instance)}" if instance is not None else "")
 
 
 def label_properties(properties: dict[int, dict], value: int) -> dict:
@@ -81,6 +81,7 @@ def label_properties(properties: dict[int, dict], value: int) -> dict:
         "section": int(props.get("section", 0)),
         "color": tuple(int(c) for c in props.get("color", DEFAULT_COLOR)[:3]),
         "score": None if score is None else float(score),
+        "instance": None if props.get("instance") is None else int(props["instance"]),
     }
 
 
@@ -133,7 +134,7 @@ def _region(value: int, properties: dict[int, dict], polygons: list[Part]) -> Re
     props = label_properties(properties, value)
     return Region(
         value=value,
-        name=region_name(props["section"], props["name"]),
+        name=region_name(props["section"], props["name"], props["instance"]),
         class_index=props["class"],
         class_name=props["name"],
         section=props["section"],

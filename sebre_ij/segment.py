@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import UserError
 from .exports import check_roi_level, export_regions
 from .infer import predict_tiles, read_tile
+from .instances import number_instances
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, inference_level, open_slide
@@ -96,11 +97,42 @@ def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> 
     return rows
 
 
+def instance_table(found: list[tuple[int, int, int]], stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
+    """One row per instance (id, region value, pixels): its region's class, section and mean score."""
+    base = class_base(len(card.classes))
+    rows, seen = [], {}
+    for label, value, pixels in found:
+        section, cls = divmod(value, base)
+        seen[value] = seen.get(value, 0) + 1
+        score = stats.score.get(value, 0.0) / max(stats.count.get(value, 1), 1)
+        rows.append({"label-value": label, "name": card.classes[cls], "class": cls, "section": section,
+                     "instance": seen[value], "score": round(score, 4), "area_um2": round(pixels * pixel_area_um2, 1)})
+    return rows
+
+
+def number_layer(layer: LabelLayer) -> list[tuple[int, int, int]]:
+    """Instance mode's last step: number the pieces of every plane's regions, one plane after another.
+    Returns (instance id, region value, pixels) per instance."""
+    slide, found = layer.slide, []
+    path = slide.levels[layer.level].path
+    for z in range(slide.n_planes):
+        start = len(found)
+
+        def write(window, ids, z=z, start=start):
+            layer.write(z, window, np.where(ids > 0, ids + start, 0).astype(ids.dtype), path)
+
+        plane = number_instances(lambda window, z=z: layer.read(z, window), write, slide.yx_shape(layer.level),
+                                 layer.chunks, layer.ran)
+        found += [(start + k, value, pixels) for k, (value, pixels) in enumerate(plane, 1)]
+    return found
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]segment"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
                     TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(), disable=not enabled, transient=True)
 
 
+MODES = ("region", "instance")
 Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
 
 
@@ -169,15 +201,19 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
             geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
             overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int = 4,
             min_score: float = 0.3, tile_size: int | None = None, overlap: int | None = None, tta: bool = False,
-            pixel_size: float | None = None, roi_groups: bool = True, roi_level: int = 0,
+            pixel_size: float | None = None, mode: str = "region", roi_groups: bool = True, roi_level: int = 0,
             roi_tolerance: float | None = None, progress: bool = True) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports.
 
-    A run killed part-way resumes when started again with the same settings (`resume=True` also
-    insists that there is such a run to resume); `overwrite` starts over."""
+    `mode` "region" keeps one label per class per section (SeBRe's rule); "instance" gives every
+    connected piece its own label, for many small objects. A run killed part-way resumes when
+    started again with the same settings (`resume=True` also insists that there is such a run to
+    resume); `overwrite` starts over."""
     started = time.perf_counter()
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     slide = open_slide(slide_url, pixel_size)
     dev = pick_device(device)
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
@@ -186,16 +222,22 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
     settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
-                "card": card.to_json()}
-    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume)
+                "mode": mode, "card": card.to_json()}
+    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
+                         scratch=mode == "instance")
     resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
     predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
     stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
+    pixel_area = slide.pixel_size(level) ** 2
+    if mode == "instance":
+        rows = instance_table(number_layer(layer), stats, card, pixel_area)
+    else:
+        rows = region_table(stats, card, pixel_area)
     build_pyramid(layer)
-    rows = region_table(stats, card, slide.pixel_size(level) ** 2)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
-                                       "pixel_size_um": card.pixel_size_um, "resampling_factor": factor})
+                                       "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
+    layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
     result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
                            n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles))
     result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,
