@@ -39,9 +39,9 @@ from sebre_ij.synth import CLASSES, synth_slide, write_sparse_slide
 from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import to_unit
 
-SIZES = {"quick": (1536, 2048), "full": (3072, 4096)}  # level-0 pixels of the small slide
+SIZES = {"quick": (3072, 4096), "full": (6144, 8192)}  # level-0 pixels of the small slide
 PIXEL_SIZE, MODEL_PIXEL_SIZE = 4.0, 8.0
-TILE, OVERLAP, BATCH = 128, 32, 4
+TILE, OVERLAP, BATCH = 256, 64, 4
 
 
 def peak_rss_mb() -> float:

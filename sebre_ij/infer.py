@@ -118,24 +118,38 @@ def batched(items: list, size: int) -> Iterator[list]:
 def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray], *,
                   device: torch.device, batch_size: int = 4, min_score: float = 0.3,
                   flips: bool = False) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
-    """Yield (tile, classes, scores) for every tile, reading batch i+1 while the model runs batch i.
+    """Yield (tile, classes, scores) for every tile. Beside the model's work on batch i, threads read
+    batch i+1 and turn batch i-1's instances into class maps, so the model waits for neither.
 
     With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged."""
     batches = list(batched(tiles, batch_size))
     use_amp = device.type == "cuda"
+    dims = FLIPS if flips else FLIPS[:1]
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
+        maps = None
         for i, batch in enumerate(batches):
             images = pending.result()
             if i + 1 < len(batches):
                 pending = pool.submit(lambda b: [read(t) for t in b], batches[i + 1])
             tensors = [_to_device(im, device) for im in images]
-            dims = FLIPS if flips else FLIPS[:1]
             views = [t.flip(d) if d else t for d in dims for t in tensors]
             with torch.autocast(device.type, enabled=use_amp):
                 outputs = model(views)
-            n = len(card.classes)
-            for j, tile in enumerate(batch):
-                evidence = sum(_unflip(class_evidence(outputs[k * len(batch) + j], n, min_score), d) for k, d in enumerate(dims)) / len(dims)
-                classes, scores = class_map(evidence)
-                yield tile, classes, scores
+            if maps is not None:
+                yield from maps.result()
+            maps = pool.submit(_class_maps, batch, outputs, dims, len(card.classes), min_score)
+        if maps is not None:
+            yield from maps.result()
+
+
+def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int,
+                min_score: float) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+    """(tile, classes, scores) of a batch from the model's outputs for all its views."""
+    with torch.inference_mode():
+        out = []
+        for j, tile in enumerate(batch):
+            evidence = sum(_unflip(class_evidence(outputs[k * len(batch) + j], n_classes, min_score), d)
+                           for k, d in enumerate(dims)) / len(dims)
+            out.append((tile, *class_map(evidence)))
+        return out

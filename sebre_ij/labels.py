@@ -202,18 +202,36 @@ def _blocks(array: zarr.Array):
     return itertools.product(*ranges)
 
 
+def _ran_blocks(layer: LabelLayer, dst: zarr.Array):
+    """The chunks of `dst` over the inference-level chunks where tiles ran, found from those chunks
+    (not by visiting every chunk of the level, which on a mostly-glass slide costs time per glass)."""
+    (h, w), (cy, cx) = layer.slide.yx_shape(layer.level), layer.chunks
+    (dh, dw), (dy, dx) = dst.shape[-2:], dst.chunks[-2:]
+    wanted = set()
+    for iy, ix in zip(*np.nonzero(layer.ran)):
+        rows = range(iy * cy * dh // h // dy, -(-min((iy + 1) * cy, h) * dh // h) // dy + 1)
+        cols = range(ix * cx * dw // w // dx, -(-min((ix + 1) * cx, w) * dw // w) // dx + 1)
+        wanted.update((r, c) for r in rows if r * dy < dh for c in cols if c * dx < dw)
+    lead = [[slice(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(dst.shape[:-2], dst.chunks[:-2])]
+    for r, c in sorted(wanted):
+        yx = (slice(r * dy, min((r + 1) * dy, dh)), slice(c * dx, min((c + 1) * dx, dw)))
+        for front in itertools.product(*lead):
+            yield (*front, *yx)
+
+
 def build_pyramid(layer: LabelLayer) -> None:
     """Fill every other level from the inference level, chunk by chunk with Dask, label-safe.
 
     Only chunks over the tiles that ran are computed (`layer.ran`): on a slide that is mostly
-    glass, time follows tissue, and the glass chunks are never written."""
+    glass, time follows tissue, and the glass chunks are never visited nor written."""
     src = layer.array(layer.level)
     tasks = []
     for i in range(len(layer.slide.levels)):
         if i == layer.level:
             continue
         dst = layer.array(i)
-        for block in _blocks(dst):
+        blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
+        for block in blocks:
             if layer.ran is None or layer.ran_in(_source_index(block[-2:], src.shape[-2:], dst.shape[-2:])):
                 tasks.append(dask.delayed(_write_block)(src, dst, block))
     dask.compute(*tasks)

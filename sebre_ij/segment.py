@@ -7,11 +7,13 @@ the pyramid, then the metadata that marks the layer complete, then the exports.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,12 @@ class RegionStats:
                 self.count[v] = self.count.get(v, 0) + c
                 self.score[v] = self.score.get(v, 0.0) + s
 
+    def merge(self, other: RegionStats) -> None:
+        """Add a batch's stats; batches merged in order give the same sums wherever they ran."""
+        for v, c in other.count.items():
+            self.count[v] = self.count.get(v, 0) + c
+            self.score[v] = self.score.get(v, 0.0) + other.score[v]
+
 
 def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
     """One row per label value: the properties written into the label layer."""
@@ -151,39 +159,76 @@ def find_tissue(slide: Slide) -> list[Plane]:
     return planes
 
 
+@dataclass(frozen=True)
+class PlaneTiles:
+    """What turns one plane's tile results into label values: where cores go and their sections."""
+
+    z: int
+    grid: Grid
+    sections: SectionMap
+    base: int
+
+
+def _no_lock(layer: LabelLayer, window: tuple[slice, slice]) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def store_batch(layer: LabelLayer, plane: PlaneTiles, results: list[tuple[Tile, np.ndarray, np.ndarray]],
+                write_lock: Callable = _no_lock) -> RegionStats:
+    """Write a batch's tile cores (each pixel of the level belongs to exactly one core, so the order
+    of batches does not change the labels; `write_lock` guards the chunks a core shares with
+    another process's) and return the batch's region stats."""
+    stats = RegionStats()
+    for tile, classes, scores in results:
+        ys, xs = plane.grid.source_window(tile.core)
+        local = np.ix_(plane.grid.tile_index(ys, 0, tile.y, tile.size), plane.grid.tile_index(xs, 1, tile.x, tile.size))
+        values = encode(plane.sections.sample(ys, xs, plane.grid.source), classes[local], plane.base)
+        with write_lock(layer, (ys, xs)):
+            layer.write(plane.z, (ys, xs), values)
+        stats.add(values, scores[local])
+    return stats
+
+
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
               progress: bool = False, planes: list[Plane] | None = None,
               factor: float = 1.0) -> tuple[RegionStats, int, int]:
     """Segment every plane's tissue tiles into the layer's level (the source of a `factor` Grid).
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
-    or in tests an oracle, so that stitching is checked apart from the network. Progress is saved
-    after every batch; batches a killed run finished are skipped, and the rest keep their original
-    boundaries, so a resumed run computes exactly what an uninterrupted one would."""
+    or in tests an oracle, so that stitching is checked apart from the network. A writer thread
+    stores batch i while the model runs batch i+1. Progress is saved after every batch; batches a
+    killed run finished are skipped, and the rest keep their original boundaries, so a resumed run
+    computes exactly what an uninterrupted one would."""
     stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
-    base = class_base(len(card.classes))
     grid = Grid(slide.yx_shape(layer.level), factor)
     array = slide.array(layer.level)
-    with _progress(progress) as bar:
+
+    def store(plane: PlaneTiles, results: list, batches_done: int) -> None:
+        stats.merge(store_batch(layer, plane, results))
+        layer.save_progress(plane.z, batches_done, stats.to_dict())
+
+    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
         for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, sections.count)
+            plane = PlaneTiles(z, grid, sections, class_base(len(card.classes)))
             tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
             for tile in tiles:
                 layer.mark_ran(grid.source_window(tile.core))
-            skip = layer.done(z) * batch_size
-            task = bar.add_task("tiles", total=len(tiles), completed=min(skip, len(tiles)), rate=0.0)
-            start = time.perf_counter()
+            done = layer.done(z)
+            skip = min(done * batch_size, len(tiles))
+            task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
+            start, stored, results = time.perf_counter(), None, []
             read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill, factor=factor)
-            for i, (tile, classes, scores) in enumerate(predict(tiles[skip:], read), start=skip):
-                ys, xs = grid.source_window(tile.core)
-                local = np.ix_(grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size))
-                sec = sections.sample(ys, xs, grid.source)
-                values = encode(sec, classes[local], base)
-                layer.write(z, (ys, xs), values)
-                stats.add(values, scores[local])
-                if (i + 1) % batch_size == 0 or i + 1 == len(tiles):
-                    layer.save_progress(z, (i + batch_size) // batch_size, stats.to_dict())
-                bar.update(task, advance=1, rate=(i + 1 - skip) / max(time.perf_counter() - start, 1e-9))
+            for i, result in enumerate(predict(tiles[skip:], read), start=skip + 1):
+                results.append(result)
+                if i % batch_size == 0 or i == len(tiles):
+                    if stored is not None:
+                        stored.result()  # one batch stored at a time: memory stays one batch
+                    done += 1
+                    stored, results = writer.submit(store, plane, results, done), []
+                bar.update(task, advance=1, rate=(i - skip) / max(time.perf_counter() - start, 1e-9))
+            if stored is not None:
+                stored.result()
             n_tiles += len(tiles)
     return stats, n_tiles, n_sections
 

@@ -6,7 +6,7 @@ from ome_zarr_models.v04.image_label import ImageLabel as ImageLabelV04
 from ome_zarr_models.v05.image_label import ImageLabel as ImageLabelV05
 
 from sebre_ij.errors import UserError
-from sebre_ij.labels import build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
+from sebre_ij.labels import _blocks, _ran_blocks, _source_index, build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 
@@ -71,3 +71,22 @@ def test_pyramid_only_where_tiles_ran(tmp_path):
     level0 = path / "labels" / "sparse" / "s0"
     written = [p for p in level0.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert 0 < len(written) <= 4  # the 2 x 2 level-0 chunks under one level-1 chunk, of 64
+
+
+@pytest.mark.parametrize("shape, chunk, level", [((1000, 1300), 96, 1), ((777, 1025), 64, 0), ((777, 1025), 64, 2)])
+def test_pyramid_blocks_found_from_ran_chunks_equal_a_full_scan(tmp_path, shape, chunk, level):
+    """The blocks visited from the ran chunks are exactly those a scan of every chunk would keep."""
+    path = tmp_path / "s.zarr"
+    write_slide(path, np.full((3, *shape), 240, np.uint8), np.zeros(shape, np.uint8), 1.0, chunk=chunk, levels=4)
+    layer = create_layer(open_slide(path), "pred", level=level)
+    rng = np.random.default_rng(3)
+    h, w = layer.slide.yx_shape(level)
+    for _ in range(4):
+        y, x = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))
+        layer.mark_ran((slice(y, y + 40), slice(x, x + 40)))
+    src = layer.array(level)
+    for i in range(len(layer.slide.levels)):
+        dst = layer.array(i)
+        scanned = [b for b in _blocks(dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
+        found = [b for b in _ran_blocks(layer, dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
+        assert sorted(map(str, found)) == sorted(map(str, scanned)) and scanned
