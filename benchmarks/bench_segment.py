@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from sebre_ij.infer import class_evidence, class_map, read_tile
-from sebre_ij.model import ModelCard, build_model, load_checkpoint, save_checkpoint
+from sebre_ij.model import ModelCard, load_checkpoint, save_checkpoint
 from sebre_ij.segment import find_tissue, segment
 from sebre_ij.slide import inference_level, open_slide
-from sebre_ij.synth import CLASSES, synth_slide, write_sparse_slide
+from sebre_ij.synth import CLASSES, random_model, synth_slide, write_sparse_slide
 from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import to_unit
 
@@ -55,8 +55,7 @@ def make_inputs(work: Path, quick: bool, arch: str) -> None:
     write_sparse_slide(work / "100x.zarr", image, 10, **pixel_size)
     names = [n for n, _ in CLASSES]
     card = ModelCard(arch, names, [c for _, c in CLASSES], MODEL_PIXEL_SIZE, list("RGB"), [0.8] * 3, [0.2] * 3, TILE, OVERLAP)
-    torch.manual_seed(0)
-    save_checkpoint(work / "model.safetensors", build_model(card), card)
+    save_checkpoint(work / "model.safetensors", random_model(card), card)  # finds regions: labels are written
 
 
 def tissue_tiles(slide_path: Path, card: ModelCard):

@@ -127,12 +127,23 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model card's)."),
             tta: bool = typer.Option(False, help="Also run each tile mirrored 3 ways and average (4x the model time, better regions)."),
             device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
+            workers: int = typer.Option(0, help="Run on a local Dask cluster of this many worker processes."),
+            scheduler: Optional[str] = typer.Option(None, help="Run on the Dask scheduler at this address (tcp://HOST:8786)."),
+            cluster: Optional[str] = typer.Option(None, help="Start a Dask cluster through a job queue: slurm."),
+            queue: Optional[str] = typer.Option(None, help="With --cluster: the queue (SLURM partition)."),
+            cores: int = typer.Option(4, help="With --cluster: cores per job."),
+            memory: str = typer.Option("16GB", help="With --cluster: memory per job."),
+            gpus: int = typer.Option(0, help="With --cluster: GPUs per job (--gres=gpu:N)."),
+            jobs: int = typer.Option(1, help="With --cluster: number of jobs (one worker each)."),
+            walltime: str = typer.Option("01:00:00", help="With --cluster: time limit per job."),
             imagej: bool = typer.Option(False, "--imagej", help="Last, push the regions into the ROI Manager of ImageJ (needs a display)."),
             fiji: Optional[Path] = typer.Option(None, "--fiji", help="With --imagej: start this Fiji.app through pyimagej instead of ij.jar.")):
     """Segment brain regions into labels/NAME of the same store, and export them."""
+    from .cluster import ClusterSpec
     from .segment import segment as run_segment
 
-    result = _run(run_segment, slide, model, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
+    spec = ClusterSpec(workers, scheduler, cluster, queue, cores, memory, gpus, jobs, walltime)
+    result = _run(run_segment, slide, model, cluster=spec, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
                   preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, mode=mode, batch_size=batch_size, min_score=min_score, device=device,
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
                   roi_level=roi_level, roi_tolerance=roi_tolerance)

@@ -169,6 +169,12 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
     return layer
 
 
+def open_layer(slide: Slide, name: str, level: int) -> LabelLayer:
+    """An unfinished layer made by create_layer, opened again for writing (by a cluster's worker)."""
+    labels = open_writable(slide)["labels"]
+    return LabelLayer(slide, name, labels[name], labels, level)
+
+
 def _unregister(labels: zarr.Group, name: str) -> None:
     attrs = _ome_attrs(labels)
     if name in attrs.get("labels", []):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cluster import ClusterSpec, TileJob, connect, run_tiles_on
 from .errors import UserError
 from .exports import check_roi_level, export_regions
 from .infer import predict_tiles, read_tile
@@ -189,6 +190,14 @@ def store_batch(layer: LabelLayer, plane: PlaneTiles, results: list[tuple[Tile, 
     return stats
 
 
+def plane_tiles(layer: LabelLayer, grid: Grid, card: ModelCard, sections: SectionMap) -> list[Tile]:
+    """The tiles over a plane's tissue, their cores noted in the layer (the pyramid is built there)."""
+    tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
+    for tile in tiles:
+        layer.mark_ran(grid.source_window(tile.core))
+    return tiles
+
+
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
               progress: bool = False, planes: list[Plane] | None = None,
               factor: float = 1.0) -> tuple[RegionStats, int, int]:
@@ -211,9 +220,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
         for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, sections.count)
             plane = PlaneTiles(z, grid, sections, class_base(len(card.classes)))
-            tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
-            for tile in tiles:
-                layer.mark_ran(grid.source_window(tile.core))
+            tiles = plane_tiles(layer, grid, card, sections)
             done = layer.done(z)
             skip = min(done * batch_size, len(tiles))
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
@@ -247,9 +254,10 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
             overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int = 4,
             min_score: float = 0.3, tile_size: int | None = None, overlap: int | None = None, tta: bool = False,
             pixel_size: float | None = None, mode: str = "region", roi_groups: bool = True, roi_level: int = 0,
-            roi_tolerance: float | None = None, progress: bool = True) -> SegmentResult:
+            roi_tolerance: float | None = None, progress: bool = True, cluster: ClusterSpec | None = None) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports.
 
+    `cluster` runs the tiles and the pyramid on Dask distributed (cluster.py) instead of here.
     `mode` "region" keeps one label per class per section (SeBRe's rule); "instance" gives every
     connected piece its own label, for many small objects. A run killed part-way resumes when
     started again with the same settings (`resume=True` also insists that there is such a run to
@@ -271,14 +279,27 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
                          scratch=mode == "instance")
     resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
-    predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
-    pixel_area = slide.pixel_size(level) ** 2
-    if mode == "instance":
-        rows = instance_table(number_layer(layer), stats, card, pixel_area)
-    else:
-        rows = region_table(stats, card, pixel_area)
-    build_pyramid(layer)
+    with connect(cluster or ClusterSpec()) as client:
+        if client is None:
+            predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
+            stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
+        else:
+            grid = Grid(slide.yx_shape(level), factor)
+
+            def job_of(z, fill, sections, threads):
+                return TileJob(str(slide_url), pixel_size, str(Path(model_path).resolve()), card.tile_size, card.overlap, device,
+                               labels, level, factor, fill, PlaneTiles(z, grid, sections, class_base(len(card.classes))),
+                               batch_size, min_score, tta, threads)
+
+            with _progress(progress) as bar:
+                stats, n_tiles, n_sections = run_tiles_on(client, layer, job_of, planes,
+                                                          lambda z, sections: plane_tiles(layer, grid, card, sections), batch_size, bar)
+        pixel_area = slide.pixel_size(level) ** 2
+        if mode == "instance":
+            rows = instance_table(number_layer(layer), stats, card, pixel_area)
+        else:
+            rows = region_table(stats, card, pixel_area)
+        build_pyramid(layer)  # on the cluster's workers when there is one
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
                                        "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})

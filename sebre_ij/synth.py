@@ -573,3 +573,23 @@ def write_sparse_slide(path, image: np.ndarray, scale: int, pixel_size: float, *
             {"name": "x", "type": "space", "unit": "micrometer"}]
     root.attrs.update({"multiscales": [{"version": "0.4", "name": "sparse", "axes": axes, "datasets": datasets}],
                        "omero": _omero()})
+
+
+def random_model(card, seed: int = 0):
+    """A random-weight model whose detections pass segment's thresholds: confident class scores and
+    full masks, so tiles give a patchwork of regions crossing tile borders. For tests and benchmarks,
+    where an untrained model would find nothing and write nothing."""
+    import torch
+
+    from .model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(card)
+    heads = model.roi_heads
+    with torch.no_grad():
+        scores = heads.box_predictor.cls_score
+        scores.weight.mul_(40)  # the class follows what the box holds, so regions vary across a slide
+        scores.bias.zero_()
+        scores.bias[0] = -8.0  # never background
+        heads.mask_predictor.mask_fcn_logits.bias.fill_(4.0)
+    return model

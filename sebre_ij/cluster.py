@@ -1,0 +1,220 @@
+"""Where `segment` runs: in this process, or on Dask distributed (a LocalCluster, a scheduler the
+user already runs, or SLURM through dask-jobqueue).
+
+On a cluster the tiles of every plane are cut into tasks of whole batches (the same batches as in
+one process, so the labels are the same). Each worker loads the model once, runs its tasks'
+batches and writes their tile cores straight into the store, holding a cluster-wide lock on the
+chunks a core shares with its neighbours. The client merges the batches' region statistics in
+batch order and saves progress as the longest finished prefix, so a killed run resumes as an
+in-process one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .tiles import Tile
+
+CLUSTERS = ("slurm",)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The command line's choice of where to run; all None/0 means in this process."""
+
+    workers: int = 0
+    scheduler: str | None = None
+    cluster: str | None = None
+    queue: str | None = None
+    cores: int = 4
+    memory: str = "16GB"
+    gpus: int = 0
+    jobs: int = 1
+    walltime: str = "01:00:00"
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.workers or self.scheduler or self.cluster)
+
+    def check(self) -> None:
+        chosen = [flag for flag, on in (("--workers", self.workers), ("--scheduler", self.scheduler), ("--cluster", self.cluster)) if on]
+        if len(chosen) > 1:
+            raise UserError(f"{' and '.join(chosen)} contradict each other; pass one way of running")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: give a number of worker processes, 1 or more")
+        if self.cluster and self.cluster not in CLUSTERS:
+            raise UserError(f"--cluster {self.cluster!r} is not one of {', '.join(CLUSTERS)}; use --scheduler ADDRESS for others")
+        if self.cluster and (self.jobs < 1 or self.cores < 1):
+            raise UserError("--jobs and --cores must be 1 or more")
+
+
+def _slurm(spec: ClusterSpec):
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:
+        raise UserError("--cluster slurm needs dask-jobqueue; pip install dask-jobqueue") from exc
+    extra = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
+    cluster = SLURMCluster(queue=spec.queue, cores=spec.cores, processes=1, memory=spec.memory, walltime=spec.walltime,
+                           job_extra_directives=extra)
+    cluster.scale(jobs=spec.jobs)
+    return cluster
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec, say=print) -> Iterator[object | None]:
+    """A distributed Client for `spec` (None in process), its dashboard link printed; the cluster
+    it started is closed on the way out."""
+    spec.check()
+    if not spec.distributed:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        if spec.scheduler:
+            try:
+                client = stack.enter_context(Client(spec.scheduler, timeout="20s"))
+            except (OSError, TimeoutError) as exc:
+                raise UserError(f"--scheduler {spec.scheduler}: no Dask scheduler answers there ({exc}); check the address "
+                                "(tcp://HOST:8786) and that the scheduler runs") from exc
+        else:
+            cluster = (LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+                       if spec.workers else _slurm(spec))
+            stack.enter_context(cluster)
+            client = stack.enter_context(Client(cluster))
+        say(f"Dask dashboard: {client.dashboard_link}")
+        yield client
+
+
+def torch_threads(client) -> dict[str, int]:
+    """Torch threads per task for each worker: its host's cores shared among the tasks that run
+    there at once, so two workers on two cores run one thread each instead of fighting over four."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    per_host: dict[str, int] = {}
+    for w in workers.values():
+        per_host[w["host"]] = per_host.get(w["host"], 0) + w["nthreads"]
+    cores = client.run(os.cpu_count)
+    return {address: max(1, (cores.get(address) or 1) // per_host[w["host"]]) for address, w in workers.items()}
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs for one plane's tasks, scattered to the workers once."""
+
+    slide_url: str
+    pixel_size: float | None
+    model_path: str
+    tile_size: int
+    overlap: int
+    device: str | None
+    labels: str
+    level: int
+    factor: float
+    fill: np.ndarray
+    plane: object  # segment.PlaneTiles
+    batch_size: int
+    min_score: float
+    tta: bool
+    threads: dict[str, int]
+
+
+@functools.lru_cache(maxsize=2)
+def _model(path: str, stamp: tuple, device: str | None, tile_size: int, overlap: int):
+    """The model, loaded once per worker process (not per task); `stamp` reloads a changed file."""
+    from .model import load_checkpoint, pick_device
+
+    dev = pick_device(device)
+    model, card = load_checkpoint(path, dev, tile_size, overlap)
+    return model, card, dev
+
+
+def chunk_lock(layer, window: tuple[slice, slice]):
+    """A cluster-wide lock on the chunks under a window of the layer's level: two workers never
+    read-modify-write one chunk at once."""
+    from distributed import MultiLock
+
+    cy, cx = layer.chunks
+    ys, xs = window
+    names = [f"sebre:{layer.slide.url}:{layer.name}:{r}.{c}"
+             for r in range(ys.start // cy, (ys.stop - 1) // cy + 1) for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)]
+    return MultiLock(names)
+
+
+def run_task(job: TileJob, tiles: list[Tile]) -> list[dict]:
+    """On a worker: run a task's batches and write them; return each batch's region stats."""
+    from distributed import get_worker
+
+    from .infer import predict_tiles, read_tile
+    from .labels import open_layer
+    from .segment import store_batch
+    from .slide import open_slide
+
+    torch.set_num_threads(job.threads.get(get_worker().address, 1))
+    stat = os.stat(job.model_path)
+    model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
+    slide = open_slide(job.slide_url, job.pixel_size)
+    layer = open_layer(slide, job.labels, job.level)
+    read = functools.partial(read_tile, slide.array(job.level), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
+    results, out = [], []
+    predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
+                              flips=job.tta)
+    for i, result in enumerate(predicted, start=1):
+        results.append(result)
+        if i % job.batch_size == 0 or i == len(tiles):
+            out.append(store_batch(layer, job.plane, results, write_lock=chunk_lock).to_dict())
+            results = []
+    return out
+
+
+def task_batches(n_batches: int, n_workers: int) -> int:
+    """Batches per task: enough tasks for every worker to stay busy to the end (4 per worker),
+    each long enough that reading the next batch overlaps the model's work."""
+    return max(1, min(8, n_batches // max(1, 4 * n_workers)))
+
+
+def run_tiles_on(client, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None):
+    """On the client: submit every plane's unfinished batches as tasks, merge their region stats in
+    batch order and save progress as the longest finished prefix. Returns (stats, tiles, sections)."""
+    import time
+
+    from distributed import as_completed
+
+    from .segment import RegionStats
+
+    stats = RegionStats.from_dict(layer.progress.get("stats", {}))
+    threads = torch_threads(client)
+    n_workers = max(1, len(threads))
+    n_tiles = n_sections = 0
+    for z, (fill, sections) in enumerate(planes):
+        n_sections = max(n_sections, sections.count)
+        tiles = tiles_of(z, sections)
+        done = layer.done(z)
+        todo = tiles[done * batch_size:]
+        per_task = task_batches(-(-len(todo) // batch_size), n_workers) * batch_size
+        job = client.scatter(job_of(z, fill, sections, threads), broadcast=True)
+        futures = {client.submit(run_task, job, todo[i:i + per_task], pure=False): k
+                   for k, i in enumerate(range(0, len(todo), per_task))}
+        finished: dict[int, list[dict]] = {}
+        task = bar.add_task("tiles", total=len(tiles), completed=done * batch_size, rate=0.0) if bar else None
+        next_task, ran, start = 0, 0, time.perf_counter()
+        for future in as_completed(futures):
+            finished[futures[future]] = future.result()
+            ran += min(per_task, len(todo) - futures[future] * per_task)
+            if bar:
+                bar.update(task, completed=done * batch_size + ran, rate=ran / max(time.perf_counter() - start, 1e-9))
+            while next_task in finished:  # merge in batch order: the same sums as in one process
+                for batch in finished.pop(next_task):
+                    stats.merge(RegionStats.from_dict(batch))
+                    done += 1
+                next_task += 1
+                layer.save_progress(z, done, stats.to_dict())
+        n_tiles += len(tiles)
+    return stats, n_tiles, n_sections

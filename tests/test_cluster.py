@@ -1,0 +1,83 @@
+"""Segment on Dask distributed: a LocalCluster of 2 worker processes, and an existing scheduler
+named by address, give the labels of the in-process run."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+from distributed import LocalCluster
+
+from sebre_ij.cluster import ClusterSpec, connect, task_batches
+from sebre_ij.errors import UserError
+from sebre_ij.model import ModelCard, save_checkpoint
+from sebre_ij.segment import segment
+from sebre_ij.slide import open_slide
+from sebre_ij.synth import CLASSES, make_slide_store, random_model
+
+
+def label_arrays(store, name):
+    """Hashes of every chunk of every array of a label layer (not its metadata)."""
+    root = store / "labels" / name
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith((".z", "zarr.json"))}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A 2-section slide, a random-weight model (many detections, so many regions cross tiles)
+    and the in-process result of both modes."""
+    work = tmp_path_factory.mktemp("cluster")
+    make_slide_store(work / "slide.zarr", sections=2, size=(1024, 1536), pixel_size=8.0, seed=5)
+    names = [n for n, _ in CLASSES]
+    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
+    save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
+    shutil.copytree(work / "slide.zarr", work / "local.zarr")
+    results = {mode: segment(work / "local.zarr", work / "m.safetensors", labels=mode, mode=mode, min_score=0.0,
+                             batch_size=2, progress=False) for mode in ("region", "instance")}
+    return work, results
+
+
+@pytest.mark.parametrize("mode", ["region", "instance"])
+def test_local_cluster_of_two_workers_gives_the_in_process_labels(work, tmp_path, mode):
+    work, local = work
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(work / "slide.zarr", store)
+    result = segment(store, work / "m.safetensors", labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False,
+                     cluster=ClusterSpec(workers=2))
+    assert result.tiles == local[mode].tiles > 8 and len(local[mode].regions) > 2
+    assert label_arrays(store, mode) == label_arrays(work / "local.zarr", mode)
+    assert result.regions == local[mode].regions
+    assert len(label_arrays(store, mode)) > 4  # several chunks written
+    assert "regions" not in open_slide(store).group["labels"][mode]  # instance scratch dropped
+
+
+def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
+    work, _ = work
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(work / "slide.zarr", store)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(work / "m.safetensors"),
+                              "--labels", "region", "--min-score", "0", "--batch-size", "2", "--scheduler", cluster.scheduler_address],
+                             capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "Dask dashboard: http" in run.stdout
+    assert label_arrays(store, "region") == label_arrays(work / "local.zarr", "region")
+
+
+@pytest.mark.parametrize("spec, words", [
+    (ClusterSpec(workers=2, scheduler="tcp://x:1"), "contradict"),
+    (ClusterSpec(cluster="pbs"), "not one of"),
+    (ClusterSpec(workers=-1), "--workers"),
+    (ClusterSpec(scheduler="tcp://127.0.0.1:9"), "no Dask scheduler answers"),
+])
+def test_bad_cluster_choices_are_one_line_errors(spec, words):
+    with pytest.raises(UserError, match=words), connect(spec, say=lambda _: None):
+        pass
+
+
+def test_tasks_keep_every_worker_busy_to_the_end():
+    assert task_batches(1, 2) == 1
+    assert task_batches(100, 2) == 8  # capped: long enough to overlap reading, short enough to balance
+    assert task_batches(20, 2) == 2
