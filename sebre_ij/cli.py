@@ -36,6 +36,14 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(2) from None
 
 
+def _positive_int(text: str, flag: str) -> int:
+    """A whole number of 1 or more from the command line, or the one-line error and exit 2."""
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    print(f"sebre: error: {flag} {text!r}: give a whole number of 1 or more, or auto", file=sys.stderr)
+    raise typer.Exit(2)
+
+
 @app.command()
 def info(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fsspec URL.")):
     """Levels, shapes, axes, µm/px per level, channels and label layers of a slide."""
@@ -121,7 +129,7 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             roi_groups: bool = typer.Option(True, help="ROI group = class index (ImageJ then shows group colours)."),
             roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
             roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none)."),
-            batch_size: int = typer.Option(4, help="Tiles per model call."),
+            batch_size: str = typer.Option("4", help="Tiles per model call, or auto (on a GPU: from its free memory)."),
             min_score: float = typer.Option(0.3, help="Ignore detections scoring below this."),
             tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model card's)."),
             overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model card's)."),
@@ -142,9 +150,10 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
     from .cluster import ClusterSpec
     from .segment import segment as run_segment
 
+    size = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
     spec = ClusterSpec(workers, scheduler, cluster, queue, cores, memory, gpus, jobs, walltime)
     result = _run(run_segment, slide, model, cluster=spec, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
-                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, mode=mode, batch_size=batch_size, min_score=min_score, device=device,
+                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, mode=mode, batch_size=size, min_score=min_score, device=device,
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
                   roi_level=roi_level, roi_tolerance=roi_tolerance)
     console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "

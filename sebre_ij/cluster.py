@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -68,8 +69,12 @@ def _slurm(spec: ClusterSpec):
     return cluster
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)  # stdout stays the command's results (JSON in benchmarks)
+
+
 @contextlib.contextmanager
-def connect(spec: ClusterSpec, say=print) -> Iterator[object | None]:
+def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
     """A distributed Client for `spec` (None in process), its dashboard link printed; the cluster
     it started is closed on the way out."""
     spec.check()
@@ -90,7 +95,7 @@ def connect(spec: ClusterSpec, say=print) -> Iterator[object | None]:
                        if spec.workers else _slurm(spec))
             stack.enter_context(cluster)
             client = stack.enter_context(Client(cluster))
-        say(f"Dask dashboard: {client.dashboard_link}")
+        (say or _to_stderr)(f"Dask dashboard: {client.dashboard_link}")
         yield client
 
 

@@ -110,6 +110,29 @@ def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Autocast precision: bf16 on GPUs that have it (no overflow), else fp16; none on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def auto_batch_size(model: torch.nn.Module, card: ModelCard, device: torch.device, cpu_default: int = 4,
+                    most: int = 64) -> int:
+    """Tiles per model call: on CUDA as many as half the free memory holds, from the peak memory of
+    one probe tile; on the CPU `cpu_default` (bigger batches there only add latency)."""
+    if device.type != "cuda":
+        return cpu_default
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=amp_dtype(device)):
+        model([torch.rand(len(card.channels), card.tile_size, card.tile_size, device=device)])
+    per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    return int(max(1, min(most, free // 2 // per_tile)))
+
+
 def batched(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -123,7 +146,7 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
 
     With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged."""
     batches = list(batched(tiles, batch_size))
-    use_amp = device.type == "cuda"
+    precision = amp_dtype(device)
     dims = FLIPS if flips else FLIPS[:1]
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
@@ -134,7 +157,7 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
                 pending = pool.submit(lambda b: [read(t) for t in b], batches[i + 1])
             tensors = [_to_device(im, device) for im in images]
             views = [t.flip(d) if d else t for d in dims for t in tensors]
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
                 outputs = model(views)
             if maps is not None:
                 yield from maps.result()

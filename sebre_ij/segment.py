@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .cluster import ClusterSpec, TileJob, connect, run_tiles_on
 from .errors import UserError
 from .exports import check_roi_level, export_regions
-from .infer import predict_tiles, read_tile
+from .infer import auto_batch_size, predict_tiles, read_tile
 from .instances import number_instances
 from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
 from .model import ModelCard, load_checkpoint, pick_device
@@ -251,7 +251,7 @@ def run_key(model_path: str | Path, settings: dict) -> str:
 
 def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
             geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
-            overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int = 4,
+            overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int | str = 4,
             min_score: float = 0.3, tile_size: int | None = None, overlap: int | None = None, tta: bool = False,
             pixel_size: float | None = None, mode: str = "region", roi_groups: bool = True, roi_level: int = 0,
             roi_tolerance: float | None = None, progress: bool = True, cluster: ClusterSpec | None = None) -> SegmentResult:
@@ -274,6 +274,8 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     level, factor = inference_level(slide, card.pixel_size_um)
     check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, card, dev)
     settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
                 "mode": mode, "card": card.to_json()}
     layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,

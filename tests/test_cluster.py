@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from distributed import LocalCluster
 
 from sebre_ij.cluster import ClusterSpec, connect, task_batches
@@ -62,7 +63,7 @@ def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
                               "--labels", "region", "--min-score", "0", "--batch-size", "2", "--scheduler", cluster.scheduler_address],
                              capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert "Dask dashboard: http" in run.stdout
+    assert "Dask dashboard: http" in run.stderr
     assert label_arrays(store, "region") == label_arrays(work / "local.zarr", "region")
 
 
@@ -81,3 +82,15 @@ def test_tasks_keep_every_worker_busy_to_the_end():
     assert task_batches(1, 2) == 1
     assert task_batches(100, 2) == 8  # capped: long enough to overlap reading, short enough to balance
     assert task_batches(20, 2) == 2
+
+
+def test_batch_size_auto_on_the_cpu_and_bad_values(work):
+    from sebre_ij.infer import auto_batch_size
+    from sebre_ij.model import load_checkpoint
+
+    work, _ = work
+    model, card = load_checkpoint(work / "m.safetensors", "cpu")
+    assert auto_batch_size(model, card, torch.device("cpu")) == 4
+    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(work / "slide.zarr"), "--model",
+                          str(work / "m.safetensors"), "--batch-size", "0"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--batch-size '0'" in run.stderr and "labels" not in {p.name for p in (work / "slide.zarr").iterdir()}
