@@ -157,7 +157,7 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
                   tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
                   roi_level=roi_level, roi_tolerance=roi_tolerance)
     console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "
-                  f"{result.sections} sections, {result.tiles} tiles, {result.seconds:.1f} s")
+                  f"{result.sections} sections, {result.tiles} tiles in batches of {result.batch_size}, {result.seconds:.1f} s")
     if result.resumed_tiles:
         console.print(f"resumed an interrupted run: {result.resumed_tiles} tiles were already done")
     print_regions(result.regions)

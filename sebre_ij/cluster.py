@@ -57,16 +57,15 @@ class ClusterSpec:
             raise UserError("--jobs and --cores must be 1 or more")
 
 
-def _slurm(spec: ClusterSpec):
+def slurm_cluster(spec: ClusterSpec):
+    """A dask-jobqueue SLURMCluster for `spec`: one worker process per job, GPUs through --gres."""
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
         raise UserError("--cluster slurm needs dask-jobqueue; pip install dask-jobqueue") from exc
     extra = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
-    cluster = SLURMCluster(queue=spec.queue, cores=spec.cores, processes=1, memory=spec.memory, walltime=spec.walltime,
-                           job_extra_directives=extra)
-    cluster.scale(jobs=spec.jobs)
-    return cluster
+    return SLURMCluster(queue=spec.queue, cores=spec.cores, processes=1, memory=spec.memory, walltime=spec.walltime,
+                        job_extra_directives=extra, scheduler_options={"dashboard_address": ":0"})
 
 
 def _to_stderr(message: str) -> None:
@@ -91,8 +90,11 @@ def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
                 raise UserError(f"--scheduler {spec.scheduler}: no Dask scheduler answers there ({exc}); check the address "
                                 "(tcp://HOST:8786) and that the scheduler runs") from exc
         else:
-            cluster = (LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-                       if spec.workers else _slurm(spec))
+            if spec.workers:
+                cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+            else:
+                cluster = slurm_cluster(spec)
+                cluster.scale(jobs=spec.jobs)
             stack.enter_context(cluster)
             client = stack.enter_context(Client(cluster))
         (say or _to_stderr)(f"Dask dashboard: {client.dashboard_link}")

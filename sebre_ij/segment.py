@@ -44,6 +44,7 @@ class SegmentResult:
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     resumed_tiles: int = 0  # tiles a killed run had already written
+    batch_size: int = 0  # tiles per model call (chosen when asked for "auto")
 
 
 def check_channels(slide: Slide, card: ModelCard) -> None:
@@ -307,7 +308,7 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
                                        "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
     layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
     result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
-                           n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles))
+                           n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles), batch_size=batch_size)
     result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,
                                     measurements=measurements, preview=preview, groups=roi_groups,
                                     roi_frame=roi_level, tolerance=roi_tolerance)

@@ -94,3 +94,14 @@ def test_batch_size_auto_on_the_cpu_and_bad_values(work):
     run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(work / "slide.zarr"), "--model",
                           str(work / "m.safetensors"), "--batch-size", "0"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "--batch-size '0'" in run.stderr and "labels" not in {p.name for p in (work / "slide.zarr").iterdir()}
+
+
+def test_slurm_job_script_asks_for_the_queue_cores_memory_and_gpus():
+    from sebre_ij.cluster import slurm_cluster
+
+    spec = ClusterSpec(cluster="slurm", queue="gpu", cores=8, memory="32GB", gpus=2, jobs=3, walltime="02:00:00")
+    with slurm_cluster(spec) as cluster:
+        script = cluster.job_script()
+    for line in ["#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:2"]:
+        assert line in script, script
+    assert "--nthreads 8" in script and "--nworkers" not in script  # one worker per job
