@@ -59,8 +59,11 @@ def check_name(name: str) -> str:
 
 def open_writable(slide: Slide) -> zarr.Group:
     """The slide's root group opened for writing; the image arrays themselves are never written."""
+    url = str(slide.url)
+    # fsspec's local file system makes no folders for new arrays; zarr's own local store does
+    url = url[len("file://"):] if url.startswith("file://") else url
     try:
-        return zarr.open_group(slide.url, mode="r+")
+        return zarr.open_group(url, mode="r+")
     except Exception as exc:
         raise UserError(f"{slide.url}: the store cannot be opened for writing ({exc}); check permissions or copy the slide somewhere writable") from exc
 

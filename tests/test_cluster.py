@@ -55,11 +55,12 @@ def test_local_cluster_of_two_workers_gives_the_in_process_labels(work, tmp_path
 
 
 def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
+    """Also a slide named by an fsspec URL: the workers open it and write into it themselves."""
     work, _ = work
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "slide.zarr", store)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(work / "m.safetensors"),
+        run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", f"file://{store}", "--model", str(work / "m.safetensors"),
                               "--labels", "region", "--min-score", "0", "--batch-size", "2", "--scheduler", cluster.scheduler_address],
                              capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
