@@ -2,25 +2,33 @@
 
 Label values encode the section and the class (value = section * base + class, base a power of
 ten above the class count: 305 is section 3, class 5), so a value can be computed from any tile
-alone and every writer agrees on it. The multiscales and image-label metadata are written last:
-a layer without them is an unfinished run, never mistaken for a result.
+alone and every writer agrees on it. The layer's name enters the labels group's list last, after its
+multiscales and image-label metadata: readers go by that list, so a layer not in it is an unfinished
+run (resumable), never mistaken for a result. A run holds a lock file beside its layer
+(labels/.sebre-lock-<name>), and the list itself is edited under labels/.sebre-lock, so runs on other
+names in the same store never lose each other's entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 import numpy as np
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
-from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
 from .errors import UserError
 from .instances import SCRATCH
+from .lock import locked
 from .slide import Slide, _ome_attrs
 
 LABEL_DTYPE = np.uint32
@@ -57,6 +65,63 @@ def check_name(name: str) -> str:
     return name
 
 
+LOCK = ".sebre-lock"  # layer names cannot start with ".", so no lock file is taken for a layer
+
+
+def _local_labels(slide: Slide) -> Path | None:
+    """The labels folder of a store on this machine's filesystem; None for a remote (fsspec) store."""
+    return None if "://" in slide.url else Path(slide.url) / "labels"
+
+
+def check_writable(slide: Slide, name: str) -> None:
+    """Refuse a read-only store before any work, rather than fail at the first write."""
+    folder = _local_labels(slide)
+    if folder is None:
+        return
+    for path in (folder.parent, folder, folder / name):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"{slide.url}: the store is read-only ({path} is not writable) and labels are written inside it; "
+                            "copy the slide somewhere writable, or ask for write access")
+
+
+@contextlib.contextmanager
+def hold_layer(slide: Slide, name: str) -> Iterator[None]:
+    """Hold labels/<name> for this run: a second run on the name is refused while this one lives.
+    Remote stores cannot be locked; runs there must not share a name."""
+    folder = _local_labels(slide)
+    if folder is None:
+        yield
+        return
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        with locked(folder / f"{LOCK}-{check_name(name)}"):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # a refused run leaves no empty labels folder (rmdir removes only an empty one)
+
+
+@contextlib.contextmanager
+def _label_list(slide: Slide, store) -> Iterator[zarr.Group]:
+    """The labels group, freshly read, for editing under the store's list lock (waited for: edits are short)."""
+    folder = _local_labels(slide)
+    if folder is not None:
+        folder.mkdir(exist_ok=True)
+    with locked(folder / LOCK, wait=60) if folder is not None else contextlib.nullcontext():
+        yield zarr.open_group(store, mode="r+").require_group("labels")
+
+
+def _edit_list(slide: Slide, store, change: Callable[[list[str]], list[str]]) -> None:
+    with _label_list(slide, store) as labels:
+        attrs = _ome_attrs(labels)
+        attrs["labels"] = change(list(attrs.get("labels", [])))
+        if slide.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
+            attrs["version"] = slide.version
+        _set_ome_attrs(labels, attrs)
+
+
 def open_writable(slide: Slide) -> zarr.Group:
     """The slide's root group opened for writing; the image arrays themselves are never written."""
     try:
@@ -72,7 +137,6 @@ class LabelLayer:
     slide: Slide
     name: str
     group: zarr.Group
-    labels: zarr.Group
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
     ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
@@ -140,40 +204,37 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
     if labels is not None and name in labels:
         finished = name in slide.label_names()
         progress = dict(labels[name].attrs).get("sebre", {}).get("progress", {})
-        if not overwrite and not finished and run_key and progress.get("key") == run_key:
-            return LabelLayer(slide, name, labels[name], labels, level, progress)
+        if not overwrite and run_key and progress.get("key") == run_key:  # killed mid-run, or while finishing
+            _make_arrays(slide, labels[name], level, scratch)  # those a kill while creating the layer left out
+            return LabelLayer(slide, name, labels[name], level, progress)
         if resume:
             raise UserError(f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this command "
                             "(finished, or other model or settings); rerun without --resume (add --overwrite to replace it)")
         if not overwrite:
             state = "exists" if finished else "exists, unfinished, from a run with other settings"
             raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or --labels NAME for another")
-        _unregister(labels, name)
+        _edit_list(slide, root.store, lambda names: [n for n in names if n != name])
         del labels[name]
     if resume:
         raise UserError(f"{slide.url}: --resume, but there is no label layer {name!r} to resume; run without --resume")
-    labels = root.require_group("labels")
-    group = labels.create_group(name)
+    progress = {"key": run_key, "done": {"0": 0}, "stats": {}}
+    with _label_list(slide, root.store) as labels:  # the run key comes with the group: a kill from here on resumes
+        group = labels.create_group(name, attributes={"sebre": {"level": level, "progress": progress}})
+    _make_arrays(slide, group, level, scratch)
+    return LabelLayer(slide, name, group, level, progress)
+
+
+def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
+    """The layer's empty arrays, one per image level chunked like it (and the scratch array), where missing."""
     if slide.zarr_format == 2:
         extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
     else:
         extra = {"dimension_names": list(label_axes(slide))}
-    for lv in slide.levels:
-        group.create_array(lv.path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
-                           dtype=LABEL_DTYPE, fill_value=0, **extra)
-    if scratch:
-        group.create_array(SCRATCH, shape=_drop_channel(slide, slide.levels[level].shape),
-                           chunks=_drop_channel(slide, slide.levels[level].chunks), dtype=LABEL_DTYPE, fill_value=0, **extra)
-    layer = LabelLayer(slide, name, group, labels, level, {"key": run_key})
-    layer.save_progress(0, 0, {})
-    return layer
-
-
-def _unregister(labels: zarr.Group, name: str) -> None:
-    attrs = _ome_attrs(labels)
-    if name in attrs.get("labels", []):
-        attrs["labels"] = [n for n in attrs["labels"] if n != name]
-        _set_ome_attrs(labels, attrs)
+    wanted = [(lv.path, lv) for lv in slide.levels] + ([(SCRATCH, slide.levels[level])] if scratch else [])
+    for path, lv in wanted:
+        if path not in group:
+            group.create_array(path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
+                               dtype=LABEL_DTYPE, fill_value=0, **extra)
 
 
 def _set_ome_attrs(group: zarr.Group, attrs: dict) -> None:
@@ -238,17 +299,16 @@ def _transforms(slide: Slide, level) -> list[dict]:
 
 
 def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], provenance: dict | None = None) -> None:
-    """Write the metadata that marks the layer complete: multiscales, image-label, then the list."""
+    """Mark the layer complete: multiscales and image-label, then the name in the labels list (what
+    readers go by), then the provenance in place of the progress record. A kill before the list leaves
+    an unfinished layer; a kill after it, a complete one that the same command finishes again."""
     slide, fmt = layer.slide, _format(layer.slide)
-    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}  # progress dropped: finished
     datasets = [{"path": lv.path, "coordinateTransformations": _transforms(slide, lv)} for lv in slide.levels]
     write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
-    labels = layer.labels
-    write_label_metadata(labels, layer.name, colors=colors, properties=properties, fmt=fmt, source={"image": "../../"})
-    if fmt.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
-        attrs = _ome_attrs(labels)
-        attrs["version"] = fmt.version
-        _set_ome_attrs(labels, attrs)
+    image_label = {"colors": colors, "properties": properties, "source": {"image": "../../"}, "version": fmt.version}
+    add_metadata(layer.group, {"image-label": image_label}, fmt=fmt)
+    _edit_list(slide, layer.group.store, lambda names: names if layer.name in names else [*names, layer.name])
+    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}  # progress dropped: finished
 
 
 @dataclass
@@ -264,6 +324,9 @@ class LabelInfo:
 
 def open_labels(slide: Slide, name: str) -> LabelInfo:
     if name not in slide.label_names():
+        if "labels" in slide.group and name in slide.group["labels"]:
+            raise UserError(f"{slide.url}: label layer {name!r} is unfinished (its run was killed or is still running); run the "
+                            "same `sebre segment` command again to resume it, or pass --overwrite to start over")
         have = ", ".join(slide.label_names()) or "none"
         raise UserError(f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or pass --labels NAME")
     group = slide.group["labels"][name]

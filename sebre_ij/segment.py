@@ -22,7 +22,7 @@ from .errors import UserError
 from .exports import check_roi_level, export_regions
 from .infer import predict_tiles, read_tile
 from .instances import number_instances
-from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
+from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, encode, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, inference_level, open_slide
 from .tiles import Grid, Tile, tile_grid
@@ -163,7 +163,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
     stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
     base = class_base(len(card.classes))
     grid = Grid(slide.yx_shape(layer.level), factor)
-    array = slide.array(layer.level)
+    array = slide.pixels(layer.level)
     with _progress(progress) as bar:
         for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, sections.count)
@@ -186,6 +186,28 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
                 bar.update(task, advance=1, rate=(i + 1 - skip) / max(time.perf_counter() - start, 1e-9))
             n_tiles += len(tiles)
     return stats, n_tiles, n_sections
+
+
+def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict) -> list[dict]:
+    """Number instances (instance mode), build the pyramid and mark the layer complete; returns its region rows."""
+    pixel_area = layer.slide.pixel_size(layer.level) ** 2
+    if mode == "instance":
+        rows = instance_table(number_layer(layer), stats, card, pixel_area)
+    else:
+        rows = region_table(stats, card, pixel_area)
+    build_pyramid(layer)
+    colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
+    finish_layer(layer, rows, colors, provenance)
+    layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
+    return rows
+
+
+def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
+    """A slide that fits in less than one tile is not a slide the model can place regions on."""
+    height, width = Grid(slide.yx_shape(level), factor).shape
+    if height < card.tile_size and width < card.tile_size:
+        raise UserError(f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller than "
+                        f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or --tile-size {max(32, max(height, width) // 32 * 32)}")
 
 
 def run_key(model_path: str | Path, settings: dict) -> str:
@@ -215,29 +237,28 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     slide = open_slide(slide_url, pixel_size)
+    check_name(labels)
+    check_writable(slide, labels)
     dev = pick_device(device)
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level, factor = inference_level(slide, card.pixel_size_um)
+    check_size(slide, level, factor, card)
     check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
     settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
                 "mode": mode, "card": card.to_json()}
-    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
-                         scratch=mode == "instance")
-    resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
-    predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
-    pixel_area = slide.pixel_size(level) ** 2
-    if mode == "instance":
-        rows = instance_table(number_layer(layer), stats, card, pixel_area)
-    else:
-        rows = region_table(stats, card, pixel_area)
-    build_pyramid(layer)
-    colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
-    finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
-                                       "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
-    layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
+    with hold_layer(slide, labels):
+        layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
+                             scratch=mode == "instance")
+        resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
+        predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
+        try:
+            stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
+        except UserError as exc:
+            raise UserError(f"{exc}; the tiles done so far are kept in labels/{labels}, and the same command resumes") from exc
+        rows = finish(layer, card, stats, mode, {"model": str(model_path), "architecture": card.architecture,
+                                                 "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
     result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
                            n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles))
     result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
+import numpy as np
 import zarr
 
 from .errors import UserError
@@ -59,9 +60,14 @@ class Slide:
     def array(self, level: int) -> zarr.Array:
         return self.group[self.levels[level].path]
 
+    def pixels(self, level: int) -> Pixels:
+        """The level's array for reading pixels: bad chunks and non-finite values become a UserError."""
+        return Pixels(self.url, self.levels[level].path, self.array(level))
+
     def plane(self, level: int, z: int = 0) -> da.Array:
         """Lazy (C, Y, X) view of one plane: t (always 1) dropped, z selected, c added when absent."""
-        arr = da.from_zarr(self.array(level))
+        pixels = self.pixels(level)
+        arr = da.from_array(pixels, chunks=pixels.chunks, name=False)
         index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in self.axes)
         plane = arr[index]
         return plane if "c" in self.axes else plane[None]
@@ -72,6 +78,34 @@ class Slide:
         except KeyError:
             return []
         return list(_ome_attrs(labels).get("labels", []))
+
+
+class Pixels:
+    """A level's zarr array that answers unreadable input with one line naming the level and the window:
+    a chunk that does not decode (truncated, corrupt), or float pixels that are NaN or infinite, which
+    would otherwise pass silently as black and be taken for tissue."""
+
+    def __init__(self, url: str, path: str, array: zarr.Array):
+        self.url, self.path, self.array = url, path, array
+        self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
+
+    def __getitem__(self, index) -> np.ndarray:
+        try:
+            data = np.asarray(self.array[index])
+        except Exception as exc:  # codecs and stores raise many types for a bad chunk
+            raise UserError(f"{self.url}: cannot read level {self.path!r} at {_window(index)} ({type(exc).__name__}: {exc}); "
+                            "a chunk there is corrupt or truncated: restore it or convert the slide again") from exc
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise UserError(f"{self.url}: level {self.path!r} has NaN or inf pixels at {_window(index)}; replace them "
+                            "(for example with the glass value, numpy.nan_to_num) and write the slide again")
+        return data
+
+
+def _window(index) -> str:
+    """An index as the user reads it: [0:3, 256:512, 0:256]."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return "[" + ", ".join(f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p)
+                           for p in parts) + "]"
 
 
 def _ome_attrs(group: zarr.Group) -> dict:
