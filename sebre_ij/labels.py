@@ -206,6 +206,7 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
         progress = dict(labels[name].attrs).get("sebre", {}).get("progress", {})
         if not overwrite and run_key and progress.get("key") == run_key:  # killed mid-run, or while finishing
             _make_arrays(slide, labels[name], level, scratch)  # those a kill while creating the layer left out
+            _sweep_partials(slide, name)
             return LabelLayer(slide, name, labels[name], level, progress)
         if resume:
             raise UserError(f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this command "
@@ -222,6 +223,19 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
         group = labels.create_group(name, attributes={"sebre": {"level": level, "progress": progress}})
     _make_arrays(slide, group, level, scratch)
     return LabelLayer(slide, name, group, level, progress)
+
+
+PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <key>.<uuid hex>.partial, then renames it
+
+
+def _sweep_partials(slide: Slide, name: str) -> None:
+    """Remove the temporary files of writes a kill cut short, from this layer only: the rename never
+    happened, so they hold nothing the layer needs."""
+    folder = _local_labels(slide)
+    if folder is not None:
+        for path in (folder / name).rglob("*.partial"):
+            if PARTIAL.search(path.name):
+                path.unlink(missing_ok=True)
 
 
 def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
