@@ -29,7 +29,7 @@ from ome_zarr.writer import add_metadata, write_multiscales_metadata
 from .errors import UserError
 from .instances import SCRATCH
 from .lock import locked
-from .slide import Slide, _ome_attrs
+from .slide import Slide, _levels, _multiscale, _ome_attrs, node
 
 LABEL_DTYPE = np.uint32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -337,19 +337,49 @@ class LabelInfo:
 
 
 def open_labels(slide: Slide, name: str) -> LabelInfo:
+    group = node(slide.url, slide.group, f"labels/{name}")
     if name not in slide.label_names():
-        if "labels" in slide.group and name in slide.group["labels"]:
+        if group is not None:
             raise UserError(f"{slide.url}: label layer {name!r} is unfinished (its run was killed or is still running); run the "
                             "same `sebre segment` command again to resume it, or pass --overwrite to start over")
         have = ", ".join(slide.label_names()) or "none"
         raise UserError(f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or pass --labels NAME")
-    group = slide.group["labels"][name]
+    where = f"{slide.url}/labels/{name}"
+    if not isinstance(group, zarr.Group):
+        raise UserError(f"{where}: listed in labels/ but not a label layer group; remove it from the list or re-export it")
     attrs = _ome_attrs(group)
+    levels = _levels(where, group, _multiscale(where, attrs), label_axes(slide))
+    props, colors = _image_label(where, attrs)
+    return LabelInfo(name, group, props, colors, [lv.path for lv in levels])
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_property(p: dict) -> bool:
+    return (_integer(p["label-value"]) and all(_integer(p[k]) for k in ("class", "section", "instance") if p.get(k) is not None)
+            and (p.get("score") is None or (isinstance(p["score"], (int, float)) and not isinstance(p["score"], bool))))
+
+
+def _valid_color(c: dict) -> bool:
+    rgba = c.get("rgba")
+    return _integer(c["label-value"]) and isinstance(rgba, list) and len(rgba) >= 3 and all(_integer(v) and 0 <= v <= 255 for v in rgba[:3])
+
+
+def _image_label(where: str, attrs: dict) -> tuple[dict[int, dict], dict[int, tuple[int, int, int]]]:
+    """Properties and colours by label value. Entries without a label value say nothing and are
+    skipped; malformed ones are refused, so a layer from elsewhere fails here, not mid-export."""
     image_label = attrs.get("image-label", {})
-    props = {int(p["label-value"]): dict(p) for p in image_label.get("properties", []) if "label-value" in p}
-    colors = {int(c["label-value"]): tuple(int(v) for v in c["rgba"][:3]) for c in image_label.get("colors", []) if "label-value" in c}
-    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
-    return LabelInfo(name, group, props, colors, paths)
+    props = image_label.get("properties", []) if isinstance(image_label, dict) else None
+    colors = image_label.get("colors", []) if isinstance(image_label, dict) else None
+    if isinstance(props, list) and isinstance(colors, list):
+        props = [p for p in props if isinstance(p, dict) and "label-value" in p]
+        colors = [c for c in colors if isinstance(c, dict) and "label-value" in c]
+        if all(map(_valid_property, props)) and all(map(_valid_color, colors)):
+            return {p["label-value"]: dict(p) for p in props}, {c["label-value"]: tuple(c["rgba"][:3]) for c in colors}
+    raise UserError(f"{where}: malformed image-label metadata (properties and colors: lists of objects with an integer "
+                    "label-value, integer class and section, RGB values 0-255); fix or re-export the label layer")
 
 
 def class_lut(info: LabelInfo, max_value: int) -> np.ndarray:
