@@ -286,12 +286,18 @@ def imagej_roi(region: Region, *, position: int | None = None, groups: bool = Fa
     """
     simple, rings = roi_rings(region)
     roi = _polygon_roi(rings[0]) if simple else _composite_roi(rings)
-    roi.name = region.name
+    roi.name = utf16_safe(region.name)
     roi.stroke_color = bytes((255, *region.color))
     roi.group = roi_group(region) if groups else 0
     roi.position = int(position or region.position or 0)
-    roi.props = "".join(f"{key}: {value}\n" for key, value in roi_properties(region).items())
+    roi.props = utf16_safe("".join(f"{key}: {value}\n" for key, value in roi_properties(region).items()))
     return roi
+
+
+def utf16_safe(text: str) -> str:
+    """Characters beyond the BMP become U+FFFD: roifile counts each as one UTF-16 unit where it takes
+    two, which would cut the text short, shift what follows and leave the ROI unreadable."""
+    return "".join(c if ord(c) <= 0xFFFF else "\ufffd" for c in text)
 
 
 def roi_properties(region: Region) -> dict[str, str]:
