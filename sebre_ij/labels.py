@@ -65,7 +65,7 @@ def check_name(name: str) -> str:
     return name
 
 
-LOCK = ".sebre-lock"  # layer names cannot start with ".", so no lock file is taken for a layer
+LOCK = ".sebre-lock"  # lock files start with ".", which layer names cannot: the two never collide
 
 
 def _local_labels(slide: Slide) -> Path | None:
