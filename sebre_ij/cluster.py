@@ -85,7 +85,7 @@ def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
     with contextlib.ExitStack() as stack:
         if spec.scheduler:
             try:
-                client = stack.enter_context(Client(spec.scheduler, timeout="20s"))
+                client = stack.enter_context(Client(spec.scheduler, timeout="10s"))
             except (OSError, TimeoutError) as exc:
                 raise UserError(f"--scheduler {spec.scheduler}: no Dask scheduler answers there ({exc}); check the address "
                                 "(tcp://HOST:8786) and that the scheduler runs") from exc
@@ -169,7 +169,7 @@ def run_task(job: TileJob, tiles: list[Tile]) -> list[dict]:
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
     layer = open_layer(slide, job.labels, job.level)
-    read = functools.partial(read_tile, slide.array(job.level), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
+    read = functools.partial(read_tile, slide.pixels(job.level), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
     results, out = [], []
     predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
                               flips=job.tta)

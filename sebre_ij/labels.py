@@ -2,26 +2,34 @@
 
 Label values encode the section and the class (value = section * base + class, base a power of
 ten above the class count: 305 is section 3, class 5), so a value can be computed from any tile
-alone and every writer agrees on it. The multiscales and image-label metadata are written last:
-a layer without them is an unfinished run, never mistaken for a result.
+alone and every writer agrees on it. The layer's name enters the labels group's list last, after its
+multiscales and image-label metadata: readers go by that list, so a layer not in it is an unfinished
+run (resumable), never mistaken for a result. A run holds a lock file beside its layer
+(labels/.sebre-lock-<name>), and the list itself is edited under labels/.sebre-lock, so runs on other
+names in the same store never lose each other's entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 import numpy as np
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
-from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
 from .errors import UserError
 from .instances import SCRATCH
-from .slide import Slide, _ome_attrs
+from .lock import locked
+from .slide import Slide, _levels, _multiscale, _ome_attrs, node
 
 LABEL_DTYPE = np.uint32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -57,6 +65,63 @@ def check_name(name: str) -> str:
     return name
 
 
+LOCK = ".sebre-lock"  # lock files start with ".", which layer names cannot: the two never collide
+
+
+def _local_labels(slide: Slide) -> Path | None:
+    """The labels folder of a store on this machine's filesystem; None for a remote (fsspec) store."""
+    return None if "://" in slide.url else Path(slide.url) / "labels"
+
+
+def check_writable(slide: Slide, name: str) -> None:
+    """Refuse a read-only store before any work, rather than fail at the first write."""
+    folder = _local_labels(slide)
+    if folder is None:
+        return
+    for path in (folder.parent, folder, folder / name):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"{slide.url}: the store is read-only ({path} is not writable) and labels are written inside it; "
+                            "copy the slide somewhere writable, or ask for write access")
+
+
+@contextlib.contextmanager
+def hold_layer(slide: Slide, name: str) -> Iterator[None]:
+    """Hold labels/<name> for this run: a second run on the name is refused while this one lives.
+    Remote stores cannot be locked; runs there must not share a name."""
+    folder = _local_labels(slide)
+    if folder is None:
+        yield
+        return
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        with locked(folder / f"{LOCK}-{check_name(name)}"):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # a refused run leaves no empty labels folder (rmdir removes only an empty one)
+
+
+@contextlib.contextmanager
+def _label_list(slide: Slide, store) -> Iterator[zarr.Group]:
+    """The labels group, freshly read, for editing under the store's list lock (waited for: edits are short)."""
+    folder = _local_labels(slide)
+    if folder is not None:
+        folder.mkdir(exist_ok=True)
+    with locked(folder / LOCK, wait=60) if folder is not None else contextlib.nullcontext():
+        yield zarr.open_group(store, mode="r+").require_group("labels")
+
+
+def _edit_list(slide: Slide, store, change: Callable[[list[str]], list[str]]) -> None:
+    with _label_list(slide, store) as labels:
+        attrs = _ome_attrs(labels)
+        attrs["labels"] = change(list(attrs.get("labels", [])))
+        if slide.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
+            attrs["version"] = slide.version
+        _set_ome_attrs(labels, attrs)
+
+
 def open_writable(slide: Slide) -> zarr.Group:
     """The slide's root group opened for writing; the image arrays themselves are never written."""
     url = str(slide.url)
@@ -75,7 +140,6 @@ class LabelLayer:
     slide: Slide
     name: str
     group: zarr.Group
-    labels: zarr.Group
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
     ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
@@ -143,46 +207,56 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
     if labels is not None and name in labels:
         finished = name in slide.label_names()
         progress = dict(labels[name].attrs).get("sebre", {}).get("progress", {})
-        if not overwrite and not finished and run_key and progress.get("key") == run_key:
-            return LabelLayer(slide, name, labels[name], labels, level, progress)
+        if not overwrite and run_key and progress.get("key") == run_key:  # killed mid-run, or while finishing
+            _make_arrays(slide, labels[name], level, scratch)  # those a kill while creating the layer left out
+            _sweep_partials(slide, name)
+            return LabelLayer(slide, name, labels[name], level, progress)
         if resume:
             raise UserError(f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this command "
                             "(finished, or other model or settings); rerun without --resume (add --overwrite to replace it)")
         if not overwrite:
             state = "exists" if finished else "exists, unfinished, from a run with other settings"
             raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or --labels NAME for another")
-        _unregister(labels, name)
+        _edit_list(slide, root.store, lambda names: [n for n in names if n != name])
         del labels[name]
     if resume:
         raise UserError(f"{slide.url}: --resume, but there is no label layer {name!r} to resume; run without --resume")
-    labels = root.require_group("labels")
-    group = labels.create_group(name)
+    progress = {"key": run_key, "done": {"0": 0}, "stats": {}}
+    with _label_list(slide, root.store) as labels:  # the run key comes with the group: a kill from here on resumes
+        group = labels.create_group(name, attributes={"sebre": {"level": level, "progress": progress}})
+    _make_arrays(slide, group, level, scratch)
+    return LabelLayer(slide, name, group, level, progress)
+
+
+PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <key>.<uuid hex>.partial, then renames it
+
+
+def _sweep_partials(slide: Slide, name: str) -> None:
+    """Remove the temporary files of writes a kill cut short, from this layer only: the rename never
+    happened, so they hold nothing the layer needs."""
+    folder = _local_labels(slide)
+    if folder is not None:
+        for path in (folder / name).rglob("*.partial"):
+            if PARTIAL.search(path.name):
+                path.unlink(missing_ok=True)
+
+
+def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
+    """The layer's empty arrays, one per image level chunked like it (and the scratch array), where missing."""
     if slide.zarr_format == 2:
         extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
     else:
         extra = {"dimension_names": list(label_axes(slide))}
-    for lv in slide.levels:
-        group.create_array(lv.path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
-                           dtype=LABEL_DTYPE, fill_value=0, **extra)
-    if scratch:
-        group.create_array(SCRATCH, shape=_drop_channel(slide, slide.levels[level].shape),
-                           chunks=_drop_channel(slide, slide.levels[level].chunks), dtype=LABEL_DTYPE, fill_value=0, **extra)
-    layer = LabelLayer(slide, name, group, labels, level, {"key": run_key})
-    layer.save_progress(0, 0, {})
-    return layer
+    wanted = [(lv.path, lv) for lv in slide.levels] + ([(SCRATCH, slide.levels[level])] if scratch else [])
+    for path, lv in wanted:
+        if path not in group:
+            group.create_array(path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
+                               dtype=LABEL_DTYPE, fill_value=0, **extra)
 
 
 def open_layer(slide: Slide, name: str, level: int) -> LabelLayer:
     """An unfinished layer made by create_layer, opened again for writing (by a cluster's worker)."""
-    labels = open_writable(slide)["labels"]
-    return LabelLayer(slide, name, labels[name], labels, level)
-
-
-def _unregister(labels: zarr.Group, name: str) -> None:
-    attrs = _ome_attrs(labels)
-    if name in attrs.get("labels", []):
-        attrs["labels"] = [n for n in attrs["labels"] if n != name]
-        _set_ome_attrs(labels, attrs)
+    return LabelLayer(slide, name, open_writable(slide)["labels"][name], level)
 
 
 def _set_ome_attrs(group: zarr.Group, attrs: dict) -> None:
@@ -265,17 +339,16 @@ def _transforms(slide: Slide, level) -> list[dict]:
 
 
 def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], provenance: dict | None = None) -> None:
-    """Write the metadata that marks the layer complete: multiscales, image-label, then the list."""
+    """Mark the layer complete: multiscales and image-label, then the name in the labels list (what
+    readers go by), then the provenance in place of the progress record. A kill before the list leaves
+    an unfinished layer; a kill after it, a complete one that the same command finishes again."""
     slide, fmt = layer.slide, _format(layer.slide)
-    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}  # progress dropped: finished
     datasets = [{"path": lv.path, "coordinateTransformations": _transforms(slide, lv)} for lv in slide.levels]
     write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
-    labels = layer.labels
-    write_label_metadata(labels, layer.name, colors=colors, properties=properties, fmt=fmt, source={"image": "../../"})
-    if fmt.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
-        attrs = _ome_attrs(labels)
-        attrs["version"] = fmt.version
-        _set_ome_attrs(labels, attrs)
+    image_label = {"colors": colors, "properties": properties, "source": {"image": "../../"}, "version": fmt.version}
+    add_metadata(layer.group, {"image-label": image_label}, fmt=fmt)
+    _edit_list(slide, layer.group.store, lambda names: names if layer.name in names else [*names, layer.name])
+    layer.group.attrs["sebre"] = {**(provenance or {}), "level": layer.level}  # progress dropped: finished
 
 
 @dataclass
@@ -290,16 +363,49 @@ class LabelInfo:
 
 
 def open_labels(slide: Slide, name: str) -> LabelInfo:
+    group = node(slide.url, slide.group, f"labels/{name}")
     if name not in slide.label_names():
+        if group is not None:
+            raise UserError(f"{slide.url}: label layer {name!r} is unfinished (its run was killed or is still running); run the "
+                            "same `sebre segment` command again to resume it, or pass --overwrite to start over")
         have = ", ".join(slide.label_names()) or "none"
         raise UserError(f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or pass --labels NAME")
-    group = slide.group["labels"][name]
+    where = f"{slide.url}/labels/{name}"
+    if not isinstance(group, zarr.Group):
+        raise UserError(f"{where}: listed in labels/ but not a label layer group; remove it from the list or re-export it")
     attrs = _ome_attrs(group)
+    levels = _levels(where, group, _multiscale(where, attrs), label_axes(slide))
+    props, colors = _image_label(where, attrs)
+    return LabelInfo(name, group, props, colors, [lv.path for lv in levels])
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_property(p: dict) -> bool:
+    return (_integer(p["label-value"]) and all(_integer(p[k]) for k in ("class", "section", "instance") if p.get(k) is not None)
+            and (p.get("score") is None or (isinstance(p["score"], (int, float)) and not isinstance(p["score"], bool))))
+
+
+def _valid_color(c: dict) -> bool:
+    rgba = c.get("rgba")
+    return _integer(c["label-value"]) and isinstance(rgba, list) and len(rgba) >= 3 and all(_integer(v) and 0 <= v <= 255 for v in rgba[:3])
+
+
+def _image_label(where: str, attrs: dict) -> tuple[dict[int, dict], dict[int, tuple[int, int, int]]]:
+    """Properties and colours by label value. Entries without a label value say nothing and are
+    skipped; malformed ones are refused, so a layer from elsewhere fails here, not mid-export."""
     image_label = attrs.get("image-label", {})
-    props = {int(p["label-value"]): dict(p) for p in image_label.get("properties", []) if "label-value" in p}
-    colors = {int(c["label-value"]): tuple(int(v) for v in c["rgba"][:3]) for c in image_label.get("colors", []) if "label-value" in c}
-    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
-    return LabelInfo(name, group, props, colors, paths)
+    props = image_label.get("properties", []) if isinstance(image_label, dict) else None
+    colors = image_label.get("colors", []) if isinstance(image_label, dict) else None
+    if isinstance(props, list) and isinstance(colors, list):
+        props = [p for p in props if isinstance(p, dict) and "label-value" in p]
+        colors = [c for c in colors if isinstance(c, dict) and "label-value" in c]
+        if all(map(_valid_property, props)) and all(map(_valid_color, colors)):
+            return {p["label-value"]: dict(p) for p in props}, {c["label-value"]: tuple(c["rgba"][:3]) for c in colors}
+    raise UserError(f"{where}: malformed image-label metadata (properties and colors: lists of objects with an integer "
+                    "label-value, integer class and section, RGB values 0-255); fix or re-export the label layer")
 
 
 def class_lut(info: LabelInfo, max_value: int) -> np.ndarray:

@@ -8,7 +8,8 @@ channels with their normalisation, and the tile size and overlap.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,12 +59,43 @@ class ModelCard:
                 f"{source}: model card format {data.get('format') if isinstance(data, dict) else None!r} "
                 f"is not {CARD_FORMAT!r}; use a checkpoint written by this version of sebre-ij (sebre train)"
             )
-        known = {f for f in cls.__dataclass_fields__}
-        card = cls(**{k: v for k, v in data.items() if k in known})
+        fields = cls.__dataclass_fields__
+        try:
+            missing = [f for f, spec in fields.items() if f not in data and spec.default is MISSING and spec.default_factory is MISSING]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            card = cls(**{k: v for k, v in data.items() if k in fields})
+            card.check()
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source}: the model card is damaged ({exc}); re-train the model or use the file `sebre train` wrote") from exc
         card.colors = [tuple(int(v) for v in c) for c in card.colors]
         if card.architecture not in ARCHITECTURES:
             raise UserError(f"{source}: unknown architecture {card.architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
         return card
+
+    def check(self) -> None:
+        """Raise ValueError where a field would break inference later, far from its cause."""
+        def names(value) -> bool:
+            return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+        def numbers(value, n: int) -> bool:
+            return isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+
+        problems = [
+            (not names(self.classes) or len(self.classes) < 2, "classes must list background and at least one class"),
+            (not isinstance(self.colors, list) or len(self.colors) != len(self.classes) or not all(numbers(c, 3) for c in self.colors),
+             "colors must give one RGB triple per class"),
+            (not numbers([self.pixel_size_um], 1) or self.pixel_size_um <= 0, "pixel_size_um must be a positive number"),
+            (not names(self.channels) or not self.channels, "channels must name at least one channel"),
+            (not numbers(self.mean, len(self.channels)) or not numbers(self.std, len(self.channels)) or min(self.std, default=0) <= 0,
+             "mean and std must give one number per channel, std positive"),
+            (not isinstance(self.tile_size, int) or not isinstance(self.overlap, int) or self.tile_size < 1 or self.overlap < 0,
+             "tile_size must be a positive integer, overlap a non-negative one"),
+            (not isinstance(self.training, dict), "training must be an object"),
+        ]
+        bad = [message for failed, message in problems if failed]
+        if bad:
+            raise ValueError("; ".join(bad))
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -164,6 +196,7 @@ def read_card(path: str | Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model file; pass a checkpoint written by `sebre train`")
+    refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -172,6 +205,17 @@ def read_card(path: str | Path) -> ModelCard:
     if "sebre_card" not in meta:
         raise UserError(f"{path}: safetensors file without a sebre-ij model card; pass a file written by `sebre train`")
     return ModelCard.from_json(meta["sebre_card"], source=str(path))
+
+
+def refuse_pickle(path: Path) -> None:
+    """Refuse, by its first bytes and without unpickling anything, a file torch.save wrote (a zip of
+    pickles, or a bare pickle): loading one runs whatever code its author put in."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise UserError(f"{path}: a PyTorch pickle checkpoint (torch.save); sebre-ij loads only safetensors files written by "
+                        "`sebre train`, because unpickling a file can run code from its author; if you trust it, convert it "
+                        "with safetensors.torch.save_file, or train a model with `sebre train`")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", tile_size: int | None = None,

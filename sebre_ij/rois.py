@@ -39,6 +39,8 @@ keeps the half-pixel corner cuts, so a rectangle stays a rectangle."""
 MAX_MEMBER_BYTES = 32 * 2**20
 """Largest ROI read_roiset accepts (about 2.8 million float vertices)."""
 MAX_TOTAL_BYTES = 2**30
+MAX_MEMBERS = 100_000
+"""More ROIs than a RoiSet plausibly holds: the zip is refused before its directory is walked further."""
 DEFAULT_COLOR = (255, 255, 0)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed time stamps: a rerun writes the same bytes
 
@@ -284,12 +286,18 @@ def imagej_roi(region: Region, *, position: int | None = None, groups: bool = Fa
     """
     simple, rings = roi_rings(region)
     roi = _polygon_roi(rings[0]) if simple else _composite_roi(rings)
-    roi.name = region.name
+    roi.name = utf16_safe(region.name)
     roi.stroke_color = bytes((255, *region.color))
     roi.group = roi_group(region) if groups else 0
     roi.position = int(position or region.position or 0)
-    roi.props = "".join(f"{key}: {value}\n" for key, value in roi_properties(region).items())
+    roi.props = utf16_safe("".join(f"{key}: {value}\n" for key, value in roi_properties(region).items()))
     return roi
+
+
+def utf16_safe(text: str) -> str:
+    """Characters beyond the BMP become U+FFFD: roifile counts each as one UTF-16 unit where it takes
+    two, which would cut the text short, shift what follows and leave the ROI unreadable."""
+    return "".join(c if ord(c) <= 0xFFFF else "\ufffd" for c in text)
 
 
 def roi_properties(region: Region) -> dict[str, str]:
@@ -380,16 +388,20 @@ def read_roiset(
     *,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
 ) -> list[ImagejRoi]:
     """Read a RoiSet.zip in memory, refusing what ImageJ would not have written.
 
-    Members must be flat ``*.roi`` names; sizes are checked from the directory and
-    again while decompressing, so a zip bomb raises ValueError instead of filling
-    memory. Nothing is ever extracted to disk.
+    Members must be ``*.roi`` names without drives, roots or ``..``; their number and
+    sizes are checked from the directory and again while decompressing, so a zip bomb
+    raises ValueError instead of filling memory. Nothing is ever extracted to disk.
     """
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > max_members:
+                raise ValueError(f"{path}: {len(infos)} members, over the limit of {max_members} (a zip bomb or not a RoiSet); "
+                                 "save the ROIs again from the ROI Manager")
             _check_members(path, infos, max_member_bytes, max_total_bytes)
             return [_read_member(path, zf, info, max_member_bytes) for info in infos]
     except zipfile.BadZipFile as exc:
@@ -401,7 +413,7 @@ def _check_members(path, infos, max_member_bytes: int, max_total_bytes: int) -> 
         name = info.filename
         member = PureWindowsPath(name)  # splits on both / and \
         if member.drive or member.root or ".." in member.parts:
-            raise ValueError(f"{path}: unsafe member name {name!r}; refusing this zip")
+            raise ValueError(f"{path}: unsafe member name {name!r} (a path out of the zip); save the ROIs again from the ROI Manager")
         if not name.lower().endswith(".roi"):
             raise ValueError(f"{path}: member {name!r} is not an ImageJ .roi file; remove it from the zip")
         if info.file_size > max_member_bytes:
@@ -419,13 +431,13 @@ def _read_member(path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_member_by
     try:
         return ImagejRoi.frombytes(data)
     except (ValueError, TypeError, struct.error) as exc:
-        raise ValueError(f"{path}: member {info.filename!r} is not a valid ImageJ ROI ({exc})") from None
+        raise ValueError(f"{path}: member {info.filename!r} is not a valid ImageJ ROI ({exc}); save the ROIs again from the ROI Manager") from None
 
 
 def _too_big(path, name: str, size: int, limit: int) -> str:
     return (
         f"{path}: {name} would unpack to {size} bytes, over the {limit}-byte limit "
-        "(a zip bomb or not a RoiSet); raise max_member_bytes/max_total_bytes if you trust it"
+        "(a zip bomb or not a RoiSet); save the ROIs again from the ROI Manager"
     )
 
 

@@ -25,7 +25,7 @@ from .errors import UserError
 from .exports import check_roi_level, export_regions
 from .infer import auto_batch_size, predict_tiles, read_tile
 from .instances import number_instances
-from .labels import LabelLayer, build_pyramid, class_base, create_layer, encode, finish_layer
+from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, encode, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import Slide, inference_level, open_slide
 from .tiles import Grid, Tile, tile_grid
@@ -211,7 +211,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
     computes exactly what an uninterrupted one would."""
     stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
     grid = Grid(slide.yx_shape(layer.level), factor)
-    array = slide.array(layer.level)
+    array = slide.pixels(layer.level)
 
     def store(plane: PlaneTiles, results: list, batches_done: int) -> None:
         stats.merge(store_batch(layer, plane, results))
@@ -239,6 +239,43 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
                 stored.result()
             n_tiles += len(tiles)
     return stats, n_tiles, n_sections
+
+
+def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict) -> list[dict]:
+    """Number instances (instance mode), build the pyramid and mark the layer complete; returns its region rows."""
+    pixel_area = layer.slide.pixel_size(layer.level) ** 2
+    if mode == "instance":
+        rows = instance_table(number_layer(layer), stats, card, pixel_area)
+    else:
+        rows = region_table(stats, card, pixel_area)
+    build_pyramid(layer)
+    colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
+    finish_layer(layer, rows, colors, provenance)
+    layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
+    return rows
+
+
+def _run_on_cluster(client, slide_url, pixel_size, model_path, device, card: ModelCard, layer: LabelLayer, planes: list[Plane],
+                    factor: float, batch_size: int, min_score: float, tta: bool, progress: bool) -> tuple[RegionStats, int, int]:
+    """run_tiles on Dask distributed: the same tiles and batches, run and written by the workers."""
+    grid = Grid(layer.slide.yx_shape(layer.level), factor)
+
+    def job_of(z, fill, sections, threads):
+        return TileJob(str(slide_url), pixel_size, str(Path(model_path).resolve()), card.tile_size, card.overlap, device,
+                       layer.name, layer.level, factor, fill, PlaneTiles(z, grid, sections, class_base(len(card.classes))),
+                       batch_size, min_score, tta, threads)
+
+    with _progress(progress) as bar:
+        return run_tiles_on(client, layer, job_of, planes, lambda z, sections: plane_tiles(layer, grid, card, sections),
+                            batch_size, bar)
+
+
+def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
+    """A slide that fits in less than one tile is not a slide the model can place regions on."""
+    height, width = Grid(slide.yx_shape(level), factor).shape
+    if height < card.tile_size and width < card.tile_size:
+        raise UserError(f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller than "
+                        f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or --tile-size {max(32, max(height, width) // 32 * 32)}")
 
 
 def run_key(model_path: str | Path, settings: dict) -> str:
@@ -269,44 +306,37 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     slide = open_slide(slide_url, pixel_size)
+    check_name(labels)
+    check_writable(slide, labels)
     dev = pick_device(device)
     model, card = load_checkpoint(model_path, dev, tile_size, overlap)
     check_channels(slide, card)
     level, factor = inference_level(slide, card.pixel_size_um)
+    check_size(slide, level, factor, card)
     check_roi_level(slide, roi_level)  # before anything is written
     planes = find_tissue(slide)
     if batch_size == "auto":
         batch_size = auto_batch_size(model, card, dev)
     settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
                 "mode": mode, "card": card.to_json()}
-    layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
-                         scratch=mode == "instance")
-    resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
-    with connect(cluster or ClusterSpec()) as client:
-        if client is None:
-            predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score, flips=tta)
-            stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
-        else:
-            grid = Grid(slide.yx_shape(level), factor)
-
-            def job_of(z, fill, sections, threads):
-                return TileJob(str(slide_url), pixel_size, str(Path(model_path).resolve()), card.tile_size, card.overlap, device,
-                               labels, level, factor, fill, PlaneTiles(z, grid, sections, class_base(len(card.classes))),
-                               batch_size, min_score, tta, threads)
-
-            with _progress(progress) as bar:
-                stats, n_tiles, n_sections = run_tiles_on(client, layer, job_of, planes,
-                                                          lambda z, sections: plane_tiles(layer, grid, card, sections), batch_size, bar)
-        pixel_area = slide.pixel_size(level) ** 2
-        if mode == "instance":
-            rows = instance_table(number_layer(layer), stats, card, pixel_area)
-        else:
-            rows = region_table(stats, card, pixel_area)
-        build_pyramid(layer)  # on the cluster's workers when there is one
-    colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
-    finish_layer(layer, rows, colors, {"model": str(model_path), "architecture": card.architecture,
-                                       "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
-    layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
+    with hold_layer(slide, labels):
+        layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
+                             scratch=mode == "instance")
+        resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
+        with connect(cluster or ClusterSpec()) as client:
+            try:
+                if client is None:
+                    predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score,
+                                                flips=tta)
+                    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
+                else:
+                    stats, n_tiles, n_sections = _run_on_cluster(client, slide_url, pixel_size, model_path, device, card, layer,
+                                                                 planes, factor, batch_size, min_score, tta, progress)
+            except UserError as exc:
+                raise UserError(f"{exc}; the tiles done so far are kept in labels/{labels}, and the same command resumes") from exc
+            # inside `connect`: the pyramid is built by the cluster's workers when there is one
+            rows = finish(layer, card, stats, mode, {"model": str(model_path), "architecture": card.architecture,
+                                                     "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
     result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
                            n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles), batch_size=batch_size)
     result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,

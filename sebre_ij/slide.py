@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
+import numpy as np
 import zarr
 
 from .errors import UserError
@@ -59,25 +60,71 @@ class Slide:
     def array(self, level: int) -> zarr.Array:
         return self.group[self.levels[level].path]
 
+    def pixels(self, level: int) -> Pixels:
+        """The level's array for reading pixels: bad chunks and non-finite values become a UserError."""
+        return Pixels(self.url, self.levels[level].path, self.array(level))
+
     def plane(self, level: int, z: int = 0) -> da.Array:
         """Lazy (C, Y, X) view of one plane: t (always 1) dropped, z selected, c added when absent."""
-        arr = da.from_zarr(self.array(level))
+        pixels = self.pixels(level)
+        arr = da.from_array(pixels, chunks=pixels.chunks, name=False)
         index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in self.axes)
         plane = arr[index]
         return plane if "c" in self.axes else plane[None]
 
     def label_names(self) -> list[str]:
-        try:
-            labels = self.group["labels"]
-        except KeyError:
+        labels = node(self.url, self.group, "labels")
+        if not isinstance(labels, zarr.Group):
             return []
-        return list(_ome_attrs(labels).get("labels", []))
+        names = _ome_attrs(labels).get("labels", [])
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def node(url: str, group: zarr.Group, path: str) -> zarr.Group | zarr.Array | None:
+    """A member of `group`, None when absent; damaged metadata is a UserError (zarr raises many types)."""
+    try:
+        return group[path]
+    except KeyError:
+        return None
+    except Exception as exc:
+        raise UserError(f"{url}/{path}: damaged zarr metadata ({type(exc).__name__}: {exc}); re-export the slide") from exc
+
+
+class Pixels:
+    """A level's zarr array that answers unreadable input with one line naming the level and the window:
+    a chunk that does not decode (truncated, corrupt), or float pixels that are NaN or infinite, which
+    would otherwise pass silently as black and be taken for tissue."""
+
+    def __init__(self, url: str, path: str, array: zarr.Array):
+        self.url, self.path, self.array = url, path, array
+        self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
+
+    def __getitem__(self, index) -> np.ndarray:
+        try:
+            data = np.asarray(self.array[index])
+        except Exception as exc:  # codecs and stores raise many types for a bad chunk
+            raise UserError(f"{self.url}: cannot read level {self.path!r} at {_window(index)} ({type(exc).__name__}: {exc}); "
+                            "a chunk there is corrupt or truncated: restore it or convert the slide again") from exc
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise UserError(f"{self.url}: level {self.path!r} has NaN or inf pixels at {_window(index)}; replace them "
+                            "(for example with the glass value, numpy.nan_to_num) and write the slide again")
+        return data
+
+
+def _window(index) -> str:
+    """An index as the user reads it: [0:3, 256:512, 0:256]."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return "[" + ", ".join(f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p)
+                           for p in parts) + "]"
 
 
 def _ome_attrs(group: zarr.Group) -> dict:
-    """NGFF metadata lives under "ome" in 0.5 and at the top of .zattrs in 0.4."""
+    """NGFF metadata lives under "ome" in 0.5 and at the top of .zattrs in 0.4 (an "ome" that is not an
+    object holds none)."""
     attrs = dict(group.attrs)
-    return dict(attrs["ome"]) if "ome" in attrs else attrs
+    if "ome" not in attrs:
+        return attrs
+    return dict(attrs["ome"]) if isinstance(attrs["ome"], dict) else {}
 
 
 def _open_group(url: str) -> zarr.Group:
@@ -107,36 +154,64 @@ def _version(url: str, attrs: dict, ms: dict) -> str:
 
 
 def _axes(url: str, ms: dict) -> str:
-    axes = "".join(a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", []))
+    raw = ms.get("axes")
+    names = [a.get("name") if isinstance(a, dict) else a for a in raw] if isinstance(raw, list) else []
+    axes = "".join(names) if all(isinstance(n, str) and len(n) == 1 for n in names) else repr(names)
     if axes not in SUPPORTED_AXES:
         raise UserError(f"{url}: axes {axes or 'missing'!r} are not supported; expected one of {', '.join(SUPPORTED_AXES)}")
     return axes
 
 
-def _scale(ds: dict, ndim: int) -> tuple[float, ...]:
+def _transforms(url: str, path: str, ds: dict) -> list[dict]:
+    transforms = ds.get("coordinateTransformations", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise UserError(f"{url}: level {path!r} has malformed coordinateTransformations (not a list of objects); fix the metadata or re-export")
+    return transforms
+
+
+def _scale(url: str, path: str, transforms: list[dict], ndim: int) -> tuple[float, ...]:
     scale = [1.0] * ndim
-    for t in ds.get("coordinateTransformations", []):
+    for t in transforms:
         if t.get("type") == "scale":
-            scale = [float(v) for v in t["scale"]]
-    return tuple(scale)
+            scale = t.get("scale")
+    if (not isinstance(scale, list) or len(scale) != ndim
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scale)):
+        raise UserError(f"{url}: level {path!r} has an invalid scale {scale!r} (one positive number per axis); fix coordinateTransformations")
+    return tuple(float(v) for v in scale)
+
+
+def _dataset_path(url: str, ds) -> str:
+    """A level's path: plain segments only, so metadata cannot point outside the store."""
+    path = ds.get("path") if isinstance(ds, dict) else None
+    if not isinstance(path, str) or any(part in ("", ".", "..") for part in path.split("/")):
+        raise UserError(f"{url}: multiscales dataset {ds!r:.80} has no valid path (plain names like 's0'); fix the metadata or re-export")
+    return path
+
+
+def _array(url: str, group: zarr.Group, path: str) -> zarr.Array:
+    arr = node(url, group, path)
+    if arr is None:
+        raise UserError(f"{url}: level {path!r} named in the metadata is missing; re-export the slide")
+    if not isinstance(arr, zarr.Array):
+        raise UserError(f"{url}: level {path!r} is a group, not an array; fix the metadata or re-export")
+    return arr
 
 
 def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
-    levels = []
-    for ds in ms.get("datasets", []):
-        try:
-            arr = group[ds["path"]]
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{url}: level {ds.get('path')!r} named in the metadata is missing; re-export the slide") from exc
-        if arr.ndim != len(axes):
-            raise UserError(f"{url}: level {ds['path']!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or re-export")
-        scale = _scale(ds, arr.ndim)
-        if len(scale) != arr.ndim or any(not math.isfinite(s) or s <= 0 for s in scale):
-            raise UserError(f"{url}: level {ds['path']!r} has an invalid scale {scale}; fix coordinateTransformations")
-        levels.append(Level(ds["path"], tuple(arr.shape), tuple(arr.chunks), scale, str(arr.dtype),
-                            tuple(ds.get("coordinateTransformations", ()))))
-    if not levels:
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
         raise UserError(f"{url}: multiscales metadata lists no datasets; re-export the slide")
+    levels = []
+    for ds in datasets:
+        path = _dataset_path(url, ds)
+        arr = _array(url, group, path)
+        if arr.ndim != len(axes):
+            raise UserError(f"{url}: level {path!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or re-export")
+        if 0 in arr.shape:
+            raise UserError(f"{url}: level {path!r} is empty (shape {arr.shape}); re-export the slide")
+        transforms = _transforms(url, path, ds)
+        levels.append(Level(path, tuple(arr.shape), tuple(arr.chunks), _scale(url, path, transforms, arr.ndim), str(arr.dtype),
+                            tuple(transforms)))
     if "t" in axes and levels[0].shape[0] != 1:
         raise UserError(f"{url}: time axis of length {levels[0].shape[0]}; sebre segments one time point: export a single one")
     return levels
@@ -144,7 +219,9 @@ def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
 
 def _channels(attrs: dict, axes: str, levels: list[Level]) -> list[str]:
     n = levels[0].shape[axes.index("c")] if "c" in axes else 1
-    names = [c.get("label") for c in attrs.get("omero", {}).get("channels", []) if isinstance(c, dict)]
+    omero = attrs.get("omero")
+    channels = omero.get("channels") if isinstance(omero, dict) else None
+    names = [c.get("label") for c in channels if isinstance(c, dict)] if isinstance(channels, list) else []
     if len(names) == n and all(isinstance(s, str) and s for s in names):
         return names
     return [f"C{i}" for i in range(n)]
@@ -162,7 +239,8 @@ def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     version = _version(url, attrs, ms)
     axes = _axes(url, ms)
     levels = _levels(url, group, ms, axes)
-    slide = Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), ms.get("name", ""))
+    name = ms.get("name")
+    slide = Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), name if isinstance(name, str) else "")
     if pixel_size is not None:
         if not math.isfinite(pixel_size) or pixel_size <= 0:
             raise UserError(f"{url}: --pixel-size {pixel_size} is not a positive number of µm per pixel")

@@ -210,8 +210,10 @@ def roi_annotations(roiset_path: str | Path, class_map: dict[str, str] | None = 
     """The ROIs of a RoiSet.zip, their class table and each ROI's class index."""
     try:
         rois = read_roiset(roiset_path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{roiset_path}: cannot read the ROIs ({str(exc).splitlines()[0]}); export them again from the ROI Manager") from None
+    except ValueError as exc:  # names the file, the problem and the fix
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"{roiset_path}: cannot read the ROIs ({exc}); export them again from the ROI Manager") from None
     if not rois:
         raise UserError(f"{roiset_path}: no ROIs; outline the regions in the ROI Manager and save them again")
     table = roi_class_table(rois, class_map, roiset_path)

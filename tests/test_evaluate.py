@@ -210,7 +210,7 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"classes": [{"index": 1, "name": "cortex"}]}))
     with pytest.raises(UserError, match=r"a.png: label images need their class table; pass --classes"):
         evaluate(str(tmp_path / "a.png"), str(tmp_path / "a.png"))
-    with pytest.raises(UserError, match=r"broken.zip: cannot read the ROIs"):
+    with pytest.raises(UserError, match=r"broken.zip: not a readable zip file"):
         evaluate(str(tmp_path / "a.png"), str(tmp_path / "broken.zip"), classes=tmp_path / "c.json")
     with pytest.raises(UserError, match=r"not the same field of view"):
         evaluate(str(tmp_path / "a.png"), str(tmp_path / "b.png"), classes=tmp_path / "c.json")

@@ -51,7 +51,7 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path):
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"state": Boom()}))
-    with pytest.raises(UserError, match="not a safetensors checkpoint"):
+    with pytest.raises(UserError, match="a PyTorch pickle checkpoint"):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
 

@@ -1,32 +1,41 @@
 """A segment run killed (SIGKILL) mid-way and started again with the same command gives a layer
-byte-identical to an uninterrupted run; other settings are refused, --overwrite starts over."""
+byte-identical to an uninterrupted run; other settings are refused, --overwrite starts over. Runs
+on different label names share a store; a second run on the same name is refused while the first
+holds its lock."""
 
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sebre_ij.cli import app
 from sebre_ij.model import ModelCard, save_checkpoint
 from sebre_ij.synth import CLASSES, make_slide_store, random_model
 
 
-def layer_files(store):
-    root = store / "labels" / "sebre"
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+def layer_files(store, name="sebre", chunks_only=False):
+    root = store / "labels" / name
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not (chunks_only and p.name.startswith("."))}
 
 
-def segment_cmd(store, model):
-    return [sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), "--min-score", "0", "--batch-size", "2"]
+def segment_cmd(store, model, name="sebre"):
+    return [sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), "--min-score", "0", "--batch-size", "2",
+            "--labels", name]
 
 
-def progress_of(store):
-    attrs = store / "labels" / "sebre" / ".zattrs"
+def progress_of(store, name="sebre"):
+    attrs = store / "labels" / name / ".zattrs"
     try:
         return json.loads(attrs.read_text()).get("sebre", {}).get("progress", {}).get("done", {}).get("0", 0)
     except (OSError, ValueError):
@@ -36,38 +45,100 @@ def progress_of(store):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("resume")
-    make_slide_store(work / "clean.zarr", sections=2, size=(1024, 1536), pixel_size=8.0, seed=4)
+    make_slide_store(work / "clean.zarr", sections=2, size=(512, 768), pixel_size=8.0, seed=4)  # 24 tiles
     names = [n for n, _ in CLASSES]
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
     save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
-    subprocess.run(segment_cmd(work / "clean.zarr", work / "m.safetensors"), check=True, capture_output=True, timeout=600)
+    run = subprocess.run(segment_cmd(work / "clean.zarr", work / "m.safetensors"), check=True, capture_output=True, text=True, timeout=600)
+    batches = -(-int(re.search(r"(\d+) tiles", run.stdout)[1]) // 2)
     clean = layer_files(work / "clean.zarr")
-    assert sum(not name.rsplit("/", 1)[-1].startswith(".") for name in clean) > 10, "the clean run wrote no label chunks"
-    return work, clean
+    assert sum(not name.rsplit("/", 1)[-1].startswith(".") for name in clean) > 3, "the clean run wrote no label chunks"
+    return work, clean, batches
 
 
-@pytest.mark.parametrize("kill_after_batches, flags", [(1, []), (7, ["--resume"]), (20, [])])
-def test_killed_run_resumes_to_identical_layer(setup, tmp_path, kill_after_batches, flags):
-    work, clean = setup
+def fresh_copy(work, tmp_path):
+    """The clean slide with its truth layer and without the segmented one."""
     store = tmp_path / "slide.zarr"
-    shutil.copytree(work / "clean.zarr", store, ignore=shutil.ignore_patterns("labels"))
-    shutil.copytree(work / "clean.zarr" / "labels" / "truth", store / "labels" / "truth")
+    shutil.copytree(work / "clean.zarr", store, ignore=lambda folder, names: ["sebre"] if folder.endswith("labels") else [])
     (store / "labels" / ".zattrs").write_text(json.dumps({"labels": ["truth"]}))
-    proc = subprocess.Popen(segment_cmd(store, work / "m.safetensors"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while progress_of(store) < kill_after_batches and proc.poll() is None and time.monotonic() < deadline:
+    return store
+
+
+def wait_for(condition, proc, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+KILLS = 3  # kill points drawn (seeded) from the clean run's batches
+
+
+@pytest.mark.parametrize("draw", range(KILLS))
+def test_killed_run_resumes_to_identical_layer(setup, tmp_path, draw):
+    work, clean, batches = setup
+    kill_after = random.Random(7).sample(range(1, batches), KILLS)[draw]
+    store = fresh_copy(work, tmp_path)
+    proc = subprocess.Popen(segment_cmd(store, work / "m.safetensors"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: progress_of(store) >= kill_after, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 0 < progress_of(store), "the run was not killed mid-way"
-    rerun = subprocess.run([*segment_cmd(store, work / "m.safetensors"), *flags], capture_output=True, text=True, timeout=600)
+    assert 0 < progress_of(store) < batches, "the run was not killed mid-way"
+    assert (store / "labels" / ".sebre-lock-sebre").exists(), "the killed run's lock is left behind"
+    assert "sebre" not in listed(store), "an unfinished layer is listed"
+    rerun = subprocess.run([*segment_cmd(store, work / "m.safetensors"), *(["--resume"] if draw % 2 else [])],
+                           capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed" in rerun.stdout
     assert layer_files(store) == clean
+    assert not (store / "labels" / ".sebre-lock-sebre").exists(), "the dead run's lock was taken over and released"
+
+
+@pytest.fixture(scope="module")
+def small(setup, tmp_path_factory):
+    """A 12-tile slide for runs that must finish side by side."""
+    path = tmp_path_factory.mktemp("small") / "slide.zarr"
+    make_slide_store(path, sections=1, size=(320, 448), pixel_size=8.0, seed=2)
+    return path, setup[0] / "m.safetensors"
+
+
+def listed(store):
+    return json.loads((store / "labels" / ".zattrs").read_text())["labels"]
+
+
+def in_process(cmd):
+    """The same command run in this process (torch is loaded already: no start-up cost)."""
+    return CliRunner().invoke(app, cmd[cmd.index("segment"):])
+
+
+def test_runs_on_two_names_share_a_store(small, tmp_path):
+    store, model = Path(shutil.copytree(small[0], tmp_path / "slide.zarr")), small[1]
+    left = subprocess.Popen(segment_cmd(store, model, "left"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    right = in_process(segment_cmd(store, model, "right"))  # while the other process runs
+    assert right.exit_code == 0, right.output
+    assert left.wait(timeout=600) == 0, left.stderr.read()
+    assert sorted(listed(store)) == ["left", "right", "truth"]
+    assert layer_files(store, "left", chunks_only=True) == layer_files(store, "right", chunks_only=True)
+    assert not list((store / "labels").glob(".sebre-lock*"))
+
+
+def test_second_run_on_a_name_is_refused_while_the_first_holds_it(small, tmp_path):
+    store, model = Path(shutil.copytree(small[0], tmp_path / "slide.zarr")), small[1]
+    first = subprocess.Popen(segment_cmd(store, model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: progress_of(store) >= 1, first)
+    os.kill(first.pid, signal.SIGSTOP)  # paused mid-run, holding the lock, while the second run starts
+    try:
+        assert first.poll() is None, "the first run ended before the second started"
+        second = in_process(segment_cmd(store, model))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.exit_code == 2
+    assert ".sebre-lock-sebre" in second.stderr and f"pid {first.pid}" in second.stderr and "delete" in second.stderr
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    assert listed(store) == ["truth", "sebre"]
 
 
 def test_unfinished_layer_from_other_settings_is_refused(setup, tmp_path):
-    work, _ = setup
+    work, *_ = setup
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "clean.zarr", store)
     attrs = json.loads((store / "labels" / ".zattrs").read_text())
@@ -83,7 +154,7 @@ def test_unfinished_layer_from_other_settings_is_refused(setup, tmp_path):
 
 
 def test_resume_flag_needs_an_interrupted_run(setup, tmp_path):
-    work, _ = setup
+    work, *_ = setup
     finished = tmp_path / "finished.zarr"
     shutil.copytree(work / "clean.zarr", finished)
     before = layer_files(finished)
