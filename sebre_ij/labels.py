@@ -303,21 +303,22 @@ def _ran_blocks(layer: LabelLayer, dst: zarr.Array):
 
 
 def build_pyramid(layer: LabelLayer) -> None:
-    """Fill every other level from the inference level, chunk by chunk with Dask, label-safe.
+    """Fill every other level chunk by chunk with Dask, label-safe: finer levels from the inference
+    level, each coarser level from the one above it, so a task reads about four chunks whatever
+    the level (a coarse chunk read straight from the inference level can span gigabytes).
 
     Only chunks over the tiles that ran are computed (`layer.ran`): on a slide that is mostly
     glass, time follows tissue, and the glass chunks are never visited nor written."""
-    src = layer.array(layer.level)
-    tasks = []
-    for i in range(len(layer.slide.levels)):
-        if i == layer.level:
-            continue
+    inference = layer.array(layer.level)
+    finer = list(range(layer.level))
+    coarser = list(range(layer.level + 1, len(layer.slide.levels)))
+    for i in finer + coarser:  # coarser levels in order: each needs the one before it complete
         dst = layer.array(i)
+        src = inference if i < layer.level else layer.array(i - 1)
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
-        for block in blocks:
-            if layer.ran is None or layer.ran_in(_source_index(block[-2:], src.shape[-2:], dst.shape[-2:])):
-                tasks.append(dask.delayed(_write_block)(src, dst, block))
-    dask.compute(*tasks)
+        tasks = [dask.delayed(_write_block)(src, dst, block) for block in blocks
+                 if layer.ran is None or layer.ran_in(_source_index(block[-2:], inference.shape[-2:], dst.shape[-2:]))]
+        dask.compute(*tasks)
 
 
 def _axes_meta(slide: Slide) -> list[dict]:
