@@ -117,6 +117,15 @@ def test_same_seed_same_weights_and_test_sections_stay_out(tmp_path):
     assert not all(torch.equal(a[k], v) for k, v in load_file(str(tmp_path / "m2.safetensors")).items())
 
 
+def test_tile_workers_repeat_with_a_seed(tmp_path):
+    root = write_synth_set(tmp_path / "set")
+    for name in ("a", "b"):
+        train([str(root)], tmp_path / f"{name}.safetensors", steps=2, seed=3, workers=2, **TINY)
+    a, b = (load_file(str(tmp_path / f"{name}.safetensors")) for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_card(tmp_path / "a.safetensors").training["workers"] == 2
+
+
 def mobilenet_card():
     return ModelCard("mobilenet_v3_fpn", ["background", "cortex", "thalamus"], [(0, 0, 0)] * 3, 16.0, ["R", "G", "B"],
                      [0.5] * 3, [0.2] * 3, tile_size=128, overlap=32)
