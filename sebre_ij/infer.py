@@ -161,4 +161,3 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
                 evidence = sum(_unflip(class_evidence(outputs[k * len(batch) + j], n, min_score), d) for k, d in enumerate(dims)) / len(dims)
                 classes, scores = class_map(evidence)
                 yield tile, classes, scores
-
