@@ -7,8 +7,8 @@ are written), segmented three ways into separate label layers:
 
 - in this process (torch's default threads: all cores);
 - on a LocalCluster of 1 worker process, then of 2, each worker running one task at a time with one
-  torch thread (cluster.torch_threads gives cores / tasks per host), through `--scheduler`-style
-  connection to the already started cluster, so the times are the work's, not the cluster's start
+  torch thread (ClusterSpec.threads=1; by default a lone worker would take every core), through a
+  `--scheduler`-style connection to the already started cluster, so the times are the work's, not the cluster's start
   (reported apart as `cluster_start_s`).
 
 `speedup_2_workers` = time with 1 worker / time with 2. Each run's labels are checked equal to the
@@ -65,7 +65,7 @@ def on_cluster(work: Path, workers: int) -> dict:
     start = time.perf_counter()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         started = time.perf_counter() - start
-        seconds, tiles = timed_segment(work, f"w{workers}", ClusterSpec(scheduler=cluster.scheduler_address))
+        seconds, tiles = timed_segment(work, f"w{workers}", ClusterSpec(scheduler=cluster.scheduler_address, threads=1))
     return {"segment_s": round(seconds, 2), "cluster_start_s": round(started, 2), "tiles": tiles,
             "same_labels": label_hash(work / "slide.zarr", f"w{workers}") == label_hash(work / "slide.zarr", "local")}
 

@@ -138,11 +138,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller slides: under 3 minutes on 2 cores")
     parser.add_argument("--arch", default="tiny_fpn", help="random-weight model: tiny_fpn or mobilenet_v3_fpn")
-    parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["make", "ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
+    if args.child == "make":
+        make_inputs(Path(args.work), args.slide == "quick", args.arch)
+        return
     if args.child:
         run = run_ours if args.child == "ours" else run_naive
         print(json.dumps(run(Path(args.work), args.slide)))
@@ -150,7 +153,9 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
         work = Path(tmp)
-        make_inputs(work, args.quick, args.arch)
+        # in a child too: a child's peak RSS starts from its parent's (getrusage keeps it across exec)
+        subprocess.run([sys.executable, __file__, "--child", "make", "--slide", "quick" if args.quick else "full", "--arch", args.arch,
+                        "--work", str(work)], check=True)
         small, big, naive = child(work, "ours", "small"), child(work, "ours", "100x"), child(work, "naive", "small")
     report = {
         "mode": "quick" if args.quick else "full", "arch": args.arch, "batch_size": BATCH, "tile": TILE,

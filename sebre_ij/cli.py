@@ -92,18 +92,26 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           pixel_size_in: Optional[float] = typer.Option(None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say."),
           classes: Optional[Path] = typer.Option(None, "--classes", help="Class table JSON for a SeBRe folder (as in sections.json; default: SeBRe's 8 classes)."),
           val_sections: Optional[list[str]] = typer.Option(None, "--val-sections", help="Hold out this section (repeatable), e.g. glta_s044."),
-          val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this fraction of the sections, drawn with --seed.")):
+          val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this fraction of the sections, drawn with --seed."),
+          test_sections: Optional[list[str]] = typer.Option(None, "--test-sections", help="Leave this section out of training and validation (repeatable); listed in the card."),
+          val_every: int = typer.Option(100, "--val-every", help="Segment the held-out sections every this many steps; the best is kept."),
+          workers: int = typer.Option(0, "--workers", help="Processes preparing augmented tiles (0: the training process); give a GPU several."),
+          init: Optional[Path] = typer.Option(None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone).")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
-    from .train import train as train_model
+    from .train import curve_paths, train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
                 overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
                 rois=rois, class_map=class_map, pixel_size_in=pixel_size_in, classes=classes,
-                val_sections=val_sections, val_fraction=val_fraction)
+                val_sections=val_sections, val_fraction=val_fraction, test_sections=test_sections, val_every=val_every, init=init, workers=workers)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
+    if "init" in card.training:
+        console.print(f"started from {init}: {card.training['init']['tensors_taken']} of {card.training['init']['tensors_in_model']} tensors")
     if card.training["val_sections"]:
-        console.print(f"held out for validation: {', '.join(card.training['val_sections'])}")
+        console.print(f"held out for validation: {', '.join(card.training['val_sections'])}; best mean Dice "
+                      f"{card.training['val_dice']} at step {card.training['best_step']}")
+    console.print(f"curves: {', '.join(str(p) for p in curve_paths(out))}")
 
 
 def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:

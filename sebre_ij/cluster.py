@@ -40,6 +40,7 @@ class ClusterSpec:
     gpus: int = 0
     jobs: int = 1
     walltime: str = "01:00:00"
+    threads: int = 0  # torch threads per task; 0: the host's cores shared among its tasks
 
     @property
     def distributed(self) -> bool:
@@ -101,7 +102,7 @@ def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
         yield client
 
 
-def torch_threads(client) -> dict[str, int]:
+def torch_threads(client, fixed: int = 0) -> dict[str, int]:
     """Torch threads per task for each worker: its host's cores shared among the tasks that run
     there at once, so two workers on two cores run one thread each instead of fighting over four."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -109,6 +110,8 @@ def torch_threads(client) -> dict[str, int]:
     for w in workers.values():
         per_host[w["host"]] = per_host.get(w["host"], 0) + w["nthreads"]
     cores = client.run(os.cpu_count)
+    if fixed:
+        return {address: fixed for address in workers}
     return {address: max(1, (cores.get(address) or 1) // per_host[w["host"]]) for address, w in workers.items()}
 
 
@@ -187,7 +190,7 @@ def task_batches(n_batches: int, n_workers: int) -> int:
     return max(1, min(8, n_batches // max(1, 4 * n_workers)))
 
 
-def run_tiles_on(client, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None):
+def run_tiles_on(client, spec: ClusterSpec, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None):
     """On the client: submit every plane's unfinished batches as tasks, merge their region stats in
     batch order and save progress as the longest finished prefix. Returns (stats, tiles, sections)."""
     import time
@@ -197,7 +200,7 @@ def run_tiles_on(client, layer, job_of, planes: list, tiles_of, batch_size: int,
     from .segment import RegionStats
 
     stats = RegionStats.from_dict(layer.progress.get("stats", {}))
-    threads = torch_threads(client)
+    threads = torch_threads(client, spec.threads)
     n_workers = max(1, len(threads))
     n_tiles = n_sections = 0
     for z, (fill, sections) in enumerate(planes):

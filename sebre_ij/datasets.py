@@ -232,9 +232,10 @@ def folder_examples(path: str | Path, pixel_size_um: float | None = None, table:
     raise UserError(f"{path}: neither a set folder (sections.json) nor a SeBRe folder (section_img_N.jpg with section_masks_N/)")
 
 
-def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0
+def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation"
                      ) -> tuple[list[Example], list[Example]]:
-    """(train, validation) by whole sections: the names listed, or a fraction drawn with `seed`."""
+    """(train, held out) by whole sections: the names listed, or a fraction drawn with `seed`;
+    `what` names the held-out part in messages."""
     if not val:
         return examples, []
     if isinstance(val, float):
@@ -246,8 +247,8 @@ def split_by_section(examples: list[Example], val: list[str] | float | None, see
         picked = set(val)
         unknown = picked - {e.name for e in examples}
         if unknown:
-            raise UserError(f"validation sections {sorted(unknown)} are not in the data; give section names such as {examples[0].name}")
+            raise UserError(f"{what} sections {sorted(unknown)} are not in the data; give section names such as {examples[0].name}")
     train = [e for e in examples if e.name not in picked]
     if not train:
-        raise UserError("every section went to validation; keep at least one for training")
+        raise UserError(f"every section went to {what}; keep at least one for training")
     return train, [e for e in examples if e.name in picked]

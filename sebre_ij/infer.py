@@ -6,6 +6,7 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +16,8 @@ import torch
 from scipy import ndimage
 
 from .model import ModelCard
-from .tiles import Tile
-from .tissue import to_unit
+from .tiles import Tile, tile_grid
+from .tissue import find_sections, to_unit
 
 # A pixel joins a region when score x mask probability passes this: about torchvision's usual
 # mask probability of 0.5 at a typical score, lower because region masks are soft at their borders.
@@ -92,6 +93,27 @@ def class_map(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> 
     inside = best > threshold
     return (torch.where(inside, classes, 0).to(torch.uint8).cpu().numpy(),
             torch.where(inside, best, 0).cpu().numpy())
+
+
+def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *, device: torch.device,
+                  batch_size: int = 4, min_score: float = 0.3, flips: bool = False) -> np.ndarray:
+    """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
+    `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
+    overlapping tiles whose cores are written, nothing outside the sections. For validation and
+    scoring of images held in memory."""
+    from .segment import glass_colour  # segment imports this module
+
+    sections = find_sections(image)
+    fill = glass_colour(image, sections)
+    out = np.zeros(image.shape[1:], np.uint8)
+    tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap)
+    read = functools.partial(read_tile, image, "cyx", z=0, fill=fill)
+    for tile, classes, _ in predict_tiles(model, card, tiles, read, device=device, batch_size=batch_size,
+                                          min_score=min_score, flips=flips):
+        ys, xs = tile.core
+        out[ys, xs] = classes[ys.start - tile.y: ys.stop - tile.y, xs.start - tile.x: xs.stop - tile.x]
+    out[sections == 0] = 0
+    return out
 
 
 # Test-time views: as is, mirrored left-right, top-bottom and both (about +0.04 mean Dice on the demo).

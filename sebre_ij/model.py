@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -236,6 +237,52 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", tile_s
         raise UserError(f"{path}: weights do not fit architecture {card.architecture!r} "
                         f"({len(missing)} missing, {len(unexpected)} unexpected); re-train the model")
     return model.to(device).eval(), card
+
+
+# Where a torchvision file's tensors sit in our model: a whole detector (COCO Mask/Faster R-CNN) has
+# our names; an ImageNet classifier's ResNet has the backbone body's names unprefixed, MobileNet's
+# under "features.".
+INIT_PREFIXES = (("", ""), ("backbone.body.", ""), ("backbone.body.", "features."))
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a torch file, unpickled with weights_only (no code runs); a checkpoint
+    that wraps it under "model" or "state_dict" is unwrapped."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such weights file; pass a torchvision .pth file you have on disk")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a bad file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a plain weights file ({str(exc).splitlines()[0][:120]}); pass a torchvision "
+                        "state dict (.pth) such as maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") from None
+    if isinstance(state, dict) and isinstance(state.get("model", state.get("state_dict")), dict):
+        state = state.get("model", state.get("state_dict"))
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: holds no state dict of named tensors; pass a torchvision weights file (.pth)")
+    return state
+
+
+def load_init(model: nn.Module, path: str | Path) -> tuple[int, int]:
+    """Start `model` from a torchvision weights file: every tensor whose name (under the naming that
+    matches most) and shape agree is copied, the rest (e.g. COCO's 91-class predictors) stay as
+    built. Returns (tensors taken, tensors in the model); none taken is an error."""
+    state = read_weights(path)
+    own = model.state_dict()
+    best = {}
+    for ours, theirs in INIT_PREFIXES:
+        found = {k: state[theirs + k[len(ours):]] for k in own
+                 if k.startswith(ours) and theirs + k[len(ours):] in state and state[theirs + k[len(ours):]].shape == own[k].shape}
+        best = max(best, found, key=len)
+    if not best:
+        raise UserError(f"{path}: none of its tensors fit this model's layers by name and shape; "
+                        "pass weights of the same backbone (resnet50_fpn: maskrcnn_resnet50_fpn COCO or resnet50 ImageNet)")
+    model.load_state_dict(best, strict=False)
+    return len(best), len(own)
 
 
 def pick_device(requested: str | None = None) -> torch.device:

@@ -255,7 +255,7 @@ def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, pr
     return rows
 
 
-def _run_on_cluster(client, slide_url, pixel_size, model_path, device, card: ModelCard, layer: LabelLayer, planes: list[Plane],
+def _run_on_cluster(client, spec: ClusterSpec, slide_url, pixel_size, model_path, device, card: ModelCard, layer: LabelLayer, planes: list[Plane],
                     factor: float, batch_size: int, min_score: float, tta: bool, progress: bool) -> tuple[RegionStats, int, int]:
     """run_tiles on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), factor)
@@ -266,7 +266,7 @@ def _run_on_cluster(client, slide_url, pixel_size, model_path, device, card: Mod
                        batch_size, min_score, tta, threads)
 
     with _progress(progress) as bar:
-        return run_tiles_on(client, layer, job_of, planes, lambda z, sections: plane_tiles(layer, grid, card, sections),
+        return run_tiles_on(client, spec, layer, job_of, planes, lambda z, sections: plane_tiles(layer, grid, card, sections),
                             batch_size, bar)
 
 
@@ -330,7 +330,7 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
                                                 flips=tta)
                     stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
                 else:
-                    stats, n_tiles, n_sections = _run_on_cluster(client, slide_url, pixel_size, model_path, device, card, layer,
+                    stats, n_tiles, n_sections = _run_on_cluster(client, cluster, slide_url, pixel_size, model_path, device, card, layer,
                                                                  planes, factor, batch_size, min_score, tta, progress)
             except UserError as exc:
                 raise UserError(f"{exc}; the tiles done so far are kept in labels/{labels}, and the same command resumes") from exc

@@ -177,7 +177,7 @@ def test_train_on_a_folder_holds_out_validation_sections(tmp_path):
     root = write_set(tmp_path / "set", sizes=(8.0, 8.0, 8.0), shape=(64, 64))
     model = tmp_path / "m.safetensors"
     run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(root), "--out", str(model), "--steps", "2",
-                          "--pixel-size", "16", "--tile-size", "64", "--batch-size", "1", "--val-sections", "s2"],
+                          "--pixel-size", "16", "--tile-size", "64", "--overlap", "16", "--batch-size", "1", "--val-sections", "s2"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     card = read_card(model)
