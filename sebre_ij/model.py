@@ -212,7 +212,10 @@ def refuse_pickle(path: Path) -> None:
     """Refuse, by its first bytes and without unpickling anything, a file torch.save wrote (a zip of
     pickles, or a bare pickle): loading one runs whatever code its author put in."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return  # a safetensors header: its length (whose first byte may well be 0x80), then JSON
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         raise UserError(f"{path}: a PyTorch pickle checkpoint (torch.save); sebre-ij loads only safetensors files written by "
                         "`sebre train`, because unpickling a file can run code from its author; if you trust it, convert it "

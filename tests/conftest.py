@@ -41,14 +41,15 @@ def xvfb_run():
 
 @pytest.fixture(scope="session")
 def trained_slide(tmp_path_factory):
-    """A 2-section synthetic slide and a tiny model trained on it for 40 steps, through the CLI.
+    """A 2-section synthetic slide and a tiny model trained on it for 120 steps (40 left it finding
+    nothing on some machines, with class-balanced tiles spread over 13 classes), through the CLI.
     Tests copy the slide (copy_slide) before writing into it."""
     work = tmp_path_factory.mktemp("trained")
     slide, model = work / "slide.zarr", work / "model.safetensors"
     cli = [sys.executable, "-m", "sebre_ij.cli"]
     subprocess.run([*cli, "synth", str(slide), "--sections", "2", "--size", "1024", "1536", "--pixel-size", "8", "--seed", "3"],
                    check=True, capture_output=True, timeout=600)
-    subprocess.run([*cli, "train", str(slide), "--out", str(model), "--steps", "40", "--pixel-size", "16",
+    subprocess.run([*cli, "train", str(slide), "--out", str(model), "--steps", "120", "--pixel-size", "16",
                     "--tile-size", "128", "--overlap", "32", "--batch-size", "2"], check=True, capture_output=True, timeout=600)
     return slide, model
 

@@ -66,3 +66,20 @@ def test_foreign_safetensors_and_wrong_version_are_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"sebre_card": future.to_json()})
     with pytest.raises(UserError, match="sebre-ij-checkpoint/1"):
         read_card(path)
+
+
+def test_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file begins with its header's length: its first byte may be 0x80, a pickle's
+    first byte, and must still load."""
+    from sebre_ij.errors import UserError
+    from sebre_ij.model import refuse_pickle
+
+    header = b"{" + b" " * (0x80 + 255)  # 384 bytes: the length's low byte is 0x80
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert path.read_bytes()[0] == 0x80
+    refuse_pickle(path)
+    pickle_path = tmp_path / "m.pt"
+    pickle_path.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    with pytest.raises(UserError, match="pickle"):
+        refuse_pickle(pickle_path)
