@@ -69,6 +69,18 @@ def slurm_cluster(spec: ClusterSpec):
                         job_extra_directives=extra, scheduler_options={"dashboard_address": ":0"})
 
 
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """Starting a LocalCluster sets OMP_NUM_THREADS=1 (and more) in this process's environment;
+    put it back, or every later subprocess (and torch in them) would run on one thread."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)  # stdout stays the command's results (JSON in benchmarks)
 
@@ -83,7 +95,7 @@ def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
         return
     from distributed import Client, LocalCluster
 
-    with contextlib.ExitStack() as stack:
+    with _environ_kept(), contextlib.ExitStack() as stack:
         if spec.scheduler:
             try:
                 client = stack.enter_context(Client(spec.scheduler, timeout="10s"))

@@ -379,6 +379,7 @@ def write_curves(out: str | Path, rows: list[dict]) -> None:
     from matplotlib import pyplot as plt
 
     csv_path, png_path = curve_paths(out)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)  # the first curves come before the first checkpoint
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, CURVE_FIELDS)
         writer.writeheader()

@@ -2,6 +2,7 @@
 named by address, give the labels of the in-process run."""
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,23 @@ from sebre_ij.model import ModelCard, save_checkpoint
 from sebre_ij.segment import segment
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, make_slide_store, random_model
+
+
+@pytest.fixture(autouse=True)
+def environ_kept():
+    """A LocalCluster sets OMP_NUM_THREADS=1 in the parent's environment: later tests' subprocesses
+    must not inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_connect_leaves_the_environment_as_it_was():
+    before = dict(os.environ)
+    with connect(ClusterSpec(workers=1), say=lambda _: None):
+        pass
+    assert dict(os.environ) == before
 
 
 def label_arrays(store, name):
