@@ -59,3 +59,17 @@ def copy_slide(slide, folder):
     target = folder / slide.name
     shutil.copytree(slide, target)
     return target
+
+
+def oracle(truth):
+    """A predictor that returns, for each tile, the true classes inside it (zero past the level's
+    edge): stitching is then checked apart from any network."""
+    import numpy as np
+
+    def predict(tiles, read):
+        for t in tiles:
+            classes = np.zeros((t.size, t.size), np.uint8)
+            window = truth[t.y:t.y + t.size, t.x:t.x + t.size]
+            classes[: window.shape[0], : window.shape[1]] = window
+            yield t, classes, np.ones(classes.shape, np.float32)
+    return predict

@@ -18,6 +18,8 @@ from sebre_ij.segment import number_layer, run_tiles
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, synth_slide, write_slide
 
+from conftest import oracle
+
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """Two label images are equal up to renumbering (and share the background)."""
@@ -79,15 +81,8 @@ def test_oracle_instances_match_connected_components(tmp_path, tile, overlap):
     names = [n for n, _ in CLASSES]
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
 
-    def oracle(tiles, read):
-        for t in tiles:
-            classes = np.zeros((t.size, t.size), np.uint8)
-            window = truth[t.y:t.y + t.size, t.x:t.x + t.size]
-            classes[: window.shape[0], : window.shape[1]] = window
-            yield t, classes, np.ones(classes.shape, np.float32)
-
     layer = create_layer(slide, "inst", 0, scratch=True)
-    run_tiles(slide, layer, card, oracle)
+    run_tiles(slide, layer, card, oracle(truth))
     found = number_layer(layer)
     out = np.asarray(layer.group["s0"][:])
     regions = np.asarray(layer.group["regions"][:])

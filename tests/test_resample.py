@@ -18,6 +18,8 @@ from sebre_ij.synth import CLASSES, synth_slide, write_slide
 from sebre_ij.tiles import Grid, Tile, tile_grid
 from sebre_ij.tissue import tissue_sections
 
+from conftest import oracle
+
 FACTORS = [1.0, 1.37, 2.5, 0.7, 5.0]
 
 
@@ -75,13 +77,7 @@ def oracle_on_grid(truth: np.ndarray, grid: Grid):
     cols = np.minimum(((np.arange(grid.shape[1]) + 0.5) * grid.factor).astype(int), truth.shape[1] - 1)
     virtual = truth[np.ix_(rows, cols)]
 
-    def predict(tiles, read):
-        for t in tiles:
-            classes = np.zeros((t.size, t.size), np.uint8)
-            window = virtual[t.y:t.y + t.size, t.x:t.x + t.size]
-            classes[: window.shape[0], : window.shape[1]] = window
-            yield t, classes, np.ones(classes.shape, np.float32)
-    return predict, virtual
+    return oracle(virtual), virtual
 
 
 @pytest.mark.parametrize("factor, tile, overlap", [(1.37, 64, 16), (2.5, 96, 40), (0.8, 128, 0)])

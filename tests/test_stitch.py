@@ -9,23 +9,14 @@ from sebre_ij.segment import run_tiles
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, make_slide_store
 
+from conftest import oracle
+
 
 @pytest.fixture(scope="module")
 def slide_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("stitch") / "slide.zarr"
     make_slide_store(path, sections=2, size=(1024, 2048), pixel_size=8.0, seed=5)
     return path
-
-
-def oracle(truth: np.ndarray):
-    """Returns, for each tile, the true classes inside it (zero past the level's edge)."""
-    def predict(tiles, read):
-        for t in tiles:
-            classes = np.zeros((t.size, t.size), np.uint8)
-            window = truth[t.y:t.y + t.size, t.x:t.x + t.size]
-            classes[: window.shape[0], : window.shape[1]] = window
-            yield t, classes, np.ones(classes.shape, np.float32)
-    return predict
 
 
 @pytest.mark.parametrize("tile, overlap", [(64, 16), (96, 40), (128, 0), (200, 64)])
