@@ -96,14 +96,16 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           test_sections: Optional[list[str]] = typer.Option(None, "--test-sections", help="Leave this section out of training and validation (repeatable); listed in the card."),
           val_every: int = typer.Option(100, "--val-every", help="Segment the held-out sections every this many steps; the best is kept."),
           workers: int = typer.Option(0, "--workers", help="Processes preparing augmented tiles (0: the training process); give a GPU several."),
-          init: Optional[Path] = typer.Option(None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone).")):
+          init: Optional[Path] = typer.Option(None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone)."),
+          semantic: bool = typer.Option(True, "--semantic/--no-semantic", help="Add a per-pixel semantic branch whose maps give the regions (Panoptic FPN).")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .train import curve_paths, train as train_model
 
     card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
                 overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
                 rois=rois, class_map=class_map, pixel_size_in=pixel_size_in, classes=classes,
-                val_sections=val_sections, val_fraction=val_fraction, test_sections=test_sections, val_every=val_every, init=init, workers=workers)
+                val_sections=val_sections, val_fraction=val_fraction, test_sections=test_sections, val_every=val_every, init=init, workers=workers,
+                semantic=semantic)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
     if "init" in card.training:

@@ -76,21 +76,22 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, fact
 def class_evidence(output: dict, n_classes: int, min_score: float) -> torch.Tensor:
     """(n_classes, H, W): for each class, the best score x mask probability among its instances.
 
-    Evidence maps, unlike instance lists, can be averaged over flipped views of a tile."""
-    keep = output["scores"] >= min_score
-    masks, scores, labels = output["masks"][keep, 0], output["scores"][keep], output["labels"][keep]
-    h, w = output["masks"].shape[-2:]
-    evidence = torch.zeros((n_classes, h * w), dtype=torch.float32, device=masks.device)
-    if len(scores):
-        weighted = (masks.float() * scores[:, None, None].float()).reshape(len(scores), -1)
-        evidence.scatter_reduce_(0, labels[:, None].expand(-1, h * w), weighted, reduce="amax")
-    return evidence.reshape(n_classes, h, w)
+    Evidence maps, unlike instance lists, can be averaged over flipped views of a tile. A model
+    with a semantic branch gives its per-pixel class probabilities instead (background in row 0)."""
+    if "semantic" in output:
+        return output["semantic"].float()
+    masks = output["masks"][:, 0]
+    evidence = torch.zeros((n_classes, *output["masks"].shape[-2:]), dtype=torch.float32, device=masks.device)
+    for mask, score, cls in zip(masks, output["scores"].tolist(), output["labels"].tolist()):
+        if score >= min_score:  # one in-place maximum per instance: no (instances, H, W) temporary
+            torch.maximum(evidence[cls], mask.float() * score, out=evidence[cls])
+    return evidence
 
 
 def class_map(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel class (0 where no class reaches `threshold`) and its evidence."""
     best, classes = evidence.max(0)
-    inside = best > threshold
+    inside = (best > threshold) & (classes > 0)  # a semantic branch's background (row 0) can win
     return (torch.where(inside, classes, 0).to(torch.uint8).cpu().numpy(),
             torch.where(inside, best, 0).cpu().numpy())
 
@@ -170,7 +171,9 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
     batches = list(batched(tiles, batch_size))
     precision = amp_dtype(device)
     dims = FLIPS if flips else FLIPS[:1]
-    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
+    # the helper threads' torch work runs on one core each: a second OpenMP team per thread
+    # would fight the model's for the same cores (on 2 cores class maps took 5x their CPU time)
+    with ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
         maps = None
         for i, batch in enumerate(batches):

@@ -1,5 +1,11 @@
 """Mask R-CNN variants and the checkpoint: one safetensors file with the model card in its metadata.
 
+A model may also carry a semantic branch on its FPN (Panoptic FPN, Kirillov et al. 2019): per-pixel
+class scores learnt from every labelled pixel. Brain regions are large, nested and overlapping in
+their boxes, which a box classifier trained from scratch on a few sections learns slowly; the
+semantic branch gives region maps within minutes on a CPU, while the instance branch still gives
+boxes, scores and instances.
+
 The card is what makes a checkpoint usable without its author: the class names and colours, the
 pixel size in µm the model was trained at (inference picks the pyramid level from it), the input
 channels with their normalisation, and the tile size and overlap.
@@ -44,6 +50,7 @@ class ModelCard:
     tile_size: int = 256
     overlap: int = 64
     training: dict = field(default_factory=dict)
+    semantic: bool = False  # a semantic branch gives the class maps (older checkpoints have none)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
@@ -93,6 +100,7 @@ class ModelCard:
             (not isinstance(self.tile_size, int) or not isinstance(self.overlap, int) or self.tile_size < 1 or self.overlap < 0,
              "tile_size must be a positive integer, overlap a non-negative one"),
             (not isinstance(self.training, dict), "training must be an object"),
+            (not isinstance(self.semantic, bool), "semantic must be true or false"),
         ]
         bad = [message for failed, message in problems if failed]
         if bad:
@@ -142,6 +150,58 @@ def _first_conv_for(backbone: nn.Module, in_channels: int) -> None:
             return
 
 
+class SemanticHead(nn.Module):
+    """Per-pixel class logits at stride 4 from the FPN levels (the 'pool' level aside): each level
+    reduced to 64 channels, brought to the finest level's size and summed."""
+
+    def __init__(self, in_channels: int, levels: int, num_classes: int, width: int = 64):
+        super().__init__()
+        self.reduce = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), _gn(width), nn.ReLU(inplace=True))
+            for _ in range(levels))
+        self.classify = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        maps = [f for name, f in features.items() if name != "pool"]
+        size = maps[0].shape[-2:]
+        x = sum(nn.functional.interpolate(r(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else r(m)
+                for r, m in zip(self.reduce, maps))
+        return self.classify(x)
+
+
+class RegionMaskRCNN(MaskRCNN):
+    """Mask R-CNN with a semantic branch on the same FPN features. Training targets carry a
+    "semantic" class map (255: ignore); outputs carry "semantic", (classes, H, W) probabilities."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int | None, n_classes: int, levels: int, **kwargs):
+        super().__init__(backbone, num_classes, **kwargs)
+        self.semantic = SemanticHead(backbone.out_channels, levels, n_classes)
+        self.class_weights: torch.Tensor | None = None  # for the per-pixel loss; set by training, not saved
+
+    def forward(self, images, targets=None):
+        original_sizes = [tuple(im.shape[-2:]) for im in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        logits = nn.functional.interpolate(self.semantic(features), size=batch.tensors.shape[-2:], mode="bilinear", align_corners=False)
+        if self.training:
+            truth = torch.full(logits.shape[:1] + logits.shape[2:], 255, dtype=torch.int64, device=logits.device)
+            for i, t in enumerate(targets):
+                h, w = t["semantic"].shape
+                truth[i, :h, :w] = t["semantic"]
+            weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+            semantic = nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
+            return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
+        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        for d, lg, (h, w), size in zip(detections, logits, batch.image_sizes, original_sizes):
+            lg = lg[:, :h, :w]
+            if (h, w) != size:
+                lg = nn.functional.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0]
+            d["semantic"] = lg.softmax(0)
+        return detections
+
+
 def build_model(card: ModelCard) -> MaskRCNN:
     """A Mask R-CNN for `card`, fed tiles at their native size (no resize to 800 px)."""
     num_classes = len(card.classes)
@@ -153,6 +213,12 @@ def build_model(card: ModelCard) -> MaskRCNN:
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
     )
     anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5)
+
+    def mask_rcnn(backbone, classes, levels, **kwargs):
+        if card.semantic:
+            return RegionMaskRCNN(backbone, classes, num_classes, levels, **kwargs)
+        return MaskRCNN(backbone, classes, **kwargs)
+
     if card.architecture == "tiny_fpn":
         backbone = _tiny_fpn(in_ch)
         ch = backbone.out_channels
@@ -160,8 +226,8 @@ def build_model(card: ModelCard) -> MaskRCNN:
         # CPU training time goes mostly to RoIAlign's backward pass: one sample per bin and fewer,
         # more often positive, sampled proposals (48, half positive) make steps about twice as fast.
         common.update(box_batch_size_per_image=48, box_positive_fraction=0.5)
-        return MaskRCNN(
-            backbone, None, rpn_anchor_generator=anchors,
+        return mask_rcnn(
+            backbone, None, 4, rpn_anchor_generator=anchors,
             box_roi_pool=MultiScaleRoIAlign(names, 7, 1),
             box_head=TwoMLPHead(ch * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes),
             mask_roi_pool=MultiScaleRoIAlign(names, 14, 1),
@@ -177,7 +243,8 @@ def build_model(card: ModelCard) -> MaskRCNN:
                                        trainable_layers=5)
     if in_ch != 3:
         _first_conv_for(backbone.body, in_ch)
-    return MaskRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **common)
+    levels = 2 if card.architecture == "mobilenet_v3_fpn" else 4
+    return mask_rcnn(backbone, num_classes, levels, rpn_anchor_generator=anchors, **common)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> None:

@@ -298,37 +298,57 @@ def targets_from_classes(classes: np.ndarray) -> dict[str, torch.Tensor]:
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor(labels, dtype=torch.int64),
         "masks": torch.from_numpy(np.stack(masks)).to(torch.uint8) if masks else torch.zeros((0, *size), dtype=torch.uint8),
+        "semantic": torch.from_numpy(classes.astype(np.int64)),  # for a semantic branch; Mask R-CNN ignores it
     }
 
 
 class TileSampler:
-    """Class-balanced tiles: a class drawn uniformly among those in the training set, then one of
-    its pixels drawn uniformly over all sections, placed anywhere in the tile's middle three
-    quarters. A region found in few sections (thalamus) is then seen as often as cortex."""
+    """Training tiles. When every section's labelled extent fits in a tile at any angle and zoom,
+    each tile shows one section whole, its centre jittered within the room left, as SeBRe trained:
+    every region is then one whole object among its neighbours, the context that tells thalamus
+    from midbrain. Larger sections give class-balanced tiles: a class drawn uniformly among those
+    in the training set, then one of its pixels drawn uniformly over all sections, placed anywhere
+    in the tile's middle three quarters, so a region found in few sections is seen as often as
+    cortex."""
 
     def __init__(self, examples: list[Example], size: int, fill: np.ndarray, aug: Augmentation):
         self.examples, self.size, self.fill, self.aug = examples, size, fill, aug
         self.counts = np.stack([np.bincount(e.classes.ravel(), minlength=256) for e in examples]).astype(float)
         self.classes = np.flatnonzero(self.counts[:, 1:].sum(axis=0)) + 1
+        self.extents = [_labelled_extent(e.classes) for e in examples]
+        # zoomed in by up to aug.scale, a section must still fit: its diagonal times the zoom
+        self.whole = [ext is not None and ext[2] * max(aug.scale, 1.0) <= size for ext in self.extents]
 
-    def centre(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        """(example index, y, x) of a pixel of a class drawn uniformly."""
+    def centre(self, rng: np.random.Generator) -> tuple[int, int, int, float]:
+        """(example index, y, x, jitter): the tile's centre in a section, and how far to move it."""
+        if all(self.whole):
+            ex = int(rng.integers(len(self.examples)))
+            y, x, diagonal = self.extents[ex]
+            return ex, y, x, (self.size / max(self.aug.scale, 1.0) - diagonal) / 2
         cls = int(rng.choice(self.classes))
         ex = int(rng.choice(len(self.examples), p=self.counts[:, cls] / self.counts[:, cls].sum()))
         classes = self.examples[ex].classes
         pixels = np.flatnonzero(classes.ravel() == cls)
         y, x = divmod(int(pixels[rng.integers(len(pixels))]), classes.shape[1])
-        return ex, y, x
+        return ex, y, x, 3 * self.size / 8
 
     def tile(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """An augmented (image, classes) tile: geometry sampled straight from the section, then photometry."""
-        ex, y, x = self.centre(rng)
+        ex, y, x, jitter = self.centre(rng)
         matrix, field = random_geometry(self.aug, self.size, rng)
-        shift = matrix @ rng.uniform(-3 * self.size / 8, 3 * self.size / 8, 2)
+        shift = matrix @ rng.uniform(-jitter, jitter, 2)
         example = self.examples[ex]
         image, classes = warp(example.image, example.classes, matrix, (y + shift[0], x + shift[1]),
                               (self.size, self.size), self.fill, field)
         return photometric(image, self.aug, rng), classes
+
+
+def _labelled_extent(classes: np.ndarray) -> tuple[float, float, float] | None:
+    """(y, x) centre and diagonal of the box around a section's labelled pixels; None if unlabelled."""
+    ys, xs = np.nonzero(classes.any(axis=1))[0], np.nonzero(classes.any(axis=0))[0]
+    if not len(ys):
+        return None
+    return (ys[0] + ys[-1]) / 2, (xs[0] + xs[-1]) / 2, math.hypot(ys[-1] - ys[0] + 1, xs[-1] - xs[0] + 1)
 
 
 def channel_stats(examples: list[Example]) -> tuple[list[float], list[float], np.ndarray]:
@@ -337,6 +357,14 @@ def channel_stats(examples: list[Example]) -> tuple[list[float], list[float], np
     glass = np.concatenate([e.image[:, e.classes == 0] for e in examples], axis=1)
     fill = np.median(glass, axis=1) if glass.size else flat.mean(axis=1)
     return flat.mean(axis=1).tolist(), np.maximum(flat.std(axis=1), 1e-3).tolist(), fill.astype(np.float32)
+
+
+def semantic_weights(examples: list[Example], n_classes: int) -> torch.Tensor:
+    """Per-class weights of the per-pixel loss: 1 / sqrt(pixel share), mean 1 over the classes
+    present; classes absent from training weigh nothing."""
+    counts = np.bincount(np.concatenate([e.classes.ravel() for e in examples]), minlength=n_classes)[:n_classes].astype(float)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1) / counts.sum()), 0.0)
+    return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int = 30) -> float:
@@ -445,7 +473,7 @@ def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: in
           seed: int = 0, device: str | None = None, progress: bool = True, rois: list | None = None,
           class_map: str | Path | None = None, pixel_size_in: float | None = None, classes: str | Path | None = None,
           val_sections: list[str] | None = None, val_fraction: float | None = None, test_sections: list[str] | None = None, val_every: int = 100,
-          init: str | Path | None = None, augmentation: Augmentation | None = None, workers: int = 0) -> ModelCard:
+          init: str | Path | None = None, augmentation: Augmentation | None = None, workers: int = 0, semantic: bool = True) -> ModelCard:
     """Train a Mask R-CNN on annotated slides (OME-Zarr label layers, images with RoiSet.zip
     annotations from Fiji, `rois` paired with `data` in order, or section folders) and write the
     checkpoint with its card, and its loss and validation curves beside it (`curve_paths`).
@@ -455,7 +483,8 @@ def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: in
     best mean Dice on them; without them it is the last. `test_sections` are left out altogether
     (and listed in the card), for a score on sections neither training nor selection saw. `init` is a torchvision weights file
     (e.g. COCO Mask R-CNN) to start from. `workers` processes prepare the augmented tiles (0: this
-    one), which a GPU needs: a 512 px tile costs about 0.2 s of one CPU core."""
+    one), which a GPU needs: a 512 px tile costs about 0.2 s of one CPU core. `semantic` adds the
+    per-pixel branch (model.RegionMaskRCNN) whose maps then give the regions."""
     from .datasets import load_class_table, split_by_section
 
     if arch not in ARCHITECTURES:
@@ -478,7 +507,7 @@ def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: in
                                "batch_size": batch_size, "lr": lr, "schedule": "linear warm-up 30 steps, cosine to 5 %", "seed": seed,
                                "sampling": "class-balanced", "augmentation": aug.to_dict(), "workers": workers,
                                "train_sections": [e.name for e in examples], "val_sections": [e.name for e in held_out],
-                               "test_sections": [e.name for e in tested]})
+                               "test_sections": [e.name for e in tested]}, semantic=semantic)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = pick_device(device)
@@ -486,6 +515,8 @@ def train(data: list[str], out: str | Path, *, arch: str = "tiny_fpn", steps: in
     if init is not None:
         taken, total = load_init(model, init)
         card.training["init"] = {"file": Path(init).name, "tensors_taken": taken, "tensors_in_model": total}
+    if semantic:  # rare regions weigh more per pixel, so a small hypothalamus is not lost to cortex
+        model.class_weights = semantic_weights(examples, len(table.names))
     model = model.to(dev).train()
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     stream = batches(TileSampler(examples, tile_size, fill, aug), batch_size, rng, seed, workers)

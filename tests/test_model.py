@@ -1,5 +1,6 @@
 """Model variants and the checkpoint contract: weights + card in one file, loaded without code."""
 
+import json
 import pickle
 
 import pytest
@@ -83,3 +84,40 @@ def test_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(
     pickle_path.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
     with pytest.raises(UserError, match="pickle"):
         refuse_pickle(pickle_path)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_semantic_branch_gives_class_probabilities_and_a_training_loss(arch):
+    c = card(arch)
+    c.semantic = True
+    model = build_model(c)
+    truth = torch.zeros((128, 128), dtype=torch.int64)
+    truth[20:90, 30:100] = 1
+    target = {"boxes": torch.tensor([[30.0, 20.0, 100.0, 90.0]]), "labels": torch.tensor([1]),
+              "masks": (truth == 1).to(torch.uint8)[None], "semantic": truth}
+    losses = model.train()([torch.rand(3, 128, 128)], [target])
+    assert losses["loss_semantic"].item() > 0
+    losses["loss_semantic"].backward()
+    assert model.semantic.classify.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = model.eval()([torch.rand(3, 128, 128)])[0]
+    assert out["semantic"].shape == (3, 128, 128)
+    torch.testing.assert_close(out["semantic"].sum(0), torch.ones(128, 128))
+
+
+def test_semantic_checkpoint_roundtrip_and_older_cards_without_the_field(tmp_path):
+    c = card()
+    c.semantic = True
+    model = build_model(c).eval()
+    save_checkpoint(tmp_path / "s.safetensors", model, c)
+    loaded, got = load_checkpoint(tmp_path / "s.safetensors")
+    assert got.semantic is True
+    image = torch.rand(3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded([image])[0]["semantic"], model([image])[0]["semantic"])
+    plain = card()
+    old = {k: v for k, v in plain.__dict__.items() if k != "semantic"}  # a card written before the field existed
+    save_file({k: v.contiguous() for k, v in build_model(plain).state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"sebre_card": json.dumps(old)})
+    model_old, card_old = load_checkpoint(tmp_path / "old.safetensors")
+    assert card_old.semantic is False and not hasattr(model_old, "semantic")

@@ -1,0 +1,41 @@
+"""From a model's outputs to a tile's class map: instances (best score x mask wins a pixel) or a
+semantic branch's probabilities; and the per-pixel loss's class weights."""
+
+import numpy as np
+import torch
+
+from sebre_ij.infer import EVIDENCE_THRESHOLD, class_evidence, class_map
+from sebre_ij.train import Example, semantic_weights
+
+
+def test_instances_best_score_times_mask_wins_each_pixel():
+    masks = torch.zeros((3, 1, 4, 4))
+    masks[0, 0, :, :2] = 1.0  # class 1, score 0.9, left half
+    masks[1, 0, :, 1:] = 0.8  # class 2, score 0.9: 0.72 beats class 1 only where class 1 is absent
+    masks[2, 0, 3, 3] = 1.0  # class 1 again, but below min_score: ignored
+    out = {"masks": masks, "scores": torch.tensor([0.9, 0.9, 0.2]), "labels": torch.tensor([1, 2, 1])}
+    evidence = class_evidence(out, 3, min_score=0.3)
+    torch.testing.assert_close(evidence[1, 0], torch.tensor([0.9, 0.9, 0.0, 0.0]))
+    torch.testing.assert_close(evidence[2, 0], torch.tensor([0.0, 0.72, 0.72, 0.72]))
+    classes, scores = class_map(evidence)
+    np.testing.assert_array_equal(classes, [[1, 1, 2, 2]] * 4)
+    assert classes[3, 3] == 2 and np.isclose(scores[0, 0], 0.9)
+
+
+def test_a_semantic_branch_gives_the_class_map_by_its_largest_probability():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.1], [0.1, 0.3, 0.8]])[:, None, :]  # (classes, 1, 3)
+    out = {"masks": torch.zeros((0, 1, 1, 3)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+           "semantic": probs}
+    classes, scores = class_map(class_evidence(out, 3, min_score=0.3))
+    np.testing.assert_array_equal(classes, [[0, 1, 2]])  # background wins the first pixel
+    np.testing.assert_allclose(scores, [[0.0, 0.5, 0.8]])
+    assert EVIDENCE_THRESHOLD < 0.5
+
+
+def test_semantic_weights_are_inverse_square_roots_of_pixel_shares():
+    classes = np.zeros((10, 10), np.uint8)
+    classes[:, :1] = 1  # 10 % class 1, 90 % background, class 2 absent
+    weights = semantic_weights([Example(np.zeros((1, 10, 10), np.float32), classes, "s")], 3)
+    raw = np.array([1 / np.sqrt(0.9), 1 / np.sqrt(0.1)])
+    np.testing.assert_allclose(weights[:2].numpy(), raw / raw.mean(), rtol=1e-6)
+    assert weights[2] == 0
