@@ -34,7 +34,7 @@ def cache_dir() -> Path:
 
 def demo_model(steps: int, retrain: bool, work: Path) -> Path:
     """The cached demo model, trained first when missing (or asked to)."""
-    path = cache_dir() / f"demo-{MODEL['arch']}-{MODEL['pixel_size']:g}um-{steps}steps-v1.safetensors"
+    path = cache_dir() / f"demo-{MODEL['arch']}-{MODEL['pixel_size']:g}um-{steps}steps-v2.safetensors"
     if path.exists() and not retrain:
         read_card(path)  # a damaged cache file is an error, not a silent retrain
         return path

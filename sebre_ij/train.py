@@ -32,6 +32,11 @@ from .slide import open_slide, pick_level
 from .tissue import to_unit
 
 MIN_INSTANCE_PX = 16
+# Of the tiles of sections that fit a tile, the share that shows them cut by the tile's edge, at
+# any offset: the model then knows sections in any part of a tile, not only centred ones (a model
+# shown only centred sections scored 0.46 mean Dice on GLTa sections lying in a tile's corner, 0.56
+# on the same sections rotated 45 degrees, which centred them).
+CUT_SECTIONS = 0.5
 SECTION_PREFIX = re.compile(r"^s\d+-")  # "s1-cortex" -> "cortex", as `sebre segment` names ROIs
 IMAGEJ_DEFAULT_NAME = re.compile(r"^\d{4}(-\d{4,5}){1,2}$")  # what the ROI Manager calls an unnamed ROI
 MICRON_UNITS = {"micron", "microns", "um", "µm", "\\u00B5m"}  # ImageJ may write µ escaped
@@ -304,9 +309,9 @@ def targets_from_classes(classes: np.ndarray) -> dict[str, torch.Tensor]:
 
 class TileSampler:
     """Training tiles. When every section's labelled extent fits in a tile at any angle and zoom,
-    each tile shows one section whole, its centre jittered within the room left, as SeBRe trained:
-    every region is then one whole object among its neighbours, the context that tells thalamus
-    from midbrain. Larger sections give class-balanced tiles: a class drawn uniformly among those
+    each tile shows one section, as SeBRe trained: every region is then one whole object among its
+    neighbours, the context that tells thalamus from midbrain. Half of those tiles show it whole,
+    half cut by the tile's edge (CUT_SECTIONS). Larger sections give class-balanced tiles: a class drawn uniformly among those
     in the training set, then one of its pixels drawn uniformly over all sections, placed anywhere
     in the tile's middle three quarters, so a region found in few sections is seen as often as
     cortex."""
@@ -324,6 +329,8 @@ class TileSampler:
         if all(self.whole):
             ex = int(rng.integers(len(self.examples)))
             y, x, diagonal = self.extents[ex]
+            if rng.random() < CUT_SECTIONS:  # as `segment`'s tile grid cuts a section: anywhere, in part
+                return ex, y, x, self.size / 2
             return ex, y, x, (self.size / max(self.aug.scale, 1.0) - diagonal) / 2
         cls = int(rng.choice(self.classes))
         ex = int(rng.choice(len(self.examples), p=self.counts[:, cls] / self.counts[:, cls].sum()))

@@ -60,18 +60,20 @@ def test_sampler_balances_classes_across_sections():
     assert set(np.unique(classes)) <= {0, 1, 2}
 
 
-def test_sections_that_fit_a_tile_are_shown_whole_at_any_angle():
+def test_sections_that_fit_a_tile_are_shown_whole_or_cut_at_any_angle():
     classes = np.zeros((60, 90), np.uint8)
     classes[10:50, 20:80] = 1
     classes[25:35, 40:60] = 2  # a region inside the section, with a frame of class 1 around it
     image = np.where(classes > 0, 0.3, 0.9).astype(np.float32)[None]
     sampler = TileSampler([Example(image, classes, "s0")], 96, np.full(1, 0.9, np.float32), Augmentation())
     rng = np.random.default_rng(1)
-    for _ in range(20):
+    whole = 0
+    for _ in range(40):
         _, tile = sampler.tile(rng)
         border = np.concatenate([tile[0], tile[-1], tile[:, 0], tile[:, -1]])
-        assert not border.any()  # nothing cut off by the tile's edge
-        assert set(np.unique(tile)) == {0, 1, 2}
+        whole += not border.any()  # nothing cut off by the tile's edge
+        assert tile.any()  # cut or whole, the tile shows the section
+    assert 10 < whole < 35  # about half whole (CUT_SECTIONS), the rest cut at random offsets
     big = TileSampler([Example(image, classes, "s0")], 48, np.full(1, 0.9, np.float32), Augmentation())
     assert not any(big.whole)  # too large for the tile: class-balanced pieces instead
 
