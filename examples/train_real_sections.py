@@ -45,7 +45,7 @@ VAL = ["glta_s094", "glta_s119"]
 REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
 ANGLES = [0, 90, 45]
 RECIPES = {
-    # 2 CPU cores, about 40 minutes: the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel
+    # 2 CPU cores, about 32 minutes (1.58 s a step, 2 threads): the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel
     # mask head costs about 10x more per step on CPU) at 50 µm/px, where a whole section (at most
     # 243 px across its diagonal) fits one 320 px tile at any angle and is learnt whole
     "cpu": {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4,

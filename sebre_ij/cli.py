@@ -236,7 +236,7 @@ def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo 
     """Make a demo slide and a model, segment the slide, export everything and score it against the truth."""
     from .demo import run_demo
 
-    console.print(f"sebre demo: synthetic slides in {out}/; the first run trains the demo model (about 5 minutes on 2 CPU cores)")
+    console.print(f"sebre demo: synthetic slides in {out}/; the first run trains the demo model (about 14 minutes on 2 CPU cores)")
     report = _run(run_demo, out, steps=steps, retrain=retrain)
     card = report["card"]
     console.print(f"model: {card.architecture} at {card.pixel_size_um:g} µm/px, trained {card.training.get('steps')} steps in "
