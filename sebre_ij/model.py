@@ -173,9 +173,9 @@ class RegionMaskRCNN(MaskRCNN):
     """Mask R-CNN with a semantic branch on the same FPN features. Training targets carry a
     "semantic" class map (255: ignore); outputs carry "semantic", (classes, H, W) probabilities."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int | None, n_classes: int, levels: int, **kwargs):
+    def __init__(self, backbone: BackboneWithFPN, num_classes: int | None, n_classes: int, **kwargs):
         super().__init__(backbone, num_classes, **kwargs)
-        self.semantic = SemanticHead(backbone.out_channels, levels, n_classes)
+        self.semantic = SemanticHead(backbone.out_channels, len(backbone.fpn.inner_blocks), n_classes)
         self.class_weights: torch.Tensor | None = None  # for the per-pixel loss; set by training, not saved
 
     def forward(self, images, targets=None):
@@ -214,9 +214,9 @@ def build_model(card: ModelCard) -> MaskRCNN:
     )
     anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5)
 
-    def mask_rcnn(backbone, classes, levels, **kwargs):
+    def mask_rcnn(backbone, classes, **kwargs):
         if card.semantic:
-            return RegionMaskRCNN(backbone, classes, num_classes, levels, **kwargs)
+            return RegionMaskRCNN(backbone, classes, num_classes, **kwargs)
         return MaskRCNN(backbone, classes, **kwargs)
 
     if card.architecture == "tiny_fpn":
@@ -227,7 +227,7 @@ def build_model(card: ModelCard) -> MaskRCNN:
         # more often positive, sampled proposals (48, half positive) make steps about twice as fast.
         common.update(box_batch_size_per_image=48, box_positive_fraction=0.5)
         return mask_rcnn(
-            backbone, None, 4, rpn_anchor_generator=anchors,
+            backbone, None, rpn_anchor_generator=anchors,
             box_roi_pool=MultiScaleRoIAlign(names, 7, 1),
             box_head=TwoMLPHead(ch * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes),
             mask_roi_pool=MultiScaleRoIAlign(names, 14, 1),
@@ -243,8 +243,7 @@ def build_model(card: ModelCard) -> MaskRCNN:
                                        trainable_layers=5)
     if in_ch != 3:
         _first_conv_for(backbone.body, in_ch)
-    levels = 2 if card.architecture == "mobilenet_v3_fpn" else 4
-    return mask_rcnn(backbone, num_classes, levels, rpn_anchor_generator=anchors, **common)
+    return mask_rcnn(backbone, num_classes, rpn_anchor_generator=anchors, **common)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> None:
