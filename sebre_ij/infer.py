@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .model import ModelCard
 from .tiles import Tile, tile_grid
-from .tissue import find_sections, to_unit
+from .tissue import SectionMap, find_sections, to_unit
 
 # A pixel joins a region when score x mask probability passes this: about torchvision's usual
 # mask probability of 0.5 at a typical score, lower because region masks are soft at their borders.
@@ -36,13 +36,13 @@ def read_tile(array, axes: str, tile: Tile, z: int, fill: np.ndarray, factor: fl
     if factor != 1.0:
         return _read_resampled(array, axes, tile, z, fill, factor)
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
+    y0, x0 = max(tile.y, 0), max(tile.x, 0)
     y1, x1 = min(tile.y + tile.size, height), min(tile.x + tile.size, width)
-    data = to_unit(np.asarray(array[_window(axes, z, slice(tile.y, y1), slice(tile.x, x1))]))
-    if "c" not in axes:
-        data = data[None]
-    out = np.empty((data.shape[0], tile.size, tile.size), np.float32)
+    out = np.empty((len(fill), tile.size, tile.size), np.float32)
     out[:] = fill[:, None, None]
-    out[:, : y1 - tile.y, : x1 - tile.x] = data
+    if y0 < y1 and x0 < x1:
+        data = to_unit(np.asarray(array[_window(axes, z, slice(y0, y1), slice(x0, x1))]))
+        out[:, y0 - tile.y: y1 - tile.y, x0 - tile.x: x1 - tile.x] = data if "c" in axes else data[None]
     return out
 
 
@@ -52,24 +52,27 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, fact
     stride = max(1, int(factor // 2))
     f = factor / stride
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
-    valid = [min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin)))  # inference pixels whose centre is inside
-             for n, origin in ((height, tile.y), (width, tile.x))]
+    # the tile's pixels whose centre lies inside the level: [first, last) per axis
+    first = [max(0, -origin) for origin in (tile.y, tile.x)]
+    last = [min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin))) for n, origin in ((height, tile.y), (width, tile.x))]
     out = np.empty((len(fill), tile.size, tile.size), np.float32)
     out[:] = fill[:, None, None]
-    if min(valid) == 0:
+    if first[0] >= last[0] or first[1] >= last[1]:
         return out
-    lo = [int((o + 0.5) * factor - factor) // stride * stride for o in (tile.y, tile.x)]
-    lo = [max(0, v) for v in lo]
-    hi = [min(n, math.ceil((o + v + 0.5) * factor + factor) + stride) for n, o, v in zip((height, width), (tile.y, tile.x), valid)]
+    starts = [o + a for o, a in zip((tile.y, tile.x), first)]  # inference coordinates of the first pixels inside
+    lo = [max(0, int((o + 0.5) * factor - factor) // stride * stride) for o in starts]
+    hi = [min(n, math.ceil((o + v - a + 0.5) * factor + factor) + stride)
+          for n, o, a, v in zip((height, width), starts, first, last)]
     data = to_unit(np.asarray(array[_window(axes, z, slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))]))
     if "c" not in axes:
         data = data[None]
     if f > 1:
         data = ndimage.gaussian_filter(data, (0, (f - 1) / 2, (f - 1) / 2), mode="nearest")
-    # inference pixel i has its centre at source coordinate (origin + i + 0.5) * factor - 0.5
-    offset = [0.0] + [((o + 0.5) * factor - 0.5 - start) / stride for o, start in zip((tile.y, tile.x), lo)]
-    out[:, : valid[0], : valid[1]] = ndimage.affine_transform(data, [1.0, f, f], offset=offset,
-                                                              output_shape=(data.shape[0], *valid), order=1, mode="nearest")
+    # inference pixel i has its centre at source coordinate (i + 0.5) * factor - 0.5
+    offset = [0.0] + [((o + 0.5) * factor - 0.5 - start) / stride for o, start in zip(starts, lo)]
+    shape = (data.shape[0], last[0] - first[0], last[1] - first[1])
+    out[:, first[0]:last[0], first[1]:last[1]] = ndimage.affine_transform(data, [1.0, f, f], offset=offset, output_shape=shape,
+                                                                          order=1, mode="nearest")
     return out
 
 
@@ -107,13 +110,13 @@ def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *,
     sections = find_sections(image)
     fill = glass_colour(image, sections)
     out = np.zeros(image.shape[1:], np.uint8)
-    tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap)
+    tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
     read = functools.partial(read_tile, image, "cyx", z=0, fill=fill)
     for tile, classes, _ in predict_tiles(model, card, tiles, read, device=device, batch_size=batch_size,
                                           min_score=min_score, flips=flips):
         ys, xs = tile.core
-        out[ys, xs] = classes[ys.start - tile.y: ys.stop - tile.y, xs.start - tile.x: xs.stop - tile.x]
-    out[sections == 0] = 0
+        own = tile.owns(sections[ys, xs])
+        out[ys, xs][own] = classes[ys.start - tile.y: ys.stop - tile.y, xs.start - tile.x: xs.stop - tile.x][own]
     return out
 
 

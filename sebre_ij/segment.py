@@ -143,6 +143,7 @@ def _progress(enabled: bool) -> Progress:
 
 
 MODES = ("region", "instance")
+TILE_GRID = "per-section, centred"  # in the run key: a run killed under another tiling is not resumed with this one
 Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
 
 
@@ -177,17 +178,23 @@ def _no_lock(layer: LabelLayer, window: tuple[slice, slice]) -> contextlib.Abstr
 
 def store_batch(layer: LabelLayer, plane: PlaneTiles, results: list[tuple[Tile, np.ndarray, np.ndarray]],
                 write_lock: Callable = _no_lock) -> RegionStats:
-    """Write a batch's tile cores (each pixel of the level belongs to exactly one core, so the order
-    of batches does not change the labels; `write_lock` guards the chunks a core shares with
-    another process's) and return the batch's region stats."""
+    """Write a batch's tile cores and return the batch's region stats. A tile writes its section's
+    pixels of its core, and each such pixel belongs to exactly one core, so the order of batches
+    does not change the labels. Where a core holds another section's pixels too (sections close
+    together), those are kept as they are; `write_lock` guards the chunks a core shares with
+    another process's."""
     stats = RegionStats()
     for tile, classes, scores in results:
         ys, xs = plane.grid.source_window(tile.core)
         local = np.ix_(plane.grid.tile_index(ys, 0, tile.y, tile.size), plane.grid.tile_index(xs, 1, tile.x, tile.size))
-        values = encode(plane.sections.sample(ys, xs, plane.grid.source), classes[local], plane.base)
-        with write_lock(layer, (ys, xs)):
-            layer.write(plane.z, (ys, xs), values)
+        sections = plane.sections.sample(ys, xs, plane.grid.source)
+        own = tile.owns(sections)
+        values = encode(np.where(own, sections, 0), classes[local], plane.base)
         stats.add(values, scores[local])
+        with write_lock(layer, (ys, xs)):
+            if not (own | (sections == 0)).all():
+                values = np.where(own, values, layer.read(plane.z, (ys, xs)))
+            layer.write(plane.z, (ys, xs), values)
     return stats
 
 
@@ -317,7 +324,7 @@ def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "seb
     planes = find_tissue(slide)
     if batch_size == "auto":
         batch_size = auto_batch_size(model, card, dev)
-    settings = {"level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
+    settings = {"grid": TILE_GRID, "level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
                 "mode": mode, "card": card.to_json()}
     with hold_layer(slide, labels):
         layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,

@@ -1,7 +1,8 @@
 """The tile grid: overlapping tiles over tissue only, each owning a core that no other tile owns.
 
-Tiles step by `size - overlap`; the core of a tile is the tile less half the overlap on each inner
-side, so the cores partition the level exactly and stitching is a matter of writing cores.
+Tiles step by `size - overlap` over each section's box; the core of a tile is the tile less half the
+overlap on each inner side, so a section's cores partition its box exactly and stitching is a
+matter of writing each core's pixels of its section.
 """
 
 from __future__ import annotations
@@ -16,37 +17,47 @@ from .tissue import SectionMap
 
 @dataclass(frozen=True)
 class Tile:
-    y: int  # top-left of the tile at the inference level (may extend past the edge: padded)
+    y: int  # top-left of the tile at the inference level (may lie past either edge: padded)
     x: int
     size: int
     core: tuple[slice, slice]  # in level coordinates, clipped to the level
+    section: int = 0  # the section whose pixels the core writes (0: every section)
+
+    def owns(self, sections: np.ndarray) -> np.ndarray:
+        """Which pixels of its core (given their section numbers) this tile writes."""
+        return sections == self.section if self.section else sections > 0
 
 
-def _starts(length: int, size: int, overlap: int) -> list[int]:
+def _axis(lo: int, hi: int, length: int, size: int, overlap: int) -> list[tuple[int, slice]]:
+    """(start, core) of the fewest tiles stepping by `size - overlap` that cover [lo, hi), centred
+    on it: a span that fits one tile sits in its middle, never in a corner."""
     step = size - overlap
-    n = max(1, math.ceil((length - overlap) / step))
-    return [i * step for i in range(n)]
-
-
-def _core(start: int, size: int, overlap: int, length: int) -> slice:
-    lo = 0 if start == 0 else start + overlap // 2
-    hi = length if start + size >= length else start + size - (overlap - overlap // 2)
-    return slice(lo, hi)
+    n = max(1, math.ceil((hi - lo - overlap) / step))
+    first = lo - ((n - 1) * step + size - (hi - lo)) // 2
+    out = []
+    for i in range(n):
+        start = first + i * step
+        core_lo = start if i == 0 else start + overlap // 2
+        core_hi = start + size if i == n - 1 else start + size - (overlap - overlap // 2)
+        core = slice(max(core_lo, 0), min(core_hi, length))
+        if core.start < core.stop:
+            out.append((start, core))
+    return out
 
 
 def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: SectionMap | None = None) -> list[Tile]:
-    """Tiles over a level of `shape`; with a `sections` map, only those touching tissue."""
+    """Tiles over a level of `shape`; with a `sections` map, a grid of its own over each section,
+    centred on the section's box (as training shows sections), keeping the tiles whose core
+    touches that section. Each section's cores partition its box; without a map, the level's."""
     if not 0 <= overlap < size:
         raise ValueError(f"overlap {overlap} must be in [0, tile size {size})")
-    height, width = shape
+    boxes = {0: (0, shape[0], 0, shape[1])} if sections is None else sections.boxes(shape)
     tiles = []
-    for y in _starts(height, size, overlap):
-        for x in _starts(width, size, overlap):
-            tile = Tile(y, x, size, (_core(y, size, overlap, height), _core(x, size, overlap, width)))
-            if tile.core[0].start < tile.core[0].stop and tile.core[1].start < tile.core[1].stop:
-                window = (slice(y, min(y + size, height)), slice(x, min(x + size, width)))
-                if sections is None or sections.touches(*window, shape):
-                    tiles.append(tile)
+    for section, (y0, y1, x0, x1) in boxes.items():
+        for y, ys in _axis(y0, y1, shape[0], size, overlap):
+            for x, xs in _axis(x0, x1, shape[1], size, overlap):
+                if sections is None or sections.touches(ys, xs, shape, section):
+                    tiles.append(Tile(y, x, size, (ys, xs), section))
     return tiles
 
 

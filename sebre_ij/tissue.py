@@ -132,15 +132,27 @@ class SectionMap:
         out[np.ix_(ok_r, ok_c)] = self.labels[np.ix_(rows[ok_r], cols[ok_c])]
         return out
 
-    def touches(self, ys: slice, xs: slice, level_shape: tuple[int, int]) -> bool:
-        """Any section under a window of a level (the tissue pixels covering it, rounded outwards)."""
+    def touches(self, ys: slice, xs: slice, level_shape: tuple[int, int], section: int = 0) -> bool:
+        """Any section (or this `section`) under a window of a level (the tissue pixels covering it, rounded outwards)."""
         window = []
         for axis, s in enumerate((ys, xs)):
             f = self.shape[axis] / level_shape[axis]
             lo = int(s.start * f)
             hi = max(math.ceil(s.stop * f), lo + 1)
             window.append(slice(max(lo - self.origin[axis], 0), max(hi - self.origin[axis], 0)))
-        return bool(self.labels[tuple(window)].any())
+        under = self.labels[tuple(window)]
+        return bool((under == section).any() if section else under.any())
+
+    def boxes(self, level_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]]:
+        """Each section's bounding box (y0, y1, x0, x1) on a level of `level_shape`, rounded outwards."""
+        out = {}
+        for i, box in enumerate(ndi.find_objects(self.labels), start=1):
+            if box is not None:
+                axes = list(zip(box, self.origin, level_shape, self.shape))
+                lo = [math.floor((o + s.start) * n / g) for s, o, n, g in axes]
+                hi = [min(math.ceil((o + s.stop) * n / g), n) for s, o, n, g in axes]
+                out[i] = (lo[0], hi[0], lo[1], hi[1])
+        return out
 
 
 def _box(sections: np.ndarray, pad: float = 0.1) -> tuple[slice, slice] | None:

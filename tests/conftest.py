@@ -63,13 +63,14 @@ def copy_slide(slide, folder):
 
 def oracle(truth):
     """A predictor that returns, for each tile, the true classes inside it (zero past the level's
-    edge): stitching is then checked apart from any network."""
+    edges): stitching is then checked apart from any network."""
     import numpy as np
 
     def predict(tiles, read):
         for t in tiles:
             classes = np.zeros((t.size, t.size), np.uint8)
-            window = truth[t.y:t.y + t.size, t.x:t.x + t.size]
-            classes[: window.shape[0], : window.shape[1]] = window
+            y0, x0 = max(t.y, 0), max(t.x, 0)  # a tile centred on a section may start before the level
+            window = truth[y0:t.y + t.size, x0:t.x + t.size]
+            classes[y0 - t.y: y0 - t.y + window.shape[0], x0 - t.x: x0 - t.x + window.shape[1]] = window
             yield t, classes, np.ones(classes.shape, np.float32)
     return predict

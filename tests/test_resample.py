@@ -60,6 +60,19 @@ def test_tile_past_the_edge_is_glass():
     assert np.allclose(got[:39, :39], 1000 / 65535) and np.allclose(got[41:, :], 0.9) and np.allclose(got[:, 41:], 0.9)
 
 
+@pytest.mark.parametrize("factor", [1.0, 2.5])
+def test_tile_before_the_level_reads_the_same_pixels_shifted(factor):
+    """A tile centred on a section near the slide's corner starts before the level: glass there,
+    and the image where it overlaps, sampled as a tile inside the level would sample it."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 65535, (1, 300, 300), dtype=np.uint16)
+    fill = np.array([0.5], np.float32)
+    before = read_tile(image, "cyx", Tile(-10, -7, 64, (slice(0, 54), slice(0, 57))), z=0, fill=fill, factor=factor)[0]
+    inside = read_tile(image, "cyx", Tile(0, 0, 64, (slice(0, 64), slice(0, 64))), z=0, fill=fill, factor=factor)[0]
+    assert np.all(before[:10] == 0.5) and np.all(before[:, :7] == 0.5)
+    np.testing.assert_allclose(before[10 + 3:, 7 + 3:], inside[3:54, 3:57], atol=1e-6)  # away from the smoothing's edge
+
+
 def test_level_choice_resamples_only_past_ten_percent(tmp_path):
     image, labels = synth_slide(1, (512, 512), 4.0, 0)
     write_slide(tmp_path / "s.zarr", image, labels, 4.0, levels=3)  # 4, 8, 16 µm/px

@@ -47,3 +47,36 @@ def test_a_cropped_section_map_reads_like_the_whole_one():
         np.testing.assert_array_equal(full.sample(ys, xs, level), resample_nearest(whole, whole.shape, ys.start, ys.stop, xs.start, xs.stop, level))
         assert crop.touches(ys, xs, level) == full.touches(ys, xs, level)
     assert crop.count == full.count == 2
+
+
+def test_a_section_that_fits_one_tile_sits_in_its_middle():
+    """As training shows whole sections, inference must not put a small section in a tile's corner."""
+    sections = np.zeros((100, 100), np.uint16)
+    sections[5:30, 70:100] = 1  # 250 x 300 px at the right edge of a 1000 x 1000 level
+    (tile,) = tile_grid((1000, 1000), 400, 64, SectionMap(sections, (0, 0), sections.shape))
+    assert (tile.y + 200, tile.x + 200) == (175, 850) and tile.section == 1  # past both edges: padded
+    assert tile.core == (slice(0, 375), slice(650, 1000))  # the tile, clipped to the level
+
+
+def test_each_section_has_its_own_grid_and_its_cores_partition_its_box():
+    sections = np.zeros((100, 120), np.uint16)
+    sections[10:60, 5:50] = 1
+    sections[20:90, 55:115] = 2
+    smap = SectionMap(sections, (0, 0), sections.shape)
+    shape, size, overlap = (500, 600), 64, 16
+    tiles = tile_grid(shape, size, overlap, smap)
+    assert {t.section for t in tiles} == {1, 2}
+    level = resample_nearest(sections, sections.shape, 0, 500, 0, 600, shape)
+    for section, (y0, y1, x0, x1) in smap.boxes(shape).items():
+        assert (y0, y1, x0, x1) == {1: (50, 300, 25, 250), 2: (100, 450, 275, 575)}[section]
+        cover = np.zeros(shape, int)
+        for t in tiles:
+            if t.section == section:
+                cover[t.core] += 1
+                assert smap.touches(*t.core, shape, section)
+        assert (cover[level == section] == 1).all() and cover.max() == 1
+        # the grid is centred on the box: as much tile hangs over each side of it
+        own = [t for t in tiles if t.section == section]
+        top, bottom = y0 - min(t.y for t in own), max(t.y for t in own) + size - y1
+        left, right = x0 - min(t.x for t in own), max(t.x for t in own) + size - x1
+        assert abs(top - bottom) <= 1 and abs(left - right) <= 1
