@@ -2,9 +2,9 @@
 
     python benchmarks/bench_segment.py [--quick] [--arch tiny_fpn]
 
-Three slides hold the same synthetic tissue: `small`, and `100x`, whose area is 100 times larger
-(10 x 10), the rest glass that is never written to disk (zarr's fill value), as on a real scanner's
-sparse store. Each runs in its own process, so peak RSS is that run's alone:
+Three slides hold the same synthetic tissue (2 sections with --quick, 8 without): `small`, and
+`100x`, whose area is 100 times larger (10 x 10), the rest glass that is never written to disk
+(zarr's fill value), as on a real scanner's sparse store. Each runs in its own process, so peak RSS is that run's alone:
 
 - `segment` on the slide with a random-weight light model (wall time, tiles run, peak RSS), then
   in the same process the model alone on the same tiles already in memory, with the same batch
@@ -40,6 +40,9 @@ from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import to_unit
 
 SIZES = {"quick": (3072, 4096), "full": (6144, 8192)}  # level-0 pixels of the small slide
+# sections on it (8 x 6 mm each): the full slide is filled as a scanner's slide of a brain series is,
+# so its tissue (and the model's time) grows with the slide while the fixed costs stay
+SECTIONS = {"quick": 2, "full": 8}
 PIXEL_SIZE, MODEL_PIXEL_SIZE = 4.0, 8.0
 TILE, OVERLAP, BATCH = 256, 64, 4
 
@@ -49,7 +52,8 @@ def peak_rss_mb() -> float:
 
 
 def make_inputs(work: Path, quick: bool, arch: str) -> None:
-    image, _ = synth_slide(2, SIZES["quick" if quick else "full"], PIXEL_SIZE, seed=7)
+    mode = "quick" if quick else "full"
+    image, _ = synth_slide(SECTIONS[mode], SIZES[mode], PIXEL_SIZE, seed=7)
     pixel_size = {"pixel_size": PIXEL_SIZE, "min_pixel_size": MODEL_PIXEL_SIZE}
     write_sparse_slide(work / "small.zarr", image, 1, **pixel_size)
     write_sparse_slide(work / "100x.zarr", image, 10, **pixel_size)

@@ -316,9 +316,26 @@ def build_pyramid(layer: LabelLayer) -> None:
         dst = layer.array(i)
         src = inference if i < layer.level else layer.array(i - 1)
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
-        tasks = [dask.delayed(_write_block)(src, dst, block) for block in blocks
-                 if layer.ran is None or layer.ran_in(_source_index(block[-2:], inference.shape[-2:], dst.shape[-2:]))]
-        dask.compute(*tasks)
+        blocks = [b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))]
+        write = dask.delayed(functools.partial(_write_block, src, dst))  # a partial: Dask does not walk the zarr arrays' fields
+        dask.compute(*[write(run) for run in _row_runs(blocks)])
+
+
+RUN_CHUNKS = 16  # chunks one pyramid task writes at most: one zarr call each way instead of one per chunk
+
+
+def _row_runs(blocks: list[tuple[slice, ...]]) -> Iterator[tuple[slice, ...]]:
+    """Chunks side by side in one chunk row, merged into windows of up to RUN_CHUNKS chunks."""
+    run, count = None, 0
+    for block in blocks:
+        if run is not None and count < RUN_CHUNKS and block[:-1] == run[:-1] and block[-1].start == run[-1].stop:
+            run, count = (*run[:-1], slice(run[-1].start, block[-1].stop)), count + 1
+            continue
+        if run is not None:
+            yield run
+        run, count = block, 1
+    if run is not None:
+        yield run
 
 
 def _axes_meta(slide: Slide) -> list[dict]:

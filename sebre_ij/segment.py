@@ -80,13 +80,12 @@ class RegionStats:
         return stats
 
     def add(self, values: np.ndarray, scores: np.ndarray) -> None:
-        uniq, inverse = np.unique(values, return_inverse=True)
-        counts = np.bincount(inverse.ravel())
-        sums = np.bincount(inverse.ravel(), weights=scores.ravel())
-        for v, c, s in zip(uniq.tolist(), counts.tolist(), sums.tolist()):
-            if v:
-                self.count[v] = self.count.get(v, 0) + c
-                self.score[v] = self.score.get(v, 0.0) + s
+        values = values.ravel().astype(np.intp)  # label values are small (section x class base + class): counted, not sorted
+        counts = np.bincount(values)
+        sums = np.bincount(values, weights=scores.ravel())
+        for v in np.flatnonzero(counts[1:]) + 1:
+            self.count[int(v)] = self.count.get(int(v), 0) + int(counts[v])
+            self.score[int(v)] = self.score.get(int(v), 0.0) + float(sums[v])
 
     def merge(self, other: RegionStats) -> None:
         """Add a batch's stats; batches merged in order give the same sums wherever they ran."""

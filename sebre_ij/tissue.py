@@ -34,26 +34,34 @@ def coarse_level(slide: Slide) -> int:
     return fits[0] if fits else len(slide.levels) - 1
 
 
-def bright_glass(image: np.ndarray) -> bool:
-    """Most of a whole slide is glass: bright glass means brightfield, dark glass fluorescence."""
-    grey = to_unit(image).mean(axis=0)
+def _grey(image: np.ndarray) -> np.ndarray:
+    return to_unit(image).mean(axis=0)
+
+
+def _bright(grey: np.ndarray) -> bool:
     lo, hi = np.percentile(grey, [0.5, 99.5])
     return bool(np.median(grey) > (lo + hi) / 2)
+
+
+def bright_glass(image: np.ndarray) -> bool:
+    """Most of a whole slide is glass: bright glass means brightfield, dark glass fluorescence."""
+    return _bright(_grey(image))
 
 
 def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarray:
     """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence;
     `brightfield` is decided from the image itself unless given (a crop may be mostly tissue)."""
-    grey = to_unit(image).mean(axis=0)
+    grey = _grey(image)
     lo, hi = np.percentile(grey, [0.5, 99.5])
+    bright = _bright(grey) if brightfield is None else brightfield
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
-    if bright_glass(image) if brightfield is None else brightfield:
+    if bright:
         grey = 1.0 - grey
-    grey = filters.gaussian(grey, sigma=2)
+    grey = ndi.gaussian_filter(grey, sigma=2, mode="nearest", truncate=4.0)
     if grey.max() - grey.min() < 0.05:
         return np.zeros(grey.shape, bool)
     mask = grey > filters.threshold_otsu(grey)
-    mask = morphology.closing(mask, morphology.disk(3))
+    mask = ndi.binary_closing(np.pad(mask, 3, mode="edge"), morphology.disk(3))[3:-3, 3:-3]  # edge padding: as skimage's closing
     return ndi.binary_fill_holes(mask)
 
 
@@ -89,8 +97,20 @@ def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px:
     areas = np.bincount(labels.ravel())[1:]
     keep = np.flatnonzero(areas >= min_area_fraction * areas.max()) + 1
     labels = np.where(np.isin(labels, keep), labels, 0)
-    labels = segmentation.expand_labels(reading_order(ndi.label(labels > 0)[0]), margin_px)
-    return labels.astype(np.uint16)
+    return grow(reading_order(ndi.label(labels > 0)[0]), margin_px).astype(np.uint16)
+
+
+def grow(labels: np.ndarray, margin_px: int) -> np.ndarray:
+    """Sections grown by `margin_px` into the glass. A dilation when no two sections come within
+    twice the margin of each other (the usual slide); else each glass pixel goes to the nearest."""
+    if margin_px <= 0 or not labels.any():
+        return labels
+    disk = morphology.disk(margin_px).astype(bool)
+    top = ndi.grey_dilation(labels, footprint=disk)
+    lowest = ndi.grey_erosion(np.where(labels > 0, labels, labels.max() + 1), footprint=disk, mode="constant", cval=labels.max() + 1)
+    if (top[labels == 0] != np.where(lowest > labels.max(), 0, lowest)[labels == 0]).any():
+        return segmentation.expand_labels(labels, margin_px)
+    return np.where(labels > 0, labels, top)
 
 
 def coarse_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, int]:

@@ -5,7 +5,7 @@ import pytest
 
 from sebre_ij.labels import class_base, create_layer, open_labels, read_plane
 from sebre_ij.model import ModelCard
-from sebre_ij.segment import run_tiles
+from sebre_ij.segment import RegionStats, run_tiles
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, make_slide_store, write_slide
 from sebre_ij.tiles import tile_grid
@@ -64,3 +64,11 @@ def test_a_section_inside_another_sections_box_keeps_its_own_labels(tmp_path):
     np.testing.assert_array_equal(values % base, truth)
     np.testing.assert_array_equal(np.unique(values // base)[1:], [1, 2])
     assert set(np.unique(values[truth == 3] // base)) == {2} and set(np.unique(values[(truth == 1) | (truth == 2)] // base)) == {1}
+
+
+def test_region_stats_count_pixels_and_sum_scores_per_label_value():
+    stats = RegionStats()
+    stats.add(np.array([[0, 5, 5], [7, 5, 0]], np.uint32), np.array([[0.9, 0.5, 0.25], [1.0, 0.25, 0.3]], np.float32))
+    stats.add(np.array([[7]], np.uint32), np.array([[0.5]], np.float32))
+    assert stats.count == {5: 3, 7: 2}
+    assert stats.score == pytest.approx({5: 1.0, 7: 1.5})

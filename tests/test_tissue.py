@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+from skimage.segmentation import expand_labels
 
 from sebre_ij.segment import find_tissue
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import synth_slide, write_sparse_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import find_sections, to_unit
+from sebre_ij.tissue import find_sections, grow, to_unit
 
 
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
@@ -57,3 +58,14 @@ def test_sections_on_a_mostly_glass_slide_match_the_small_slide(tmp_path):
     tiles_small = tile_grid(small.yx_shape(0), 128, 32, s_small)
     tiles_big = tile_grid(big.yx_shape(0), 128, 32, s_big)
     assert len(tiles_small) <= len(tiles_big) <= 1.15 * len(tiles_small)
+
+
+@pytest.mark.parametrize("gap", [2, 5, 6, 7, 30])
+def test_sections_grow_as_expand_labels_grows_them(gap):
+    """The fast dilation must give what skimage's nearest-section growth gives, also when two
+    sections come close enough to contend for the glass between them."""
+    labels = np.zeros((60, 120), np.uint16)
+    labels[10:50, 10:40] = 1
+    labels[20:30, 40 + gap:70] = 2
+    labels[45:55, 90:110] = 3
+    np.testing.assert_array_equal(grow(labels, 3), expand_labels(labels, 3))
