@@ -16,11 +16,13 @@ import functools
 import itertools
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import dask.threaded
 import numpy as np
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
@@ -318,7 +320,14 @@ def build_pyramid(layer: LabelLayer) -> None:
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
         blocks = [b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))]
         write = dask.delayed(functools.partial(_write_block, src, dst))  # a partial: Dask does not walk the zarr arrays' fields
-        dask.compute(*[write(run) for run in _row_runs(blocks)])
+        dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
+
+
+def _scheduler() -> Callable | None:
+    """Dask's default (the cluster's workers under `sebre segment --scheduler` and the like) once
+    distributed is loaded; else Dask's threads, passed as a function: given a name, or left to
+    choose, Dask imports distributed (a quarter of a second) only to look for a client."""
+    return None if "distributed" in sys.modules else dask.threaded.get
 
 
 RUN_CHUNKS = 16  # chunks one pyramid task writes at most: one zarr call each way instead of one per chunk

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import zarr
 
@@ -64,13 +63,12 @@ class Slide:
         """The level's array for reading pixels: bad chunks and non-finite values become a UserError."""
         return Pixels(self.url, self.levels[level].path, self.array(level))
 
-    def plane(self, level: int, z: int = 0) -> da.Array:
-        """Lazy (C, Y, X) view of one plane: t (always 1) dropped, z selected, c added when absent."""
-        pixels = self.pixels(level)
-        arr = da.from_array(pixels, chunks=pixels.chunks, name=False)
-        index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in self.axes)
-        plane = arr[index]
-        return plane if "c" in self.axes else plane[None]
+    def plane(self, level: int, z: int = 0, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
+        """(C, Y, X) pixels of one plane, or of a window of it (`ys`, `xs` may step, to read a level
+        far larger than memory at a stride): t (always 1) dropped, z selected, c added when absent."""
+        index = tuple(z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in self.axes)
+        data = self.pixels(level)[index]
+        return data if "c" in self.axes else data[None]
 
     def label_names(self) -> list[str]:
         labels = node(self.url, self.group, "labels")

@@ -120,7 +120,7 @@ def coarse_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, i
     image stays about COARSE_MAX_SIDE pixels whatever the slide's size."""
     level = coarse_level(slide)
     stride = -(-max(slide.yx_shape(level)) // COARSE_MAX_SIDE)
-    image = np.asarray(slide.plane(level, z)[:, ::stride, ::stride])
+    image = slide.plane(level, z, slice(None, None, stride), slice(None, None, stride))
     return image, find_sections(image), level
 
 
@@ -201,8 +201,7 @@ def tissue_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, S
     fine, stride, window = _finer_window(slide, box)
     if stride * slide.pixel_size(fine) > 0.67 * slide.pixel_size(level) * (slide.yx_shape(level)[0] / coarse.shape[0]):
         return image, coarse, whole  # no sharper than the coarse image: keep it
-    crop = np.asarray(slide.plane(fine, z)[:, window[0].start * stride:window[0].stop * stride:stride,
-                                           window[1].start * stride:window[1].stop * stride:stride])
+    crop = slide.plane(fine, z, *(slice(w.start * stride, w.stop * stride, stride) for w in window))
     labels = find_sections(crop, brightfield=bright_glass(image))
     grid = tuple(-(-n // stride) for n in slide.yx_shape(fine))
     return image, coarse, SectionMap(labels, (window[0].start, window[1].start), grid)

@@ -6,7 +6,7 @@ from ome_zarr_models.v04.image_label import ImageLabel as ImageLabelV04
 from ome_zarr_models.v05.image_label import ImageLabel as ImageLabelV05
 
 from sebre_ij.errors import UserError
-from sebre_ij.labels import _blocks, _ran_blocks, _source_index, build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
+from sebre_ij.labels import RUN_CHUNKS, _blocks, _ran_blocks, _row_runs, _source_index, build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 
@@ -90,3 +90,10 @@ def test_pyramid_blocks_found_from_ran_chunks_equal_a_full_scan(tmp_path, shape,
         scanned = [b for b in _blocks(dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
         found = [b for b in _ran_blocks(layer, dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
         assert sorted(map(str, found)) == sorted(map(str, scanned)) and scanned
+
+
+def test_pyramid_tasks_merge_neighbouring_chunks_of_a_row():
+    s = [slice(i * 4, i * 4 + 4) for i in range(40)]
+    blocks = [(s[0], s[0]), (s[0], s[1]), (s[0], s[3]), (s[1], s[3]), (s[1], s[4])] + [(s[2], x) for x in s[:RUN_CHUNKS + 2]]
+    assert list(_row_runs(blocks)) == [(s[0], slice(0, 8)), (s[0], s[3]), (s[1], slice(12, 20)),
+                                       (s[2], slice(0, 4 * RUN_CHUNKS)), (s[2], slice(4 * RUN_CHUNKS, 4 * RUN_CHUNKS + 8))]
