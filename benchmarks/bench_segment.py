@@ -111,18 +111,13 @@ def run_naive(work: Path, name: str) -> dict:
     slide = open_slide(work / f"{name}.zarr")
     model, card = load_checkpoint(work / "model.safetensors", "cpu")
     level, _ = inference_level(slide, card.pixel_size_um)
-    image = to_unit(np.asarray(slide.plane(level)))
+    image, glass = to_unit(slide.plane(level)), np.ones(len(slide.channels), np.float32)
     labels = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(labels.shape, card.tile_size, card.overlap)
     with torch.inference_mode():
         for i in range(0, len(tiles), BATCH):
             batch = tiles[i:i + BATCH]
-            crops = []
-            for t in batch:
-                crop = np.ones((image.shape[0], t.size, t.size), np.float32)
-                part = image[:, t.y:t.y + t.size, t.x:t.x + t.size]
-                crop[:, :part.shape[1], :part.shape[2]] = part
-                crops.append(torch.from_numpy(crop))
+            crops = [torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch]  # a tile may start before the level
             for t, out in zip(batch, model(crops)):
                 classes, _ = class_map(class_evidence(out, len(card.classes), 0.3))
                 ys, xs = t.core

@@ -31,6 +31,7 @@ def test_open_reads_levels_axes_and_pixel_sizes(store):
     assert [slide.pixel_size(i) for i in range(len(slide.levels))] == [2.0 * 2**i for i in range(len(slide.levels))]
     assert slide.label_names() == ["truth"]
     np.testing.assert_array_equal(np.asarray(slide.plane(0)), image)
+    np.testing.assert_array_equal(slide.plane(0, 0, slice(10, 500, 3), slice(None, None, 7)), image[:, 10:500:3, ::7])
 
 
 def test_pick_level_nearest_in_log_scale(store):
