@@ -45,11 +45,11 @@ VAL = ["glta_s094", "glta_s119"]
 REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
 ANGLES = [0, 90, 45]
 RECIPES = {
-    # 2 CPU cores, about 32 minutes (1.58 s a step, 2 threads): the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel
+    # 2 CPU cores, about 40 minutes (1.6 s a step, 2 threads): the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel
     # mask head costs about 10x more per step on CPU) at 50 µm/px, where a whole section (at most
     # 243 px across its diagonal) fits one 320 px tile at any angle and is learnt whole
     "cpu": {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4,
-            "steps": 1200, "lr": 1e-3, "val_every": 200},
+            "steps": 1500, "lr": 1e-3, "val_every": 200},
     # one CUDA GPU: SeBRe's ResNet-50-FPN at the sections' own pixel size
     "gpu": {"arch": "resnet50_fpn", "pixel_size": 12.5, "tile_size": 512, "overlap": 128, "batch_size": 8,
             "steps": 6000, "lr": 5e-4, "val_every": 500, "workers": 8},
