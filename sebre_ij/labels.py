@@ -318,7 +318,8 @@ def build_pyramid(layer: LabelLayer) -> None:
         dst = layer.array(i)
         src = inference if i < layer.level else layer.array(i - 1)
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
-        blocks = [b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))]
+        blocks = sorted((b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))),
+                        key=lambda b: [s.start for s in b])  # plane by plane, row by row: neighbours in a row meet
         write = dask.delayed(functools.partial(_write_block, src, dst))  # a partial: Dask does not walk the zarr arrays' fields
         dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
 
