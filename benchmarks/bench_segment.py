@@ -4,7 +4,8 @@
 
 Three slides hold the same synthetic tissue (2 sections with --quick, 8 without): `small`, and
 `100x`, whose area is 100 times larger (10 x 10), the rest glass that is never written to disk
-(zarr's fill value), as on a real scanner's sparse store. Each runs in its own process, so peak RSS is that run's alone:
+(zarr's fill value), as on a real scanner's sparse store. Each runs in its own process, so peak
+RSS is that run's alone:
 
 - `segment` on the slide with a random-weight light model (wall time, tiles run, peak RSS), then
   in the same process the model alone on the same tiles already in memory, with the same batch

@@ -61,8 +61,7 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, fact
         return out
     starts = [o + a for o, a in zip((tile.y, tile.x), first)]  # inference coordinates of the first pixels inside
     lo = [max(0, int((o + 0.5) * factor - factor) // stride * stride) for o in starts]
-    hi = [min(n, math.ceil((o + v - a + 0.5) * factor + factor) + stride)
-          for n, o, a, v in zip((height, width), starts, first, last)]
+    hi = [min(n, math.ceil((o + v + 0.5) * factor + factor) + stride) for n, o, v in zip((height, width), (tile.y, tile.x), last)]
     data = to_unit(np.asarray(array[_window(axes, z, slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))]))
     if "c" not in axes:
         data = data[None]

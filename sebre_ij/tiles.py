@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tissue import SectionMap
+from .tissue import SectionMap, of_section
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Tile:
 
     def owns(self, sections: np.ndarray) -> np.ndarray:
         """Which pixels of its core (given their section numbers) this tile writes."""
-        return sections == self.section if self.section else sections > 0
+        return of_section(sections, self.section)
 
 
 def _axis(lo: int, hi: int, length: int, size: int, overlap: int) -> list[tuple[int, slice]]:

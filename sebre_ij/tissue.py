@@ -38,14 +38,19 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return to_unit(image).mean(axis=0)
 
 
-def _bright(grey: np.ndarray) -> bool:
-    lo, hi = np.percentile(grey, [0.5, 99.5])
+def _bright(grey: np.ndarray, lo: float, hi: float) -> bool:
     return bool(np.median(grey) > (lo + hi) / 2)
 
 
 def bright_glass(image: np.ndarray) -> bool:
     """Most of a whole slide is glass: bright glass means brightfield, dark glass fluorescence."""
-    return _bright(_grey(image))
+    grey = _grey(image)
+    return _bright(grey, *np.percentile(grey, [0.5, 99.5]))
+
+
+def of_section(labels: np.ndarray, section: int) -> np.ndarray:
+    """Where `labels` hold this section; section 0 stands for every section."""
+    return labels == section if section else labels > 0
 
 
 def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarray:
@@ -53,7 +58,7 @@ def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarra
     `brightfield` is decided from the image itself unless given (a crop may be mostly tissue)."""
     grey = _grey(image)
     lo, hi = np.percentile(grey, [0.5, 99.5])
-    bright = _bright(grey) if brightfield is None else brightfield
+    bright = _bright(grey, lo, hi) if brightfield is None else brightfield
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
     if bright:
         grey = 1.0 - grey
@@ -105,10 +110,10 @@ def grow(labels: np.ndarray, margin_px: int) -> np.ndarray:
     twice the margin of each other (the usual slide); else each glass pixel goes to the nearest."""
     if margin_px <= 0 or not labels.any():
         return labels
-    disk = morphology.disk(margin_px).astype(bool)
+    disk, none = morphology.disk(margin_px).astype(bool), labels.max() + 1  # `none`: above every section
     top = ndi.grey_dilation(labels, footprint=disk)
-    lowest = ndi.grey_erosion(np.where(labels > 0, labels, labels.max() + 1), footprint=disk, mode="constant", cval=labels.max() + 1)
-    if (top[labels == 0] != np.where(lowest > labels.max(), 0, lowest)[labels == 0]).any():
+    lowest = ndi.grey_erosion(np.where(labels > 0, labels, none), footprint=disk, mode="constant", cval=none)
+    if (top[labels == 0] != np.where(lowest == none, 0, lowest)[labels == 0]).any():
         return segmentation.expand_labels(labels, margin_px)
     return np.where(labels > 0, labels, top)
 
@@ -160,8 +165,7 @@ class SectionMap:
             lo = int(s.start * f)
             hi = max(math.ceil(s.stop * f), lo + 1)
             window.append(slice(max(lo - self.origin[axis], 0), max(hi - self.origin[axis], 0)))
-        under = self.labels[tuple(window)]
-        return bool((under == section).any() if section else under.any())
+        return bool(of_section(self.labels[tuple(window)], section).any())
 
     def boxes(self, level_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]]:
         """Each section's bounding box (y0, y1, x0, x1) on a level of `level_shape`, rounded outwards."""
