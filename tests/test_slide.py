@@ -5,7 +5,7 @@ import pytest
 import zarr
 
 from sebre_ij.errors import UserError
-from sebre_ij.slide import open_slide, pick_level
+from sebre_ij.slide import ChunkCache, open_slide, pick_level
 from sebre_ij.synth import write_slide
 
 
@@ -74,3 +74,33 @@ def test_fsspec_url_reads_like_a_path(store):
     slide = open_slide(f"file://{path}")
     assert slide.version == version and slide.label_names() == ["truth"]
     np.testing.assert_array_equal(np.asarray(slide.plane(1)), np.asarray(open_slide(path).plane(1)))
+
+
+class CountingPixels:
+    """A level that counts the chunks read through it."""
+
+    def __init__(self, pixels):
+        self.pixels, self.shape, self.dtype, self.chunks, self.chunks_read = pixels, pixels.shape, pixels.dtype, pixels.chunks, 0
+
+    def __getitem__(self, index):
+        data = self.pixels[index]
+        if all(not isinstance(i, slice) or i.step in (None, 1) for i in index):
+            self.chunks_read += int(np.prod([-(-n // c) for n, c in zip(np.shape(data), self.chunks)]))
+        return data
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 1000])
+def test_chunk_cache_reads_the_same_windows_decoding_chunks_about_once_while_they_fit(store, capacity):
+    path, _, image = store
+    slide = open_slide(path)
+    pixels = slide.pixels(0)
+    counting = CountingPixels(pixels)
+    cache = ChunkCache(counting, max_bytes=capacity * 3 * 128 * 128)
+    rng = np.random.default_rng(1)
+    windows = [(slice(None), slice(y, y + 200), slice(x, x + 150)) for y, x in zip(rng.integers(0, 400, 40), rng.integers(0, 650, 40))]
+    windows += [(1, slice(0, 600), slice(790, 800)), (slice(None), slice(0, 600, 7), slice(3, 800, 5))]  # an int index; a stride
+    for window in windows:
+        np.testing.assert_array_equal(cache[window], image[window])
+    assert len(cache.held) <= capacity
+    if capacity == 1000:  # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
+        assert counting.chunks_read <= 2 * 35
