@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .tiles import Tile
 
 CLUSTERS = ("slurm",)
 
@@ -141,7 +140,7 @@ class TileJob:
     level: int
     factor: float
     fill: np.ndarray
-    plane: object  # segment.PlaneTiles
+    plane: object  # stitch.PlaneTiles: the plane's tiles, their sections and where their cores go
     batch_size: int
     min_score: float
     tta: bool
@@ -170,29 +169,32 @@ def chunk_lock(layer, window: tuple[slice, slice]):
     return MultiLock(names)
 
 
-def run_task(job: TileJob, tiles: list[Tile]) -> list[dict]:
-    """On a worker: run a task's batches and write them; return each batch's region stats."""
+def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
+    """On a worker: run tiles [start, stop) of the job's plane and write them; return each batch's
+    region stats. Chunks that other tasks' tiles also touch are merged under the cluster's lock."""
     from distributed import get_worker
 
     from .infer import predict_tiles, read_tile
     from .labels import open_layer
-    from .segment import store_batch
-    from .slide import open_slide
+    from .slide import ChunkCache, open_slide
+    from .stitch import ChunkWriter
 
     torch.set_num_threads(job.threads.get(get_worker().address, 1))
     stat = os.stat(job.model_path)
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
     layer = open_layer(slide, job.labels, job.level)
-    read = functools.partial(read_tile, slide.pixels(job.level), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
-    results, out = [], []
+    read = functools.partial(read_tile, ChunkCache(slide.pixels(job.level)), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
+    tiles = list(job.plane.tiles[start:stop])
+    writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []
     predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
                               flips=job.tta)
     for i, result in enumerate(predicted, start=1):
         results.append(result)
         if i % job.batch_size == 0 or i == len(tiles):
-            out.append(store_batch(layer, job.plane, results, write_lock=chunk_lock).to_dict())
+            out.append(writer.put(results).to_dict())
             results = []
+    writer.close()
     return out
 
 
@@ -209,7 +211,7 @@ def run_tiles_on(client, spec: ClusterSpec, layer, job_of, planes: list, tiles_o
 
     from distributed import as_completed
 
-    from .segment import RegionStats
+    from .stitch import RegionStats
 
     stats = RegionStats.from_dict(layer.progress.get("stats", {}))
     threads = torch_threads(client, spec.threads)
@@ -217,19 +219,21 @@ def run_tiles_on(client, spec: ClusterSpec, layer, job_of, planes: list, tiles_o
     n_tiles = n_sections = 0
     for z, (fill, sections) in enumerate(planes):
         n_sections = max(n_sections, sections.count)
-        tiles = tiles_of(z, sections)
+        plane = tiles_of(z, sections)
+        tiles = plane.tiles
         done = layer.done(z)
-        todo = tiles[done * batch_size:]
-        per_task = task_batches(-(-len(todo) // batch_size), n_workers) * batch_size
-        job = client.scatter(job_of(z, fill, sections, threads), broadcast=True)
-        futures = {client.submit(run_task, job, todo[i:i + per_task], pure=False): k
-                   for k, i in enumerate(range(0, len(todo), per_task))}
+        first = done * batch_size
+        todo = len(tiles) - first
+        per_task = task_batches(-(-todo // batch_size), n_workers) * batch_size
+        job = client.scatter(job_of(plane, fill, threads), broadcast=True)
+        futures = {client.submit(run_task, job, i, min(i + per_task, len(tiles)), pure=False): k
+                   for k, i in enumerate(range(first, len(tiles), per_task))}
         finished: dict[int, list[dict]] = {}
         task = bar.add_task("tiles", total=len(tiles), completed=done * batch_size, rate=0.0) if bar else None
         next_task, ran, start = 0, 0, time.perf_counter()
         for future in as_completed(futures):
             finished[futures[future]] = future.result()
-            ran += min(per_task, len(todo) - futures[future] * per_task)
+            ran += min(per_task, todo - futures[future] * per_task)
             if bar:
                 bar.update(task, completed=done * batch_size + ran, rate=ran / max(time.perf_counter() - start, 1e-9))
             while next_task in finished:  # merge in batch order: the same sums as in one process

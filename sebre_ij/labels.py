@@ -145,11 +145,18 @@ class LabelLayer:
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
     ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
+    opened: dict[str, zarr.Array] = field(default_factory=dict, repr=False)  # arrays by path: opening one reads its metadata
+    # (plane, row, column) of the inference-level chunks whose finer levels this process has written
+    finer_done: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
 
     @functools.cached_property
     def chunks(self) -> tuple[int, int]:
         """(y, x) chunk shape of the inference level (asked per pyramid chunk: not read from the store each time)."""
         return self.array(self.level).chunks[-2:]
+
+    def chunk_window(self, key: tuple[int, int]) -> tuple[slice, slice]:
+        """The window of the inference level's chunk (row, column)."""
+        return tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.slide.yx_shape(self.level)))
 
     def mark_ran(self, core: tuple[slice, slice]) -> None:
         """Note a tile's core, so the pyramid is built only where tiles ran."""
@@ -174,26 +181,53 @@ class LabelLayer:
         return int(self.progress.get("done", {}).get(str(plane), 0))
 
     def array(self, level: int) -> zarr.Array:
-        return self.group[self.slide.levels[level].path]
+        return self._open(self.slide.levels[level].path)
+
+    def _open(self, path: str) -> zarr.Array:
+        if path not in self.opened:
+            self.opened[path] = self.group[path]
+        return self.opened[path]
 
     def _index(self, z: int, window: tuple[slice, slice]) -> tuple:
         return tuple(z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1] for a in label_axes(self.slide))
 
     def write(self, z: int, window: tuple[slice, slice], values: np.ndarray, path: str | None = None) -> None:
         """Write `values` into plane z of where tiles go (the inference level, or the scratch array)."""
-        self.group[path or self.target][self._index(z, window)] = values
+        self._open(path or self.target)[self._index(z, window)] = values
 
     def read(self, z: int, window: tuple[slice, slice], path: str | None = None) -> np.ndarray:
-        return np.asarray(self.group[path or self.target][self._index(z, window)])
+        return np.asarray(self._open(path or self.target)[self._index(z, window)])
 
     @functools.cached_property
     def target(self) -> str:
         """The array tiles write into: a scratch array in instance mode, numbered at the end."""
         return SCRATCH if SCRATCH in self.group else self.slide.levels[self.level].path
 
+    @property
+    def writes_final(self) -> bool:
+        """Do tiles write the layer's final values (region mode), not a scratch array numbered at the end?"""
+        return self.target == self.slide.levels[self.level].path
+
+    def write_finer(self, z: int, key: tuple[int, int], values: np.ndarray) -> None:
+        """The finer levels over inference-level chunk `key`, from its final `values`, by nearest
+        upsampling. Written by the stitcher's thread beside the model rather than after it (finer
+        levels hold most of a pyramid's chunks); build_pyramid then leaves them out."""
+        window, src = self.chunk_window(key), self.slide.yx_shape(self.level)
+        for i in range(self.level):
+            block, index = [], []
+            for w, s, d in zip(window, src, self.slide.yx_shape(i)):
+                lo, hi = max(w.start * d // s - 1, 0), min(-(-w.stop * d // s) + 1, d)  # a pixel more than needed each way
+                source = _source_index((slice(lo, hi),), (s,), (d,))[0]
+                inside = np.flatnonzero((source >= w.start) & (source < w.stop))  # exactly the pixels build_pyramid takes from here
+                block.append(slice(lo + int(inside[0]), lo + int(inside[-1]) + 1))
+                index.append(source[inside] - w.start)
+            self.write(z, tuple(block), values[np.ix_(*index)], self.slide.levels[i].path)
+        self.finer_done.add((z, *key))
+
     def drop_scratch(self) -> None:
         if SCRATCH in self.group:
             del self.group[SCRATCH]
+            self.opened.pop(SCRATCH, None)
 
 
 def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "",
@@ -320,8 +354,19 @@ def build_pyramid(layer: LabelLayer) -> None:
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
         blocks = sorted((b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))),
                         key=lambda b: [s.start for s in b])  # plane by plane, row by row: neighbours in a row meet
+        if i < layer.level and layer.finer_done:
+            blocks = [b for b in blocks if not _written_by_stitcher(layer, b, dst)]
         write = dask.delayed(functools.partial(_write_block, src, dst))  # a partial: Dask does not walk the zarr arrays' fields
         dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
+
+
+def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: zarr.Array) -> bool:
+    """Does a finer-level chunk lie over inference chunks whose finer levels are written already?"""
+    (cy, cx), axes = layer.chunks, label_axes(layer.slide)
+    rows, cols = _source_index(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
+    planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
+    return all((z, r, c) in layer.finer_done for z in range(planes.start, planes.stop)
+               for r in np.unique(rows // cy).tolist() for c in np.unique(cols // cx).tolist())
 
 
 def _scheduler() -> Callable | None:

@@ -7,7 +7,6 @@ the pyramid, then the metadata that marks the layer complete, then the exports.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -25,9 +24,10 @@ from .errors import UserError
 from .exports import check_roi_level, export_regions
 from .infer import auto_batch_size, predict_tiles, read_tile
 from .instances import number_instances
-from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, encode, finish_layer, hold_layer
+from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
-from .slide import Slide, inference_level, open_slide
+from .slide import ChunkCache, Slide, inference_level, open_slide
+from .stitch import ChunkWriter, PlaneTiles, RegionStats
 from .tiles import Grid, Tile, tile_grid
 from .tissue import SectionMap, tissue_sections, to_unit
 
@@ -60,38 +60,6 @@ def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
     if not outside.any():
         return np.median(image.reshape(image.shape[0], -1), axis=1)
     return np.median(image[:, outside], axis=1)
-
-
-class RegionStats:
-    """Pixel counts and summed scores per label value, to report each region's mean score."""
-
-    def __init__(self):
-        self.count: dict[int, int] = {}
-        self.score: dict[int, float] = {}
-
-    def to_dict(self) -> dict:
-        return {"count": {str(k): v for k, v in self.count.items()}, "score": {str(k): v for k, v in self.score.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RegionStats:
-        stats = cls()
-        stats.count = {int(k): int(v) for k, v in data.get("count", {}).items()}
-        stats.score = {int(k): float(v) for k, v in data.get("score", {}).items()}
-        return stats
-
-    def add(self, values: np.ndarray, scores: np.ndarray) -> None:
-        values = values.ravel().astype(np.intp)  # label values are small (section x class base + class): counted, not sorted
-        counts = np.bincount(values)
-        sums = np.bincount(values, weights=scores.ravel())
-        for v in np.flatnonzero(counts[1:]) + 1:
-            self.count[int(v)] = self.count.get(int(v), 0) + int(counts[v])
-            self.score[int(v)] = self.score.get(int(v), 0.0) + float(sums[v])
-
-    def merge(self, other: RegionStats) -> None:
-        """Add a batch's stats; batches merged in order give the same sums wherever they ran."""
-        for v, c in other.count.items():
-            self.count[v] = self.count.get(v, 0) + c
-            self.score[v] = self.score.get(v, 0.0) + other.score[v]
 
 
 def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
@@ -161,48 +129,12 @@ def find_tissue(slide: Slide) -> list[Plane]:
     return planes
 
 
-@dataclass(frozen=True)
-class PlaneTiles:
-    """What turns one plane's tile results into label values: where cores go and their sections."""
-
-    z: int
-    grid: Grid
-    sections: SectionMap
-    base: int
-
-
-def _no_lock(layer: LabelLayer, window: tuple[slice, slice]) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
-
-def store_batch(layer: LabelLayer, plane: PlaneTiles, results: list[tuple[Tile, np.ndarray, np.ndarray]],
-                write_lock: Callable = _no_lock) -> RegionStats:
-    """Write a batch's tile cores and return the batch's region stats. A tile writes its section's
-    pixels of its core, and each such pixel belongs to exactly one core, so the order of batches
-    does not change the labels. Where a core holds another section's pixels too (sections close
-    together), those are kept as they are; `write_lock` guards the chunks a core shares with
-    another process's."""
-    stats = RegionStats()
-    for tile, classes, scores in results:
-        ys, xs = plane.grid.source_window(tile.core)
-        local = np.ix_(plane.grid.tile_index(ys, 0, tile.y, tile.size), plane.grid.tile_index(xs, 1, tile.x, tile.size))
-        sections = plane.sections.sample(ys, xs, plane.grid.source)
-        own = tile.owns(sections)
-        values = encode(np.where(own, sections, 0), classes[local], plane.base)
-        stats.add(values, scores[local])
-        with write_lock(layer, (ys, xs)):
-            if not (own | (sections == 0)).all():
-                values = np.where(own, values, layer.read(plane.z, (ys, xs)))
-            layer.write(plane.z, (ys, xs), values)
-    return stats
-
-
-def plane_tiles(layer: LabelLayer, grid: Grid, card: ModelCard, sections: SectionMap) -> list[Tile]:
-    """The tiles over a plane's tissue, their cores noted in the layer (the pyramid is built there)."""
+def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections: SectionMap) -> PlaneTiles:
+    """A plane's tiles over its tissue, their cores noted in the layer (the pyramid is built there)."""
     tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
     for tile in tiles:
         layer.mark_ran(grid.source_window(tile.core))
-    return tiles
+    return PlaneTiles(z, grid, sections, class_base(len(card.classes)), tuple(tiles))
 
 
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
@@ -212,34 +144,38 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
     or in tests an oracle, so that stitching is checked apart from the network. A writer thread
-    stores batch i while the model runs batch i+1. Progress is saved after every batch; batches a
-    killed run finished are skipped, and the rest keep their original boundaries, so a resumed run
-    computes exactly what an uninterrupted one would."""
+    stores batch i while the model runs batch i+1. Progress is saved as the batches whose tiles are
+    all in the store (stitch.ChunkWriter holds a chunk until its last tile); a resumed run skips
+    those, and the rest keep their original boundaries, so it computes exactly what an
+    uninterrupted run would."""
     stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
     grid = Grid(slide.yx_shape(layer.level), factor)
-    array = slide.pixels(layer.level)
+    array = ChunkCache(slide.pixels(layer.level))
 
-    def store(plane: PlaneTiles, results: list, batches_done: int) -> None:
-        stats.merge(store_batch(layer, plane, results))
-        layer.save_progress(plane.z, batches_done, stats.to_dict())
+    def store(writer: ChunkWriter, pending: list[RegionStats], results: list) -> None:
+        pending.append(writer.put(results))
+        z, stored = writer.plane.z, writer.batches_stored(batch_size)
+        if stored > layer.done(z):
+            for _ in range(stored - layer.done(z)):  # stats of the stored batches only: a resumed run adds the rest
+                stats.merge(pending.pop(0))
+            layer.save_progress(z, stored, stats.to_dict())
 
-    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+    with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1) as thread:
         for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
             n_sections = max(n_sections, sections.count)
-            plane = PlaneTiles(z, grid, sections, class_base(len(card.classes)))
-            tiles = plane_tiles(layer, grid, card, sections)
-            done = layer.done(z)
-            skip = min(done * batch_size, len(tiles))
+            plane = plane_tiles(layer, z, grid, card, sections)
+            tiles = plane.tiles
+            skip = min(layer.done(z) * batch_size, len(tiles))
+            writer, pending = ChunkWriter(layer, plane, start=skip, finer=layer.writes_final), []
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
             start, stored, results = time.perf_counter(), None, []
             read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill, factor=factor)
-            for i, result in enumerate(predict(tiles[skip:], read), start=skip + 1):
+            for i, result in enumerate(predict(list(tiles[skip:]), read), start=skip + 1):
                 results.append(result)
                 if i % batch_size == 0 or i == len(tiles):
                     if stored is not None:
                         stored.result()  # one batch stored at a time: memory stays one batch
-                    done += 1
-                    stored, results = writer.submit(store, plane, results, done), []
+                    stored, results = thread.submit(store, writer, pending, results), []
                 bar.update(task, advance=1, rate=(i - skip) / max(time.perf_counter() - start, 1e-9))
             if stored is not None:
                 stored.result()
@@ -266,13 +202,12 @@ def _run_on_cluster(client, spec: ClusterSpec, slide_url, pixel_size, model_path
     """run_tiles on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), factor)
 
-    def job_of(z, fill, sections, threads):
+    def job_of(plane: PlaneTiles, fill: np.ndarray, threads: dict[str, int]) -> TileJob:
         return TileJob(str(slide_url), pixel_size, str(Path(model_path).resolve()), card.tile_size, card.overlap, device,
-                       layer.name, layer.level, factor, fill, PlaneTiles(z, grid, sections, class_base(len(card.classes))),
-                       batch_size, min_score, tta, threads)
+                       layer.name, layer.level, factor, fill, plane, batch_size, min_score, tta, threads)
 
     with _progress(progress) as bar:
-        return run_tiles_on(client, spec, layer, job_of, planes, lambda z, sections: plane_tiles(layer, grid, card, sections),
+        return run_tiles_on(client, spec, layer, job_of, planes, lambda z, sections: plane_tiles(layer, z, grid, card, sections),
                             batch_size, bar)
 
 

@@ -530,10 +530,11 @@ def make_slide_store(
     *,
     ngff: str = "0.4",
     stain: str | None = None,
+    chunk: int = 256,
 ) -> None:
     """Synthesise a slide and write it to a new OME-Zarr store at `path`: the `sebre synth` step."""
     image, labels = synth_slide(sections, size, pixel_size, seed, stain)
-    write_slide(path, image, labels, pixel_size, ngff=ngff)
+    write_slide(path, image, labels, pixel_size, ngff=ngff, chunk=chunk)
 
 
 def _mean_pyramid(level0: np.ndarray, n: int) -> list[np.ndarray]:

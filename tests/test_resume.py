@@ -44,16 +44,28 @@ def progress_of(store, name="sebre"):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    """A clean run, and the progress values it went through: a chunk is written when its last
+    tile is, so progress moves in steps of several batches."""
     work = tmp_path_factory.mktemp("resume")
-    make_slide_store(work / "clean.zarr", sections=2, size=(512, 768), pixel_size=8.0, seed=4)  # 24 tiles
+    # chunks of 32 px under cores of 48: a row of chunks is written as a row of tiles ends, so progress moves often
+    make_slide_store(work / "clean.zarr", sections=2, size=(768, 1024), pixel_size=8.0, seed=4, chunk=32)  # 24 tiles
     names = [n for n, _ in CLASSES]
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
     save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
-    run = subprocess.run(segment_cmd(work / "clean.zarr", work / "m.safetensors"), check=True, capture_output=True, text=True, timeout=600)
-    batches = -(-int(re.search(r"(\d+) tiles", run.stdout)[1]) // 2)
+    proc = subprocess.Popen(segment_cmd(work / "clean.zarr", work / "m.safetensors"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = set()
+    while proc.poll() is None:
+        seen.add(progress_of(work / "clean.zarr"))
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    batches = -(-int(re.search(r"(\d+) tiles", out)[1]) // 2)
     clean = layer_files(work / "clean.zarr")
     assert sum(not name.rsplit("/", 1)[-1].startswith(".") for name in clean) > 3, "the clean run wrote no label chunks"
-    return work, clean, batches
+    steps = sorted(v for v in seen if 0 < v < batches)
+    assert len(steps) >= KILLS, f"progress went through {sorted(seen)} of {batches} batches: too few steps to kill the run at"
+    return work, clean, batches, steps
 
 
 def fresh_copy(work, tmp_path):
@@ -75,8 +87,8 @@ KILLS = 3  # kill points drawn (seeded) from the clean run's batches
 
 @pytest.mark.parametrize("draw", range(KILLS))
 def test_killed_run_resumes_to_identical_layer(setup, tmp_path, draw):
-    work, clean, batches = setup
-    kill_after = random.Random(7).sample(range(1, batches), KILLS)[draw]
+    work, clean, batches, steps = setup
+    kill_after = random.Random(7).sample(steps, KILLS)[draw]
     store = fresh_copy(work, tmp_path)
     proc = subprocess.Popen(segment_cmd(store, work / "m.safetensors"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: progress_of(store) >= kill_after, proc)

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 
-from sebre_ij.labels import class_base, create_layer, open_labels, read_plane
+from sebre_ij import labels
+from sebre_ij.labels import build_pyramid, class_base, create_layer, open_labels, read_plane
 from sebre_ij.model import ModelCard
-from sebre_ij.segment import RegionStats, run_tiles
+from sebre_ij.segment import plane_tiles, run_tiles
+from sebre_ij.stitch import ChunkWriter, RegionStats
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, make_slide_store, write_slide
-from sebre_ij.tiles import tile_grid
+from sebre_ij.tiles import Grid, tile_grid
 from sebre_ij.tissue import tissue_sections
 
 from conftest import oracle
@@ -72,3 +74,92 @@ def test_region_stats_count_pixels_and_sum_scores_per_label_value():
     stats.add(np.array([[7]], np.uint32), np.array([[0.5]], np.float32))
     assert stats.count == {5: 3, 7: 2}
     assert stats.score == pytest.approx({5: 1.0, 7: 1.5})
+
+
+def oracle_card(slide, tile, overlap):
+    names = [n for n, _ in CLASSES]
+    return ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
+
+
+@pytest.fixture(scope="module")
+def odd_slide(tmp_path_factory):
+    """Levels that are not exactly twice each other (1001 x 2001, then 500 x 1000) and 96 px chunks:
+    some level-0 chunks lie over two level-1 chunks."""
+    path = tmp_path_factory.mktemp("odd") / "slide.zarr"
+    make_slide_store(path, sections=2, size=(1001, 2001), pixel_size=8.0, seed=5, chunk=96)
+    slide = open_slide(path)
+    return slide, read_plane(open_labels(slide, "truth"), slide, 1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def odd_reference(odd_slide):
+    """The odd slide's level 1 as run_tiles stitches it (the truth, where the tissue mask sees tissue)."""
+    slide, truth = odd_slide
+    layer = create_layer(slide, "reference", 1, overwrite=True)
+    run_tiles(slide, layer, oracle_card(slide, 96, 32), oracle(truth))
+    values = np.asarray(layer.array(1)[:])
+    assert (values % 100 == truth).mean() > 0.999
+    return values
+
+
+def test_finer_levels_written_beside_the_model_equal_nearest_upsampling(odd_slide):
+    """The stitcher writes each final chunk's finer level as it goes; build_pyramid fills in the
+    finer chunks that lie over chunks it did not finish. Level 0 is then level 1 upsampled, exactly."""
+    slide, truth = odd_slide
+    layer = create_layer(slide, "finer", 1, overwrite=True)
+    run_tiles(slide, layer, oracle_card(slide, 96, 32), oracle(truth))
+    level0 = layer.array(0)
+    blocks = list(labels._ran_blocks(layer, level0))
+    by_stitcher = sum(labels._written_by_stitcher(layer, b, level0) for b in blocks)
+    assert 0 < by_stitcher < len(blocks)  # both ways are exercised
+    build_pyramid(layer)
+    level1 = np.asarray(layer.array(1)[:])
+    rows, cols = labels._source_index((slice(0, level0.shape[0]), slice(0, level0.shape[1])), level1.shape, level0.shape)
+    np.testing.assert_array_equal(np.asarray(level0[:]), level1[np.ix_(rows, cols)])
+
+
+def test_chunk_writer_holds_each_chunk_until_its_last_tile(odd_slide, odd_reference):
+    """Chunks are written once, whole, when their last tile is stored; progress (durable) never
+    counts a tile whose pixels are only in memory; past the memory cap, chunks are written early
+    and merged when written again, with the same result."""
+    slide, truth = odd_slide
+    card = oracle_card(slide, 96, 32)
+    results = {}
+    for name, cap in (("roomy", 1 << 30), ("tight", 3 * 96 * 96 * 5)):  # 3 chunks at most
+        layer = create_layer(slide, name, 1, overwrite=True)
+        grid = Grid(slide.yx_shape(1))
+        _, _, sections = tissue_sections(slide)
+        plane = plane_tiles(layer, 0, grid, card, sections)
+        writer = ChunkWriter(layer, plane, max_open_bytes=cap)
+        predicted = list(oracle(truth)(list(plane.tiles), None))
+        for i, result in enumerate(predicted):
+            writer.put([result])
+            assert len(writer.open) <= (3 if name == "tight" else len(writer.last))
+            durable = writer.durable()
+            assert durable <= i + 1
+            stored = np.asarray(layer.array(1)[:])
+            for tile in plane.tiles[:durable]:  # every tile before `durable` is in the store
+                ys, xs = tile.core
+                own = tile.owns(sections.sample(ys, xs, grid.source))
+                np.testing.assert_array_equal((stored[ys, xs] % 100)[own], truth[ys, xs][own])
+        assert writer.durable() == len(plane.tiles) and not writer.open
+        results[name] = np.asarray(layer.array(1)[:])
+    np.testing.assert_array_equal(results["tight"], odd_reference)
+    np.testing.assert_array_equal(results["roomy"], odd_reference)
+
+
+def test_chunk_writer_merges_chunks_shared_with_tiles_outside_its_range(odd_slide, odd_reference):
+    """Two writers over halves of the tiles (as two cluster tasks): the chunks both touch keep
+    both halves' pixels, whichever writes first."""
+    slide, truth = odd_slide
+    card = oracle_card(slide, 96, 32)
+    layer = create_layer(slide, "halves", 1, overwrite=True)
+    _, _, sections = tissue_sections(slide)
+    plane = plane_tiles(layer, 0, Grid(slide.yx_shape(1)), card, sections)
+    half = sum(t.section == 1 for t in plane.tiles) // 2  # mid-section: the halves share chunks
+    predicted = list(oracle(truth)(list(plane.tiles), None))
+    for start, stop in ((half, len(plane.tiles)), (0, half)):  # the later half first
+        writer = ChunkWriter(layer, plane, start, stop)
+        writer.put(predicted[start:stop])
+        writer.close()
+    np.testing.assert_array_equal(np.asarray(layer.array(1)[:]), odd_reference)
