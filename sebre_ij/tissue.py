@@ -16,6 +16,7 @@ from skimage import filters, morphology, segmentation
 from .slide import Slide
 
 COARSE_MAX_SIDE = 1024  # the tissue level is the finest whose long side is at most this
+MARGIN_PX = 3  # sections are grown by this into the glass, at the level they are found on
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ def reading_order(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = 3,
+def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = MARGIN_PX,
                   brightfield: bool | None = None) -> np.ndarray:
     """Section labels (1..N in reading order) of a coarse (C, Y, X) image, grown by a small margin.
 
@@ -179,16 +180,19 @@ class SectionMap:
         return out
 
 
-def _box(sections: np.ndarray, pad: float = 0.1) -> tuple[slice, slice] | None:
-    """Bounding box of all sections, padded by `pad` of its size (glass for the mask's threshold)."""
+def _box(sections: np.ndarray, pad: float = 0.1) -> tuple[tuple, tuple] | None:
+    """Bounding box of all sections, as fractions of the level per axis: the tissue's (the sections
+    less their grown margin), and padded by `pad` of its size (glass for the mask's threshold)."""
     rows, cols = np.flatnonzero(sections.any(1)), np.flatnonzero(sections.any(0))
     if rows.size == 0:
         return None
-    out = []
+    tight, padded = [], []
     for idx, n in ((rows, sections.shape[0]), (cols, sections.shape[1])):
         margin = max(2, int((idx[-1] + 1 - idx[0]) * pad))
-        out.append((max(0, idx[0] - margin) / n, min(n, idx[-1] + 1 + margin) / n))  # as fractions of the level
-    return tuple(out)
+        inner = (min(idx[0] + MARGIN_PX, idx[-1]), max(idx[-1] + 1 - MARGIN_PX, idx[0] + 1))
+        tight.append((inner[0] / n, inner[1] / n))
+        padded.append((max(0, idx[0] - margin) / n, min(n, idx[-1] + 1 + margin) / n))
+    return tuple(tight), tuple(padded)
 
 
 def tissue_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, SectionMap]:
@@ -199,10 +203,10 @@ def tissue_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, S
     so that two sections a few hundred µm apart stay two whatever the slide's glass area."""
     image, coarse, level = coarse_sections(slide, z)
     whole = SectionMap(coarse, (0, 0), coarse.shape)
-    box = _box(coarse)
-    if box is None:
+    boxes = _box(coarse)
+    if boxes is None:
         return image, coarse, whole
-    fine, stride, window = _finer_window(slide, box)
+    fine, stride, window = _finer_window(slide, *boxes)
     if stride * slide.pixel_size(fine) > 0.67 * slide.pixel_size(level) * (slide.yx_shape(level)[0] / coarse.shape[0]):
         return image, coarse, whole  # no sharper than the coarse image: keep it
     crop = slide.plane(fine, z, *(slice(w.start * stride, w.stop * stride, stride) for w in window))
@@ -211,16 +215,17 @@ def tissue_sections(slide: Slide, z: int = 0) -> tuple[np.ndarray, np.ndarray, S
     return image, coarse, SectionMap(labels, (window[0].start, window[1].start), grid)
 
 
-def _finer_window(slide: Slide, box) -> tuple[int, int, tuple[slice, slice]]:
-    """The finest level showing the box within COARSE_MAX_SIDE pixels (with a stride if none
-    does), and the box in that level's strided grid."""
+def _finer_window(slide: Slide, tissue, padded) -> tuple[int, int, tuple[slice, slice]]:
+    """The finest level showing the tissue's box within COARSE_MAX_SIDE pixels (with a stride if
+    none does): the level a slide of just this tissue would be seen at, so its sections come out
+    as on such a slide. And the padded box in that level's strided grid."""
     def extent(level):
         h, w = slide.yx_shape(level)
-        return max((box[0][1] - box[0][0]) * h, (box[1][1] - box[1][0]) * w)
+        return max((tissue[0][1] - tissue[0][0]) * h, (tissue[1][1] - tissue[1][0]) * w)
 
     fits = [i for i in range(len(slide.levels)) if extent(i) <= COARSE_MAX_SIDE]
     level = fits[0] if fits else len(slide.levels) - 1
     stride = max(1, math.ceil(extent(level) / COARSE_MAX_SIDE))
     h, w = (-(-n // stride) for n in slide.yx_shape(level))
-    window = (slice(int(box[0][0] * h), math.ceil(box[0][1] * h)), slice(int(box[1][0] * w), math.ceil(box[1][1] * w)))
+    window = (slice(int(padded[0][0] * h), math.ceil(padded[0][1] * h)), slice(int(padded[1][0] * w), math.ceil(padded[1][1] * w)))
     return level, stride, window
