@@ -82,7 +82,8 @@ class EverywhereClassOne(torch.nn.Module):
     """A stand-in detector: one instance of class 1 covering each whole tile, score 1."""
 
     def forward(self, images):
-        return [{"masks": torch.ones((1, 1, *im.shape[-2:])), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}
+        return [{"masks": torch.ones((1, 1, *im.shape[-2:])), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64),
+                 "boxes": torch.tensor([[0.0, 0.0, im.shape[-1] - 1.0, im.shape[-2] - 1.0]])}  # x0, y0, x1, y1, as torchvision's
                 for im in images]
 
 
