@@ -162,10 +162,7 @@ def chunk_lock(layer, window: tuple[slice, slice]):
     read-modify-write one chunk at once."""
     from distributed import MultiLock
 
-    cy, cx = layer.chunks
-    ys, xs = window
-    names = [f"sebre:{layer.slide.url}:{layer.name}:{r}.{c}"
-             for r in range(ys.start // cy, (ys.stop - 1) // cy + 1) for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)]
+    names = [f"sebre:{layer.slide.url}:{layer.name}:{r}.{c}" for r, c in layer.chunks_under(window)]
     return MultiLock(names)
 
 

@@ -158,6 +158,11 @@ class LabelLayer:
         """The window of the inference level's chunk (row, column)."""
         return tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.slide.yx_shape(self.level)))
 
+    def chunks_under(self, window: tuple[slice, slice]) -> list[tuple[int, int]]:
+        """(row, column) of the inference level's chunks that a window touches."""
+        (ys, xs), (cy, cx) = window, self.chunks
+        return [(r, c) for r in range(ys.start // cy, (ys.stop - 1) // cy + 1) for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)]
+
     def mark_ran(self, core: tuple[slice, slice]) -> None:
         """Note a tile's core, so the pyramid is built only where tiles ran."""
         cy, cx = self.chunks

@@ -96,27 +96,22 @@ class ChunkWriter:
     def __init__(self, layer: LabelLayer, plane: PlaneTiles, start: int = 0, stop: int | None = None,
                  lock: Callable = no_lock, max_open_bytes: int = MAX_OPEN_BYTES, finer: bool = False):
         self.layer, self.plane, self.lock, self.finer = layer, plane, lock, finer
-        self.chunks = layer.chunks
         self.level_shape = plane.grid.source
         stop = len(plane.tiles) if stop is None else stop
         self.last: dict[Key, int] = {}  # the last tile of the range touching each chunk
         self.outside: set[Key] = set()
         for i, tile in enumerate(plane.tiles):
-            for key in self._keys(self._window(tile)):
+            for key in self.layer.chunks_under(self._window(tile)):
                 if start <= i < stop:
                     self.last[key] = i
                 else:
                     self.outside.add(key)
         self.open: dict[Key, _Chunk] = {}  # oldest first
-        self.max_open = max(1, max_open_bytes // (self.chunks[0] * self.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
+        self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
         self.next = start
 
     def _window(self, tile: Tile) -> tuple[slice, slice]:
         return self.plane.grid.source_window(tile.core)
-
-    def _keys(self, window: tuple[slice, slice]) -> list[Key]:
-        (ys, xs), (cy, cx) = window, self.chunks
-        return [(r, c) for r in range(ys.start // cy, (ys.stop - 1) // cy + 1) for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)]
 
     def put(self, results: list[Result]) -> RegionStats:
         """Store results of the next tiles; write the chunks no later tile of the range touches.
@@ -131,7 +126,7 @@ class ChunkWriter:
             own = tile.owns(sections)
             values = encode(np.where(own, sections, 0), classes[local], self.plane.base)
             stats.add(values, scores[local])
-            keys = self._keys(window)
+            keys = self.layer.chunks_under(window)
             for key in keys:
                 self._place(key, i, window, values, own)
             for key in keys:
