@@ -27,7 +27,7 @@ from .instances import number_instances
 from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import ChunkCache, Slide, inference_level, open_slide
-from .stitch import ChunkWriter, PlaneTiles, RegionStats
+from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result
 from .tiles import Grid, Tile, tile_grid
 from .tissue import SectionMap, tissue_sections, to_unit
 
@@ -111,7 +111,7 @@ def _progress(enabled: bool) -> Progress:
 
 MODES = ("region", "instance")
 TILE_GRID = "per-section, centred"  # in the run key: a run killed under another tiling is not resumed with this one
-Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[tuple[Tile, np.ndarray, np.ndarray]]]
+Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[Result]]
 
 
 Plane = tuple[np.ndarray, SectionMap]  # (glass colour per channel, sections) of one plane
