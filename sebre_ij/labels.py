@@ -28,12 +28,14 @@ import zarr
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
+from .chunkfiles import ChunkFiles, chunk_files
 from .errors import UserError
 from .instances import SCRATCH
 from .lock import locked
 from .slide import Slide, _levels, _multiscale, _ome_attrs, node
 
 LABEL_DTYPE = np.uint32
+LabelArray = zarr.Array | ChunkFiles  # a level of the layer, as written
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -145,7 +147,8 @@ class LabelLayer:
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
     ran: np.ndarray | None = None  # per inference-level chunk (y, x): did a tile's core cover it? None: all
-    opened: dict[str, zarr.Array] = field(default_factory=dict, repr=False)  # arrays by path: opening one reads its metadata
+    # arrays by path (opening one reads its metadata), as chunk files where they can be (chunkfiles.py)
+    opened: dict[str, LabelArray] = field(default_factory=dict, repr=False)
     # (plane, row, column) of the inference-level chunks whose finer levels this process has written
     finer_done: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
 
@@ -185,12 +188,13 @@ class LabelLayer:
     def done(self, plane: int) -> int:
         return int(self.progress.get("done", {}).get(str(plane), 0))
 
-    def array(self, level: int) -> zarr.Array:
+    def array(self, level: int) -> LabelArray:
         return self._open(self.slide.levels[level].path)
 
-    def _open(self, path: str) -> zarr.Array:
+    def _open(self, path: str) -> LabelArray:
         if path not in self.opened:
-            self.opened[path] = self.group[path]
+            array = self.group[path]
+            self.opened[path] = chunk_files(array) or array
         return self.opened[path]
 
     def _index(self, z: int, window: tuple[slice, slice]) -> tuple:
@@ -313,20 +317,20 @@ def _source_index(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shap
             for b, s, d in zip(block, src_shape, dst_shape)]
 
 
-def _write_block(src: zarr.Array, dst: zarr.Array, block: tuple[slice, ...]) -> None:
+def _write_block(src: LabelArray, dst: LabelArray, block: tuple[slice, ...]) -> None:
     """One destination chunk from the source level, label-safe."""
     index = _source_index(block, src.shape, dst.shape)
     window = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     dst[block] = src[window][np.ix_(*[i - w.start for i, w in zip(index, window)])]
 
 
-def _blocks(array: zarr.Array):
+def _blocks(array: LabelArray):
     """Every chunk of an array as a tuple of slices."""
     ranges = [[slice(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(array.shape, array.chunks)]
     return itertools.product(*ranges)
 
 
-def _ran_blocks(layer: LabelLayer, dst: zarr.Array):
+def _ran_blocks(layer: LabelLayer, dst: LabelArray):
     """The chunks of `dst` over the inference-level chunks where tiles ran, found from those chunks
     (not by visiting every chunk of the level, which on a mostly-glass slide costs time per glass)."""
     (h, w), (cy, cx) = layer.slide.yx_shape(layer.level), layer.chunks
@@ -365,7 +369,7 @@ def build_pyramid(layer: LabelLayer) -> None:
         dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
 
 
-def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: zarr.Array) -> bool:
+def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: LabelArray) -> bool:
     """Does a finer-level chunk lie over inference chunks whose finer levels are written already?"""
     (cy, cx), axes = layer.chunks, label_axes(layer.slide)
     rows, cols = _source_index(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
