@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .chunkfiles import chunk_files
 from .errors import UserError
 
 SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
@@ -94,15 +95,17 @@ def node(url: str, group: zarr.Group, path: str) -> zarr.Group | zarr.Array | No
 class Pixels:
     """A level's zarr array that answers unreadable input with one line naming the level and the window:
     a chunk that does not decode (truncated, corrupt), or float pixels that are NaN or infinite, which
-    would otherwise pass silently as black and be taken for tissue."""
+    would otherwise pass silently as black and be taken for tissue. Windows are read as chunk files
+    where the array allows (chunkfiles.py); reads with a step, which may skip chunks, go to zarr."""
 
     def __init__(self, url: str, path: str, array: zarr.Array):
-        self.url, self.path, self.array = url, path, array
+        self.url, self.path, self.array, self.files = url, path, array, chunk_files(array)
         self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
 
     def __getitem__(self, index) -> np.ndarray:
+        strided = any(isinstance(i, slice) and i.step not in (None, 1) for i in (index if isinstance(index, tuple) else (index,)))
         try:
-            data = np.asarray(self.array[index])
+            data = np.asarray((self.array if strided or self.files is None else self.files)[index])
         except Exception as exc:  # codecs and stores raise many types for a bad chunk
             raise UserError(f"{self.url}: cannot read level {self.path!r} at {_window(index)} ({type(exc).__name__}: {exc}); "
                             "a chunk there is corrupt or truncated: restore it or convert the slide again") from exc

@@ -121,11 +121,11 @@ class ChunkWriter:
             i, self.next = self.next, self.next + 1
             ys, xs = window = self._window(tile)
             grid = self.plane.grid
-            local = np.ix_(grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size))
+            rows, cols = grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size)
             sections = self.plane.sections.sample(ys, xs, self.level_shape)
             own = tile.owns(sections)
-            values = encode(np.where(own, sections, 0), classes[local], self.plane.base)
-            stats.add(values, scores[local])
+            values = encode(np.where(own, sections, 0), classes.take(rows, 0).take(cols, 1), self.plane.base)
+            stats.add(values, scores.take(rows, 0).take(cols, 1))
             keys = self.layer.chunks_under(window)
             for key in keys:
                 self._place(key, i, window, values, own)

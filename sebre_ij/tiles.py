@@ -67,7 +67,7 @@ def resample_nearest(src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: i
     level of `src_shape`). Label-safe in both directions; pixel centres are matched."""
     rows = np.minimum(((np.arange(y0, y1) + 0.5) * src_shape[0] / dst_shape[0]).astype(np.int64), src_shape[0] - 1)
     cols = np.minimum(((np.arange(x0, x1) + 0.5) * src_shape[1] / dst_shape[1]).astype(np.int64), src_shape[1] - 1)
-    return src[np.ix_(rows, cols)]
+    return src.take(rows, 0).take(cols, 1)
 
 
 @dataclass(frozen=True)
