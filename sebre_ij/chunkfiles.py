@@ -137,7 +137,11 @@ class ChunkFiles:
         window, kept = self._window(index)
         values = np.broadcast_to(np.asarray(values), kept).reshape([w.stop - w.start for w in window])
         for coords, in_chunk, in_window in self._parts(window):
+            part = values[in_window]
+            if part.shape == self.chunks:  # the whole chunk: written as it is
+                self.write_chunk(coords, part)
+                continue
             covers = all(p.stop - p.start == min(c, n - k * c) for p, c, n, k in zip(in_chunk, self.chunks, self.shape, coords))
             chunk = np.full(self.chunks, self.fill, self.dtype) if covers else self.read_chunk(coords)
-            chunk[in_chunk] = values[in_window]
+            chunk[in_chunk] = part
             self.write_chunk(coords, chunk)

@@ -72,6 +72,20 @@ class PlaneTiles:
     tiles: tuple[Tile, ...]
 
 
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive pixels (a tile read without resampling) as a slice: a view, not a copy."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+def _gather(tile: np.ndarray, local: tuple) -> np.ndarray:
+    """Tile pixels at (rows, columns), each a slice or an index array."""
+    rows, cols = local
+    tile = tile[rows] if isinstance(rows, slice) else tile.take(rows, 0)
+    return tile[:, cols] if isinstance(cols, slice) else tile.take(cols, 1)
+
+
 def no_lock(layer: LabelLayer, window: tuple[slice, slice]) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
@@ -121,11 +135,11 @@ class ChunkWriter:
             i, self.next = self.next, self.next + 1
             ys, xs = window = self._window(tile)
             grid = self.plane.grid
-            rows, cols = grid.tile_index(ys, 0, tile.y, tile.size), grid.tile_index(xs, 1, tile.x, tile.size)
+            local = _as_slice(grid.tile_index(ys, 0, tile.y, tile.size)), _as_slice(grid.tile_index(xs, 1, tile.x, tile.size))
             sections = self.plane.sections.sample(ys, xs, self.level_shape)
             own = tile.owns(sections)
-            values = encode(np.where(own, sections, 0), classes.take(rows, 0).take(cols, 1), self.plane.base)
-            stats.add(values, scores.take(rows, 0).take(cols, 1))
+            values = encode(np.where(own, sections, 0), _gather(classes, local), self.plane.base)
+            stats.add(values, _gather(scores, local))
             keys = self.layer.chunks_under(window)
             for key in keys:
                 self._place(key, i, window, values, own)
