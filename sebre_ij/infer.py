@@ -6,8 +6,10 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +24,11 @@ from .tissue import SectionMap, find_sections, to_unit
 # A pixel joins a region when score x mask probability passes this: about torchvision's usual
 # mask probability of 0.5 at a typical score, lower because region masks are soft at their borders.
 EVIDENCE_THRESHOLD = 0.15
+# How long a thread holds the GIL before one waiting for it gets it (Python's default is 5 ms).
+# torch lets go of the GIL inside each op and needs it back between ops; when the helper threads
+# beside the model (reading, class maps, stitching) hold it in Python code, each hand-back waited
+# up to 5 ms: the model's calls took about 0.3-1 s longer on the 123 tiles of bench_segment.
+GIL_SWITCH_S = 1e-4
 
 
 def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
@@ -195,6 +202,18 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+@contextlib.contextmanager
+def gil_handoff(seconds: float = GIL_SWITCH_S) -> Iterator[None]:
+    """Python's thread switch interval at `seconds` while the model runs beside helper threads
+    (GIL_SWITCH_S says why); the previous one after."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray], *,
                   device: torch.device, batch_size: int = 4, min_score: float = 0.3,
                   flips: bool = False) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
@@ -207,7 +226,8 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
     dims = FLIPS if flips else FLIPS[:1]
     # the helper threads' torch work runs on one core each: a second OpenMP team per thread
     # would fight the model's for the same cores (on 2 cores class maps took 5x their CPU time)
-    with ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, torch.inference_mode():
+    with gil_handoff(), ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, \
+            torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
         maps = None
         for i, batch in enumerate(batches):

@@ -1,12 +1,16 @@
 """From a model's outputs to a tile's class map: instances (best score x mask wins a pixel) or a
 semantic branch's probabilities; and the per-pixel loss's class weights."""
 
+import sys
+
 import numpy as np
+import pytest
 import torch
 
-from sebre_ij.infer import EVIDENCE_THRESHOLD, class_evidence, class_map, instance_map
+from sebre_ij.infer import EVIDENCE_THRESHOLD, GIL_SWITCH_S, class_evidence, class_map, instance_map, predict_tiles
 from sebre_ij.model import ModelCard
 from sebre_ij.synth import CLASSES, random_model
+from sebre_ij.tiles import tile_grid
 from sebre_ij.train import Example, semantic_weights
 
 
@@ -76,3 +80,28 @@ def test_semantic_weights_are_inverse_square_roots_of_pixel_shares():
     raw = np.array([1 / np.sqrt(0.9), 1 / np.sqrt(0.1)])
     np.testing.assert_allclose(weights[:2].numpy(), raw / raw.mean(), rtol=1e-6)
     assert weights[2] == 0
+
+
+def test_predict_tiles_hands_the_gil_back_quickly_while_it_runs():
+    """The helper threads beside the model run at a short switch interval (infer.GIL_SWITCH_S),
+    and the caller's interval comes back when the tiles are done, or when it stops early."""
+    names = [n for n, _ in CLASSES]
+    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 8.0, list("RGB"), [0.8] * 3, [0.2] * 3, 64, 16)
+    model = random_model(card).eval()
+    tiles = tile_grid((160, 160), 64, 16)
+    seen = []
+
+    def read(tile):
+        seen.append(sys.getswitchinterval())
+        return np.full((3, 64, 64), 0.5, np.float32)
+
+    before = sys.getswitchinterval()
+    run = predict_tiles(model, card, tiles, read, device=torch.device("cpu"), batch_size=2)
+    results = list(run)
+    assert [r[0] for r in results] == tiles and seen == pytest.approx([GIL_SWITCH_S] * len(tiles)) and before > 10 * GIL_SWITCH_S
+    assert sys.getswitchinterval() == before
+    stopped = predict_tiles(model, card, tiles, read, device=torch.device("cpu"), batch_size=2)
+    next(stopped)
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_S)
+    stopped.close()
+    assert sys.getswitchinterval() == before
