@@ -151,6 +151,8 @@ class LabelLayer:
     opened: dict[str, LabelArray] = field(default_factory=dict, repr=False)
     # (plane, row, column) of the inference-level chunks whose finer levels this process has written
     finer_done: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
+    # (level, plane, row, column) of the coarser levels' chunks this process has written (CoarserLevels)
+    coarser_done: set[tuple[int, int, int, int]] = field(default_factory=set, repr=False)
 
     @functools.cached_property
     def chunks(self) -> tuple[int, int]:
@@ -233,10 +235,86 @@ class LabelLayer:
             self.write(z, tuple(block), values.take(index[0], 0).take(index[1], 1), self.slide.levels[i].path)
         self.finer_done.add((z, *key))
 
+    def level_chunks(self, level: int) -> tuple[int, int]:
+        return self.chunks if level == self.level else self.array(level).chunks[-2:]
+
+    def level_window(self, level: int, key: tuple[int, int]) -> tuple[slice, slice]:
+        """The window of chunk (row, column) of a level."""
+        return tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.level_chunks(level), self.slide.yx_shape(level)))
+
     def drop_scratch(self) -> None:
         if SCRATCH in self.group:
             del self.group[SCRATCH]
             self.opened.pop(SCRATCH, None)
+
+
+class CoarserLevels:
+    """A plane's coarser levels made from the inference level's final chunks as the stitcher
+    writes them, each coarser chunk written once every chunk under it is final: beside the model,
+    from values in memory, instead of read back by build_pyramid afterwards. The pixel rule is
+    build_pyramid's (each level sampled from the one below it), so the result is the same.
+
+    `written`: the inference chunks the stitcher will write final. `kept`: chunks that hold labels
+    it will not write (a killed run's); coarser chunks over those are left to build_pyramid.
+    Memory: the coarser chunks with some but not all of their chunks final, about a row per level."""
+
+    def __init__(self, layer: LabelLayer, z: int, written: set[tuple[int, int]], kept: set[tuple[int, int]]):
+        self.layer, self.z = layer, z
+        self.feeds: dict[tuple[int, tuple[int, int]], list[tuple[int, int]]] = {}  # (level, chunk) -> chunks above it
+        self.waiting: dict[tuple[int, tuple[int, int]], int] = {}  # (level, chunk) -> chunks under it still to come
+        self.open: dict[tuple[int, tuple[int, int]], np.ndarray] = {}
+        for level in range(layer.level + 1, len(layer.slide.levels)):
+            above_written, above_kept = set(), set()
+            for key in written | kept:
+                for above in self._above(level, key):
+                    (above_kept if key in kept else above_written).add(above)
+                    if key in written:
+                        self.feeds.setdefault((level - 1, key), []).append(above)
+                        self.waiting[(level, above)] = self.waiting.get((level, above), 0) + 1
+            for above in above_kept:
+                self.waiting.pop((level, above), None)
+            written, kept = above_written - above_kept, above_kept
+
+    def _rows(self, level: int, axis: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of `level` along an axis whose source (in the level below) lies in [lo, hi), and those sources."""
+        src, dst = self.layer.slide.yx_shape(level - 1)[axis], self.layer.slide.yx_shape(level)[axis]
+        first, last = max(lo * dst // src - 1, 0), min(-(-hi * dst // src) + 1, dst)
+        source = _source_index((slice(first, last),), (src,), (dst,))[0]
+        inside = np.flatnonzero((source >= lo) & (source < hi))
+        return first + inside, source[inside]
+
+    def _above(self, level: int, key: tuple[int, int]) -> set[tuple[int, int]]:
+        """Chunks of `level` with pixels sampled from chunk `key` of the level below."""
+        spans = []
+        for axis, (w, c) in enumerate(zip(self.layer.level_window(level - 1, key), self.layer.level_chunks(level))):
+            pixels = self._rows(level, axis, w.start, w.stop)[0]
+            spans.append(range(int(pixels[0]) // c, int(pixels[-1]) // c + 1) if len(pixels) else range(0))
+        return {(r, c) for r in spans[0] for c in spans[1]}
+
+    def final(self, level: int, key: tuple[int, int], values: np.ndarray) -> None:
+        """Chunk `key` of `level` holds its final `values`: sample them into the chunks above, and
+        write (and pass up) each chunk above that has all it waits for."""
+        window = self.layer.level_window(level, key)
+        for above in self.feeds.get((level, key), ()):
+            if (level + 1, above) not in self.waiting:
+                continue
+            target = self.layer.level_window(level + 1, above)
+            buffer = self.open.get((level + 1, above))
+            if buffer is None:
+                buffer = self.open[(level + 1, above)] = np.zeros([s.stop - s.start for s in target], LABEL_DTYPE)
+            part = []
+            for axis, (w, t) in enumerate(zip(window, target)):
+                pixels, source = self._rows(level + 1, axis, w.start, w.stop)
+                keep = (pixels >= t.start) & (pixels < t.stop)
+                part.append((slice(int(pixels[keep][0]) - t.start, int(pixels[keep][-1]) + 1 - t.start), source[keep] - w.start))
+            buffer[part[0][0], part[1][0]] = values.take(part[0][1], 0).take(part[1][1], 1)
+            self.waiting[(level + 1, above)] -= 1
+            if not self.waiting[(level + 1, above)]:
+                del self.waiting[(level + 1, above)]
+                del self.open[(level + 1, above)]
+                self.layer.write(self.z, target, buffer, self.layer.slide.levels[level + 1].path)
+                self.layer.coarser_done.add((level + 1, self.z, *above))
+                self.final(level + 1, above, buffer)
 
 
 def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "",
@@ -368,6 +446,8 @@ def build_pyramid(layer: LabelLayer) -> None:
                         key=lambda b: [s.start for s in b])  # plane by plane, row by row: neighbours in a row meet
         if i < layer.level and layer.finer_done:
             blocks = [b for b in blocks if not _written_by_stitcher(layer, b, dst)]
+        if i > layer.level and layer.coarser_done:
+            blocks = [b for b in blocks if not _coarser_by_stitcher(layer, i, b, dst)]
         write = dask.delayed(functools.partial(_write_block, src, dst))  # a partial: Dask does not walk the zarr arrays' fields
         dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
 
@@ -379,6 +459,13 @@ def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: Label
     planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
     return all((z, r, c) in layer.finer_done for z in range(planes.start, planes.stop)
                for r in np.unique(rows // cy).tolist() for c in np.unique(cols // cx).tolist())
+
+
+def _coarser_by_stitcher(layer: LabelLayer, level: int, block: tuple[slice, ...], dst: LabelArray) -> bool:
+    """Is a coarser level's chunk written already, for every plane it holds (CoarserLevels)?"""
+    axes, (cy, cx) = label_axes(layer.slide), dst.chunks[-2:]
+    planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
+    return all((level, z, block[-2].start // cy, block[-1].start // cx) in layer.coarser_done for z in range(planes.start, planes.stop))
 
 
 def _scheduler() -> Callable | None:

@@ -166,7 +166,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             plane = plane_tiles(layer, z, grid, card, sections)
             tiles = plane.tiles
             skip = min(layer.done(z) * batch_size, len(tiles))
-            writer, pending = ChunkWriter(layer, plane, start=skip, finer=layer.writes_final), []
+            writer, pending = ChunkWriter(layer, plane, start=skip, pyramid=layer.writes_final), []
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
             start, stored, results = time.perf_counter(), None, []
             read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill, factor=factor)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .labels import LABEL_DTYPE, LabelLayer, encode
+from .labels import LABEL_DTYPE, CoarserLevels, LabelLayer, encode
 from .tiles import Grid, Tile
 from .tissue import SectionMap
 
@@ -103,13 +103,14 @@ class ChunkWriter:
 
     A chunk that tiles outside the range also touch (a killed run's, another worker's task) is
     merged with the store when written, under `lock`, which guards it against other processes.
-    `durable()` says how far every tile is in the store: where a killed run resumes. With `finer`
+    `durable()` says how far every tile is in the store: where a killed run resumes. With `pyramid`
     (one process runs all the plane's tiles, in region mode), each chunk's finer levels are written
-    as soon as it is final, beside the model instead of after it."""
+    as soon as it is final, and the coarser levels as their chunks' chunks are: beside the model
+    instead of after it."""
 
     def __init__(self, layer: LabelLayer, plane: PlaneTiles, start: int = 0, stop: int | None = None,
-                 lock: Callable = no_lock, max_open_bytes: int = MAX_OPEN_BYTES, finer: bool = False):
-        self.layer, self.plane, self.lock, self.finer = layer, plane, lock, finer
+                 lock: Callable = no_lock, max_open_bytes: int = MAX_OPEN_BYTES, pyramid: bool = False):
+        self.layer, self.plane, self.lock = layer, plane, lock
         self.level_shape = plane.grid.source
         stop = len(plane.tiles) if stop is None else stop
         self.last: dict[Key, int] = {}  # the last tile of the range touching each chunk
@@ -120,6 +121,7 @@ class ChunkWriter:
                     self.last[key] = i
                 else:
                     self.outside.add(key)
+        self.coarser = CoarserLevels(layer, plane.z, set(self.last), self.outside - set(self.last)) if pyramid else None
         self.open: dict[Key, _Chunk] = {}  # oldest first
         self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
         self.next = start
@@ -176,8 +178,9 @@ class ChunkWriter:
                 self.layer.write(self.plane.z, window, values)
         if early:  # written before its last tile: the rest of its tiles merge with what is there now
             self.outside.add(key)
-        elif self.finer:
+        elif self.coarser is not None:
             self.layer.write_finer(self.plane.z, key, values)
+            self.coarser.final(self.layer.level, key, values)
 
     def durable(self) -> int:
         """Every tile before this index is in the store (the ones after it may be only in memory)."""

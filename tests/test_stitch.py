@@ -118,6 +118,29 @@ def test_finer_levels_written_beside_the_model_equal_nearest_upsampling(odd_slid
     np.testing.assert_array_equal(np.asarray(level0[:]), level1[np.ix_(rows, cols)])
 
 
+def test_coarser_levels_written_beside_the_model_equal_build_pyramids(odd_slide):
+    """Tiles at level 0: the stitcher writes level 1 from its final chunks and level 2 from level 1's
+    (none left to build_pyramid), and they equal build_pyramid's own, byte for byte, on levels that
+    are not exact halves."""
+    slide, _ = odd_slide
+    truth = read_plane(open_labels(slide, "truth"), slide, 0).astype(np.uint8)
+    layers = {}
+    for name in ("beside", "after"):
+        layer = layers[name] = create_layer(slide, name, 0, overwrite=True)
+        run_tiles(slide, layer, oracle_card(slide, 96, 32), oracle(truth))
+        if name == "after":
+            layer.coarser_done.clear()  # build_pyramid makes them all again, from the store
+        build_pyramid(layer)
+    beside = layers["beside"]
+    for level in (1, 2):
+        dst = beside.array(level)
+        blocks = [b for b in labels._ran_blocks(beside, dst)  # those build_pyramid would make
+                  if beside.ran_in(labels._source_index(b, slide.yx_shape(0), dst.shape))]
+        assert blocks and all(labels._coarser_by_stitcher(beside, level, b, dst) for b in blocks)
+        np.testing.assert_array_equal(beside.array(level)[:], layers["after"].array(level)[:])
+    assert beside.array(2)[:].any()
+
+
 def test_chunk_writer_holds_each_chunk_until_its_last_tile(odd_slide, odd_reference):
     """Chunks are written once, whole, when their last tile is stored; progress (durable) never
     counts a tile whose pixels are only in memory; past the memory cap, chunks are written early
