@@ -176,10 +176,10 @@ class LabelLayer:
             self.ran = np.zeros((-(-h // cy), -(-w // cx)), bool)
         self.ran[core[0].start // cy:(core[0].stop - 1) // cy + 1, core[1].start // cx:(core[1].stop - 1) // cx + 1] = True
 
-    def ran_in(self, index: list[np.ndarray]) -> bool:
-        """Did any tile run under these inference-level rows and columns?"""
-        cy, cx = self.chunks
-        return bool(self.ran[index[0].min() // cy:index[0].max() // cy + 1, index[1].min() // cx:index[1].max() // cx + 1].any())
+    def ran_in(self, ends: list[tuple[int, int]]) -> bool:
+        """Did any tile run under these inference-level rows and columns (first and last of each)?"""
+        (y0, y1), (x0, x1), (cy, cx) = *ends, self.chunks
+        return bool(self.ran[y0 // cy:y1 // cy + 1, x0 // cx:x1 // cx + 1].any())
 
     def save_progress(self, plane: int, batches: int, stats: dict) -> None:
         """Record, after a batch's tiles are written, how far the run got: a killed run resumes here."""
@@ -395,6 +395,13 @@ def _source_index(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shap
             for b, s, d in zip(block, src_shape, dst_shape)]
 
 
+def _source_ends(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """For each axis, the first and last pixel of _source_index (it only grows): the source rows and
+    columns a block reads, found without an array per block (the same float64 arithmetic)."""
+    return [(min(int((b.start + 0.5) * s / d), s - 1), min(int((b.stop - 1 + 0.5) * s / d), s - 1))
+            for b, s, d in zip(block, src_shape, dst_shape)]
+
+
 def _write_block(src: LabelArray, dst: LabelArray, block: tuple[slice, ...]) -> None:
     """One destination chunk from the source level, label-safe."""
     index = _source_index(block, src.shape, dst.shape)
@@ -442,7 +449,7 @@ def build_pyramid(layer: LabelLayer) -> None:
         dst = layer.array(i)
         src = inference if i < layer.level else layer.array(i - 1)
         blocks = _blocks(dst) if layer.ran is None else _ran_blocks(layer, dst)
-        blocks = sorted((b for b in blocks if layer.ran is None or layer.ran_in(_source_index(b[-2:], inference.shape[-2:], dst.shape[-2:]))),
+        blocks = sorted((b for b in blocks if layer.ran is None or layer.ran_in(_source_ends(b[-2:], inference.shape[-2:], dst.shape[-2:]))),
                         key=lambda b: [s.start for s in b])  # plane by plane, row by row: neighbours in a row meet
         if i < layer.level and layer.finer_done:
             blocks = [b for b in blocks if not _written_by_stitcher(layer, b, dst)]
@@ -455,10 +462,10 @@ def build_pyramid(layer: LabelLayer) -> None:
 def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: LabelArray) -> bool:
     """Does a finer-level chunk lie over inference chunks whose finer levels are written already?"""
     (cy, cx), axes = layer.chunks, label_axes(layer.slide)
-    rows, cols = _source_index(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
+    rows, cols = _source_ends(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
     planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
     return all((z, r, c) in layer.finer_done for z in range(planes.start, planes.stop)
-               for r in np.unique(rows // cy).tolist() for c in np.unique(cols // cx).tolist())
+               for r in range(rows[0] // cy, rows[1] // cy + 1) for c in range(cols[0] // cx, cols[1] // cx + 1))
 
 
 def _coarser_by_stitcher(layer: LabelLayer, level: int, block: tuple[slice, ...], dst: LabelArray) -> bool:

@@ -6,7 +6,8 @@ from ome_zarr_models.v04.image_label import ImageLabel as ImageLabelV04
 from ome_zarr_models.v05.image_label import ImageLabel as ImageLabelV05
 
 from sebre_ij.errors import UserError
-from sebre_ij.labels import RUN_CHUNKS, _blocks, _ran_blocks, _row_runs, _source_index, build_pyramid, check_name, class_base, create_layer, encode, finish_layer, open_labels, read_plane
+from sebre_ij.labels import (RUN_CHUNKS, _blocks, _ran_blocks, _row_runs, _source_ends, _source_index, build_pyramid, check_name, class_base,
+                             create_layer, encode, finish_layer, open_labels, read_plane)
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 
@@ -87,8 +88,8 @@ def test_pyramid_blocks_found_from_ran_chunks_equal_a_full_scan(tmp_path, shape,
     src = layer.array(level)
     for i in range(len(layer.slide.levels)):
         dst = layer.array(i)
-        scanned = [b for b in _blocks(dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
-        found = [b for b in _ran_blocks(layer, dst) if layer.ran_in(_source_index(b[-2:], src.shape[-2:], dst.shape[-2:]))]
+        scanned = [b for b in _blocks(dst) if layer.ran_in(_source_ends(b[-2:], src.shape[-2:], dst.shape[-2:]))]
+        found = [b for b in _ran_blocks(layer, dst) if layer.ran_in(_source_ends(b[-2:], src.shape[-2:], dst.shape[-2:]))]
         assert sorted(map(str, found)) == sorted(map(str, scanned)) and scanned
 
 
@@ -97,3 +98,15 @@ def test_pyramid_tasks_merge_neighbouring_chunks_of_a_row():
     blocks = [(s[0], s[0]), (s[0], s[1]), (s[0], s[3]), (s[1], s[3]), (s[1], s[4])] + [(s[2], x) for x in s[:RUN_CHUNKS + 2]]
     assert list(_row_runs(blocks)) == [(s[0], slice(0, 8)), (s[0], s[3]), (s[1], slice(12, 20)),
                                        (s[2], slice(0, 4 * RUN_CHUNKS)), (s[2], slice(4 * RUN_CHUNKS, 4 * RUN_CHUNKS + 8))]
+
+
+def test_source_ends_are_the_first_and_last_source_pixels():
+    """The pyramid decides which chunks a block reads from the ends alone: they must be exactly
+    _source_index's, up or down, on sizes that are not halves."""
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        src, dst = (int(n) for n in rng.integers(1, 5000, 2))
+        start = int(rng.integers(0, dst))
+        block = (slice(start, int(rng.integers(start + 1, dst + 1))),)
+        index = _source_index(block, (src,), (dst,))[0]
+        assert _source_ends(block, (src,), (dst,)) == [(index[0], index[-1])]

@@ -135,7 +135,7 @@ def test_coarser_levels_written_beside_the_model_equal_build_pyramids(odd_slide)
     for level in (1, 2):
         dst = beside.array(level)
         blocks = [b for b in labels._ran_blocks(beside, dst)  # those build_pyramid would make
-                  if beside.ran_in(labels._source_index(b, slide.yx_shape(0), dst.shape))]
+                  if beside.ran_in(labels._source_ends(b, slide.yx_shape(0), dst.shape))]
         assert blocks and all(labels._coarser_by_stitcher(beside, level, b, dst) for b in blocks)
         np.testing.assert_array_equal(beside.array(level)[:], layers["after"].array(level)[:])
     assert beside.array(2)[:].any()
