@@ -161,7 +161,7 @@ class LabelLayer:
 
     def chunk_window(self, key: tuple[int, int]) -> tuple[slice, slice]:
         """The window of the inference level's chunk (row, column)."""
-        return tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.slide.yx_shape(self.level)))
+        return self.level_window(self.level, key)
 
     def chunks_under(self, window: tuple[slice, slice]) -> list[tuple[int, int]]:
         """(row, column) of the inference level's chunks that a window touches."""
@@ -227,11 +227,9 @@ class LabelLayer:
         for i in range(self.level):
             block, index = [], []
             for w, s, d in zip(window, src, self.slide.yx_shape(i)):
-                lo, hi = max(w.start * d // s - 1, 0), min(-(-w.stop * d // s) + 1, d)  # a pixel more than needed each way
-                source = _source_index((slice(lo, hi),), (s,), (d,))[0]
-                inside = np.flatnonzero((source >= w.start) & (source < w.stop))  # exactly the pixels build_pyramid takes from here
-                block.append(slice(lo + int(inside[0]), lo + int(inside[-1]) + 1))
-                index.append(source[inside] - w.start)
+                pixels, source = _sampled_from(w, s, d)  # exactly the pixels build_pyramid takes from here
+                block.append(slice(int(pixels[0]), int(pixels[-1]) + 1))
+                index.append(source - w.start)
             self.write(z, tuple(block), values.take(index[0], 0).take(index[1], 1), self.slide.levels[i].path)
         self.finer_done.add((z, *key))
 
@@ -275,19 +273,15 @@ class CoarserLevels:
                 self.waiting.pop((level, above), None)
             written, kept = above_written - above_kept, above_kept
 
-    def _rows(self, level: int, axis: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels of `level` along an axis whose source (in the level below) lies in [lo, hi), and those sources."""
-        src, dst = self.layer.slide.yx_shape(level - 1)[axis], self.layer.slide.yx_shape(level)[axis]
-        first, last = max(lo * dst // src - 1, 0), min(-(-hi * dst // src) + 1, dst)
-        source = _source_index((slice(first, last),), (src,), (dst,))[0]
-        inside = np.flatnonzero((source >= lo) & (source < hi))
-        return first + inside, source[inside]
+    def _rows(self, level: int, axis: int, window: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of `level` along an axis sampled from `window` of the level below, and their sources."""
+        return _sampled_from(window, self.layer.slide.yx_shape(level - 1)[axis], self.layer.slide.yx_shape(level)[axis])
 
     def _above(self, level: int, key: tuple[int, int]) -> set[tuple[int, int]]:
         """Chunks of `level` with pixels sampled from chunk `key` of the level below."""
         spans = []
         for axis, (w, c) in enumerate(zip(self.layer.level_window(level - 1, key), self.layer.level_chunks(level))):
-            pixels = self._rows(level, axis, w.start, w.stop)[0]
+            pixels = self._rows(level, axis, w)[0]
             spans.append(range(int(pixels[0]) // c, int(pixels[-1]) // c + 1) if len(pixels) else range(0))
         return {(r, c) for r in spans[0] for c in spans[1]}
 
@@ -304,7 +298,7 @@ class CoarserLevels:
                 buffer = self.open[(level + 1, above)] = np.zeros([s.stop - s.start for s in target], LABEL_DTYPE)
             part = []
             for axis, (w, t) in enumerate(zip(window, target)):
-                pixels, source = self._rows(level + 1, axis, w.start, w.stop)
+                pixels, source = self._rows(level + 1, axis, w)
                 keep = (pixels >= t.start) & (pixels < t.stop)
                 part.append((slice(int(pixels[keep][0]) - t.start, int(pixels[keep][-1]) + 1 - t.start), source[keep] - w.start))
             buffer[part[0][0], part[1][0]] = values.take(part[0][1], 0).take(part[1][1], 1)
@@ -393,6 +387,16 @@ def _source_index(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shap
     """For each axis, the source pixel under each destination pixel's centre (nearest neighbour)."""
     return [np.minimum(((np.arange(b.start, b.stop) + 0.5) * s / d).astype(np.int64), s - 1)
             for b, s, d in zip(block, src_shape, dst_shape)]
+
+
+def _sampled_from(window: slice, src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis, the pixels of a level of `dst` pixels whose nearest source (_source_index)
+    in a level of `src` pixels lies in `window`, and those sources: what one source chunk gives
+    to a finer or a coarser level."""
+    lo, hi = max(window.start * dst // src - 1, 0), min(-(-window.stop * dst // src) + 1, dst)  # a pixel more than needed each way
+    source = _source_index((slice(lo, hi),), (src,), (dst,))[0]
+    inside = np.flatnonzero((source >= window.start) & (source < window.stop))
+    return lo + inside, source[inside]
 
 
 def _source_ends(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> list[tuple[int, int]]:
