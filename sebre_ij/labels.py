@@ -234,7 +234,7 @@ class LabelLayer:
         self.finer_done.add((z, *key))
 
     def level_chunks(self, level: int) -> tuple[int, int]:
-        return self.chunks if level == self.level else self.array(level).chunks[-2:]
+        return self.array(level).chunks[-2:]
 
     def level_window(self, level: int, key: tuple[int, int]) -> tuple[slice, slice]:
         """The window of chunk (row, column) of a level."""
@@ -465,18 +465,23 @@ def build_pyramid(layer: LabelLayer) -> None:
 
 def _written_by_stitcher(layer: LabelLayer, block: tuple[slice, ...], dst: LabelArray) -> bool:
     """Does a finer-level chunk lie over inference chunks whose finer levels are written already?"""
-    (cy, cx), axes = layer.chunks, label_axes(layer.slide)
+    cy, cx = layer.chunks
     rows, cols = _source_ends(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
-    planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
-    return all((z, r, c) in layer.finer_done for z in range(planes.start, planes.stop)
+    return all((z, r, c) in layer.finer_done for z in _planes(layer, block)
                for r in range(rows[0] // cy, rows[1] // cy + 1) for c in range(cols[0] // cx, cols[1] // cx + 1))
 
 
 def _coarser_by_stitcher(layer: LabelLayer, level: int, block: tuple[slice, ...], dst: LabelArray) -> bool:
     """Is a coarser level's chunk written already, for every plane it holds (CoarserLevels)?"""
-    axes, (cy, cx) = label_axes(layer.slide), dst.chunks[-2:]
+    cy, cx = dst.chunks[-2:]
+    return all((level, z, block[-2].start // cy, block[-1].start // cx) in layer.coarser_done for z in _planes(layer, block))
+
+
+def _planes(layer: LabelLayer, block: tuple[slice, ...]) -> range:
+    """The planes a block of a label array holds (plane 0 alone without a z axis)."""
+    axes = label_axes(layer.slide)
     planes = block[axes.index("z")] if "z" in axes else slice(0, 1)
-    return all((level, z, block[-2].start // cy, block[-1].start // cx) in layer.coarser_done for z in range(planes.start, planes.stop))
+    return range(planes.start, planes.stop)
 
 
 def _scheduler() -> Callable | None:

@@ -92,6 +92,11 @@ def node(url: str, group: zarr.Group, path: str) -> zarr.Group | zarr.Array | No
         raise UserError(f"{url}/{path}: damaged zarr metadata ({type(exc).__name__}: {exc}); re-export the slide") from exc
 
 
+def strided(index) -> bool:
+    """Does an index step over pixels (a level read at a stride)?"""
+    return any(isinstance(i, slice) and i.step not in (None, 1) for i in (index if isinstance(index, tuple) else (index,)))
+
+
 class Pixels:
     """A level's zarr array that answers unreadable input with one line naming the level and the window:
     a chunk that does not decode (truncated, corrupt), or float pixels that are NaN or infinite, which
@@ -103,9 +108,8 @@ class Pixels:
         self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
 
     def __getitem__(self, index) -> np.ndarray:
-        strided = any(isinstance(i, slice) and i.step not in (None, 1) for i in (index if isinstance(index, tuple) else (index,)))
         try:
-            data = np.asarray((self.array if strided or self.files is None else self.files)[index])
+            data = np.asarray((self.array if strided(index) or self.files is None else self.files)[index])
         except Exception as exc:  # codecs and stores raise many types for a bad chunk
             raise UserError(f"{self.url}: cannot read level {self.path!r} at {_window(index)} ({type(exc).__name__}: {exc}); "
                             "a chunk there is corrupt or truncated: restore it or convert the slide again") from exc
@@ -128,7 +132,7 @@ class ChunkCache:
         self.lock = threading.Lock()
 
     def __getitem__(self, index: tuple) -> np.ndarray:
-        if any(isinstance(i, slice) and i.step not in (None, 1) for i in index):
+        if strided(index):
             return self.pixels[index]
         spans = [(i, i + 1) if isinstance(i, int) else (i.start or 0, n if i.stop is None else min(i.stop, n))
                  for i, n in zip(index, self.shape)]

@@ -121,7 +121,8 @@ class ChunkWriter:
                     self.last[key] = i
                 else:
                     self.outside.add(key)
-        self.coarser = CoarserLevels(layer, plane.z, set(self.last), self.outside - set(self.last)) if pyramid else None
+        written = set(self.last)
+        self.coarser = CoarserLevels(layer, plane.z, written, self.outside - written) if pyramid else None
         self.open: dict[Key, _Chunk] = {}  # oldest first
         self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
         self.next = start

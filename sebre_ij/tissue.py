@@ -154,9 +154,9 @@ class SectionMap:
         rows, cols = self._index(ys.start, ys.stop, level_shape[0], 0), self._index(xs.start, xs.stop, level_shape[1], 1)
         ok_r = (rows >= 0) & (rows < self.labels.shape[0])
         ok_c = (cols >= 0) & (cols < self.labels.shape[1])
-        out = np.zeros((len(rows), len(cols)), self.labels.dtype)
         if ok_r.all() and ok_c.all():
             return self.labels.take(rows, 0).take(cols, 1)
+        out = np.zeros((len(rows), len(cols)), self.labels.dtype)
         out[np.ix_(ok_r, ok_c)] = self.labels[np.ix_(rows[ok_r], cols[ok_c])]
         return out
 
