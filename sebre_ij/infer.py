@@ -7,8 +7,10 @@ is what region-mode stitching needs: one label per class per section, whatever t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
+import platform
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from scipy import ndimage
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .model import ModelCard
 from .tiles import Tile, tile_grid
@@ -29,6 +33,9 @@ EVIDENCE_THRESHOLD = 0.15
 # beside the model (reading, class maps, stitching) hold it in Python code, each hand-back waited
 # up to 5 ms: the model's calls took about 0.3-1 s longer on the 123 tiles of bench_segment.
 GIL_SWITCH_S = 1e-4
+# glibc's mallopt parameters and defaults (malloc.h), for heap_kept
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
 def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
@@ -118,23 +125,88 @@ def class_map(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> 
             torch.where(inside, best, 0).cpu().numpy())
 
 
-def instance_map(output: dict, min_score: float, threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
-    """class_map(class_evidence(output)) of one view's instances on the CPU, made straight from them:
-    per pixel the best score x mask and its class (the lower class on a tie, as class_map), over
-    each instance's box. No (classes, H, W) evidence: a third of the time, in the threads beside
-    the model."""
-    masks = output["masks"][:, 0].float().numpy()
-    height, width = masks.shape[-2:]
-    best, classes = np.zeros((height, width), np.float32), np.zeros((height, width), np.uint8)
-    for mask, score, cls, box in zip(masks, output["scores"].tolist(), output["labels"].tolist(), output["boxes"].tolist()):
-        if score >= min_score:
-            ys, xs = _pasted(box, height, width)
-            value, here, its = mask[ys, xs] * np.float32(score), best[ys, xs], classes[ys, xs]
-            better = (value > here) | ((value == here) & (its > cls))
-            here[better] = value[better]
-            its[better] = cls
+def instance_map(output: dict, min_score: float, shape: tuple[int, int],
+                 threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """class_map(class_evidence(output)) of one view on the CPU, made straight from its instances'
+    masks left in their boxes (masks_in_boxes): each is resized into its box as torchvision pastes
+    it, and only the box is visited. No tile-sized canvas per instance, no (classes, H, W) evidence.
+
+    Instances go in class order and a pixel changes hands only to a strictly higher score x mask,
+    so on a tie the lower class keeps it, as class_map's argmax gives."""
+    height, width = shape
+    masks, scale = expand_masks(output["box_masks"], padding=1)  # torchvision's paste, step by step
+    boxes = expand_boxes(output["boxes"], scale).to(torch.int64).tolist()
+    scores, labels = output["scores"].tolist(), output["labels"].tolist()
+    best, classes = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
+    for k in sorted(range(len(scores)), key=labels.__getitem__):
+        x0, y0, x1, y1 = boxes[k]
+        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
+        if scores[k] < min_score or xa >= xb or ya >= yb:
+            continue
+        mask = torch.nn.functional.interpolate(masks[k:k + 1], size=(max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1)),
+                                               mode="bilinear", align_corners=False)[0, 0]
+        value = mask[ya - y0:yb - y0, xa - x0:xb - x0].numpy() * np.float32(scores[k])
+        here = best[ya:yb, xa:xb]
+        better = value > here
+        np.copyto(here, value, where=better)
+        np.copyto(classes[ya:yb, xa:xb], np.uint8(labels[k]), where=better)
     inside = best > threshold
     return np.where(inside, classes, 0).astype(np.uint8), np.where(inside, best, 0).astype(np.float32)
+
+
+@contextlib.contextmanager
+def masks_in_boxes(model: torch.nn.Module) -> Iterator[bool]:
+    """While it holds, a torchvision detection model's outputs carry each instance's mask as its mask
+    head made it ("box_masks", (N, 1, M, M)) instead of "masks" pasted into a tile-sized canvas.
+    Pasting allocates and fills a whole tile per instance in one thread: 13 % of tiny_fpn's time on
+    the CPU, for pixels instance_map never reads. Yields whether the model is one it can change."""
+    transform = getattr(model, "transform", None)
+    if not isinstance(transform, GeneralizedRCNNTransform):
+        yield False
+        return
+    paste = transform.postprocess
+
+    def postprocess(result: list[dict], image_sizes, original_sizes) -> list[dict]:
+        held = [r.pop("masks", None) for r in result]
+        result = paste(result, image_sizes, original_sizes)  # boxes to the input's size, as usual
+        for r, masks in zip(result, held):
+            if masks is not None:
+                r["box_masks"] = masks
+        return result
+
+    transform.postprocess = postprocess
+    try:
+        yield True
+    finally:
+        del transform.postprocess
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        return ctypes.CDLL(None)
+    return None
+
+
+@contextlib.contextmanager
+def heap_kept() -> Iterator[None]:
+    """Freed memory stays in the process's heap while the model runs, then goes back to the system.
+
+    glibc serves blocks over 32 MB (the mask head's output on a batch of tiles: 40 MB) with mmap
+    and unmaps them when freed, so every model call faulted its pages in again: 1-4 s of system
+    time in 15 s on bench_segment's slide. Process-wide, as Python's switch interval; a no-op
+    where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *, device: torch.device,
@@ -226,7 +298,9 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
     dims = FLIPS if flips else FLIPS[:1]
     # the helper threads' torch work runs on one core each: a second OpenMP team per thread
     # would fight the model's for the same cores (on 2 cores class maps took 5x their CPU time)
-    with gil_handoff(), ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, \
+    # one view on the CPU: class maps come from the masks in their boxes (instance_map), never pasted
+    boxed = masks_in_boxes(model) if device.type == "cpu" and len(dims) == 1 else contextlib.nullcontext()
+    with gil_handoff(), heap_kept(), boxed, ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, \
             torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
         maps = None
@@ -253,8 +327,8 @@ def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_cla
         out = []
         for j, tile in enumerate(batch):
             views = [outputs[k * len(batch) + j] for k in range(len(dims))]
-            if len(views) == 1 and "semantic" not in views[0] and views[0]["masks"].device.type == "cpu":
-                out.append((tile, *instance_map(views[0], min_score)))
+            if "box_masks" in views[0] and "semantic" not in views[0]:
+                out.append((tile, *instance_map(views[0], min_score, (tile.size, tile.size))))
                 continue
             evidence = sum(_unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)) / len(dims)
             out.append((tile, *class_map(evidence)))
