@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.segmentation import expand_labels
 
 from sebre_ij.segment import find_tissue
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import synth_slide, write_sparse_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import find_sections, grow, to_unit
+from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, grow, to_unit
 
 
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
@@ -73,3 +74,20 @@ def test_sections_grow_as_expand_labels_grows_them(gap):
     labels[20:30, 40 + gap:70] = 2
     labels[45:55, 90:110] = 3
     np.testing.assert_array_equal(grow(labels, 3), expand_labels(labels, 3))
+
+
+def test_growing_and_hole_filling_equal_skimage_and_scipy_on_random_masks():
+    """Sparse blobs (boxes apart: the dilation) and dense ones (boxes meeting: nearest section),
+    at several margins; holes filled as ndimage fills them, also holes touching nothing but tissue."""
+    rng = np.random.default_rng(0)
+    paths = set()
+    for density in (0.002, 0.01, 0.3, 0.5, 0.7):
+        for _ in range(20):
+            seeds = rng.random((50, 70)) < density
+            mask = ndimage.binary_dilation(seeds, iterations=int(rng.integers(1, 4))) if density < 0.1 else seeds
+            np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+            labels = ndimage.label(mask)[0].astype(np.uint16)
+            for margin in (1, 3, 5):
+                np.testing.assert_array_equal(grow(labels, margin), expand_labels(labels, margin))
+                paths.add(_boxes_meet(labels, margin))
+    assert paths == {True, False}
