@@ -10,13 +10,15 @@ RSS is that run's alone:
 - `segment` on the slide with a random-weight light model (wall time, tiles run, peak RSS), then
   in the same process the model alone on the same tiles already in memory, with the same batch
   size: `overhead_ratio` = segment / model-only (1.0 would mean reading, tissue finding,
-  stitching, pyramid and metadata cost nothing);
+  stitching, pyramid and metadata cost nothing). On the CPU `segment` has the model leave its
+  masks in their boxes (infer.masks_in_boxes) and pastes them itself; the model alone asked the
+  same way gives `overhead_ratio_boxed`, the cost of everything but the network;
 - `naive` on the small slide: the whole inference level read into memory and every tile of the
   grid run, glass included, then stitched in memory: `naive_time_ratio` = naive / ours.
 
 `rss_ratio_100x` and `time_ratio_100x` compare the 100x slide with the small one. Compare ratios
-within one run: these machines are noisy. The same model alone on the same tiles varies by 10 %
-from run to run here, so `segment` and the model alone are run in turns (`--repeats`, 2 by
+within one run: these machines are noisy (the model alone on the same tiles varied by 10 % from
+minute to minute here), so `segment` and the model alone are run in turns (`--repeats`, 2 by
 default) and the fastest run of each is compared; every run's time is in the JSON too.
 """
 
