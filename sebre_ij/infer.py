@@ -31,7 +31,8 @@ EVIDENCE_THRESHOLD = 0.15
 # How long a thread holds the GIL before one waiting for it gets it (Python's default is 5 ms).
 # torch lets go of the GIL inside each op and needs it back between ops; when the helper threads
 # beside the model (reading, class maps, stitching) hold it in Python code, each hand-back waited
-# up to 5 ms: the model's calls took about 0.3-1 s longer on the 123 tiles of bench_segment.
+# up to 5 ms: the model's calls took about 0.3-1 s longer on the 123 tiles of bench_segment (while
+# zarr's asyncio thread wrote the labels; since chunkfiles.py, 5 ms and 0.1 ms measure alike).
 GIL_SWITCH_S = 1e-4
 # glibc's mallopt parameters and defaults (malloc.h), for heap_kept
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -158,8 +159,8 @@ def instance_map(output: dict, min_score: float, shape: tuple[int, int],
 def masks_in_boxes(model: torch.nn.Module) -> Iterator[bool]:
     """While it holds, a torchvision detection model's outputs carry each instance's mask as its mask
     head made it ("box_masks", (N, 1, M, M)) instead of "masks" pasted into a tile-sized canvas.
-    Pasting allocates and fills a whole tile per instance in one thread: 13 % of tiny_fpn's time on
-    the CPU, for pixels instance_map never reads. Yields whether the model is one it can change."""
+    Pasting allocates and fills a whole tile per instance in one thread: 12-13 % of tiny_fpn's time
+    on the CPU, for pixels instance_map never reads. Yields whether the model is one it can change."""
     transform = getattr(model, "transform", None)
     if not isinstance(transform, GeneralizedRCNNTransform):
         yield False
