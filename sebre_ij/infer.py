@@ -323,7 +323,8 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
 def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int,
                 min_score: float) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
     """(tile, classes, scores) of a batch from the model's outputs for all its views: straight from the
-    instances for one view on the CPU, else by each view's class evidence, averaged."""
+    instances where their masks were left in their boxes (masks_in_boxes: one view on the CPU), else
+    by each view's class evidence, averaged."""
     with torch.inference_mode():
         out = []
         for j, tile in enumerate(batch):
