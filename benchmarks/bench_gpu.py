@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sebre_ij import infer
 from sebre_ij.infer import amp_dtype, auto_batch_size
 from sebre_ij.model import ModelCard, load_checkpoint, save_checkpoint
-from sebre_ij.segment import segment
+from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.synth import CLASSES, random_model, write_sparse_slide
 
 
@@ -46,22 +47,20 @@ def make_inputs(work: Path, arch: str, tile: int, tiles_per_side: int) -> None:
 
 
 class GpuClock:
-    """Wraps the model's forward: CUDA events give the device time of each call."""
+    """Wraps a function that runs the model: CUDA events give the device time of each call."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.model, self.device, self.events = model, device, []
-        self.forward = model.forward
-        model.forward = self
+    def __init__(self, run, device: torch.device):
+        self.run, self.device, self.events = run, device, []
 
     def __call__(self, *args, **kwargs):
         if self.device.type != "cuda":
             start = time.perf_counter()
-            out = self.forward(*args, **kwargs)
+            out = self.run(*args, **kwargs)
             self.events.append(time.perf_counter() - start)
             return out
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
-        out = self.forward(*args, **kwargs)
+        out = self.run(*args, **kwargs)
         end.record()
         self.events.append((begin, end))
         return out
@@ -103,23 +102,13 @@ def main() -> None:
         make_inputs(work, args.arch, args.tile, args.tiles_per_side)
         model, card = load_checkpoint(work / "model.safetensors", device)
         batch = auto_batch_size(model, card, device) if args.batch_size == "auto" else int(args.batch_size)
-        import sebre_ij.segment as seg
-
-        clock = None
-        loader = seg.load_checkpoint
-
-        def clocked(*a, **k):  # segment's own model, its forward timed
-            nonlocal clock
-            m, c = loader(*a, **k)
-            clock = GpuClock(m, device)
-            return m, c
-
-        seg.load_checkpoint = clocked
+        clock = GpuClock(infer.run_model, device)
+        infer.run_model = clock  # segment's own model calls, timed (predict_tiles looks the name up per batch)
         start = time.perf_counter()
-        result = segment(work / "slide.zarr", work / "model.safetensors", labels="bench", batch_size=batch, progress=False,
-                         device=str(device))
+        result = segment(work / "slide.zarr", work / "model.safetensors",
+                         SegmentOptions(labels="bench", batch_size=batch, progress=False, device=str(device)))
         wall = time.perf_counter() - start
-        seg.load_checkpoint = loader
+        infer.run_model = clock.run
         pipeline = result.tiles / wall
         alone = model_only(model, card, device, batch, result.tiles)
     print(json.dumps({

@@ -7,7 +7,7 @@ are written), segmented three ways into separate label layers:
 
 - in this process (torch's default threads: all cores);
 - on a LocalCluster of 1 worker process, then of 2, each worker running one task at a time with one
-  torch thread (ClusterSpec.threads=1; by default a lone worker would take every core), through a
+  torch thread (ClusterOptions.threads=1; by default a lone worker would take every core), through a
   `--scheduler`-style connection to the already started cluster, so the times are the work's, not the cluster's start
   (reported apart as `cluster_start_s`).
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from distributed import LocalCluster
 
-from sebre_ij.cluster import ClusterSpec
+from sebre_ij.cluster import ClusterOptions
 from sebre_ij.model import ModelCard, save_checkpoint
-from sebre_ij.segment import segment
+from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.synth import CLASSES, random_model, synth_slide, write_sparse_slide
 
 SIZES = {"quick": (3072, 4096), "full": (6144, 8192)}  # level-0 pixels
@@ -54,10 +54,10 @@ def label_hash(store: Path, name: str) -> str:
     return digest.hexdigest()
 
 
-def timed_segment(work: Path, name: str, cluster: ClusterSpec | None = None) -> tuple[float, int]:
+def timed_segment(work: Path, name: str, cluster: ClusterOptions = ClusterOptions()) -> tuple[float, int]:
     start = time.perf_counter()
-    result = segment(work / "slide.zarr", work / "model.safetensors", labels=name, batch_size=BATCH, progress=False,
-                     device="cpu", cluster=cluster)
+    options = SegmentOptions(labels=name, batch_size=BATCH, progress=False, device="cpu")
+    result = segment(work / "slide.zarr", work / "model.safetensors", options, cluster=cluster)
     return time.perf_counter() - start, result.tiles
 
 
@@ -65,7 +65,7 @@ def on_cluster(work: Path, workers: int) -> dict:
     start = time.perf_counter()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         started = time.perf_counter() - start
-        seconds, tiles = timed_segment(work, f"w{workers}", ClusterSpec(scheduler=cluster.scheduler_address, threads=1))
+        seconds, tiles = timed_segment(work, f"w{workers}", ClusterOptions(scheduler=cluster.scheduler_address, threads=1))
     return {"segment_s": round(seconds, 2), "cluster_start_s": round(started, 2), "tiles": tiles,
             "same_labels": label_hash(work / "slide.zarr", f"w{workers}") == label_hash(work / "slide.zarr", "local")}
 
@@ -79,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         make_inputs(work, args.quick, args.arch)
-        segment(work / "slide.zarr", work / "model.safetensors", labels="warm", batch_size=BATCH, progress=False, device="cpu")
+        segment(work / "slide.zarr", work / "model.safetensors", SegmentOptions(labels="warm", batch_size=BATCH, progress=False, device="cpu"))
         local_s, tiles = timed_segment(work, "local")
         one, two = on_cluster(work, 1), on_cluster(work, 2)
     report = {

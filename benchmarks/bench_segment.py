@@ -11,8 +11,8 @@ RSS is that run's alone:
   in the same process the model alone on the same tiles already in memory, with the same batch
   size: `overhead_ratio` = segment / model-only (1.0 would mean reading, tissue finding,
   stitching, pyramid and metadata cost nothing). On the CPU `segment` has the model leave its
-  masks in their boxes (infer.masks_in_boxes) and pastes them itself; the model alone asked the
-  same way gives `overhead_ratio_boxed`, the cost of everything but the network;
+  masks in their boxes (model.detect without pasting) and resizes them itself; the model alone
+  asked the same way gives `overhead_ratio_boxed`, the cost of everything but the network;
 - `naive` on the small slide: the whole inference level read into memory and every tile of the
   grid run, glass included, then stitched in memory: `naive_time_ratio` = naive / ours.
 
@@ -20,6 +20,9 @@ RSS is that run's alone:
 within one run: these machines are noisy (the model alone on the same tiles varied by 10 % from
 minute to minute here), so `segment` and the model alone are run in turns (`--repeats`, 2 by
 default) and the fastest run of each is compared; every run's time is in the JSON too.
+
+Both run with glibc keeping freed blocks in the heap (allocator.kept_heap), as `sebre segment`
+does; `--plain-heap` runs both without it, to see what it is worth.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sebre_ij.infer import class_evidence, class_map, heap_kept, masks_in_boxes, read_tile
-from sebre_ij.model import ModelCard, load_checkpoint, save_checkpoint
-from sebre_ij.segment import find_tissue, segment
+from sebre_ij.allocator import kept_heap
+from sebre_ij.infer import best_classes, class_evidence, read_tile
+from sebre_ij.model import ModelCard, detect, load_checkpoint, save_checkpoint
+from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import inference_level, open_slide
 from sebre_ij.synth import CLASSES, random_model, synth_slide, write_sparse_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import to_unit
+from sebre_ij.tissue import find_tissue, to_unit
 
 SIZES = {"quick": (3072, 4096), "full": (6144, 8192)}  # level-0 pixels of the small slide
 # sections on it (8 x 6 mm each): the full slide is filled as a scanner's slide of a brain series is,
@@ -73,20 +77,25 @@ def tissue_tiles(slide_path: Path, card: ModelCard):
     slide = open_slide(slide_path)
     level, factor = inference_level(slide, card.pixel_size_um)
     assert factor == 1.0, "the slides have a level at the model's µm/px"
-    (fill, sections), = find_tissue(slide)
+    (tissue,) = find_tissue(slide)
     shape = slide.yx_shape(level)
-    tiles = tile_grid(shape, card.tile_size, card.overlap, sections)
-    images = [torch.from_numpy(read_tile(slide.array(level), slide.axes, t, 0, fill)) for t in tiles]
+    tiles = tile_grid(shape, card.tile_size, card.overlap, tissue.sections)
+    images = [torch.from_numpy(read_tile(slide.array(level), slide.axes, t, 0, tissue.glass)) for t in tiles]
     return images, len(tile_grid(shape, card.tile_size, card.overlap))
 
 
-def model_only(model, images: list[torch.Tensor], boxed: bool = False) -> float:
-    """The model's calls alone, with the allocator as segment runs them (infer.heap_kept). `boxed`:
-    its masks left in their boxes (infer.masks_in_boxes), as segment asks for on the CPU."""
+def heap(plain: bool):
+    """The allocator as `sebre segment` runs: freed blocks kept (allocator.kept_heap), unless `plain`."""
+    return contextlib.nullcontext() if plain else kept_heap()
+
+
+def model_only(model, images: list[torch.Tensor], plain_heap: bool, boxed: bool = False) -> float:
+    """The model's calls alone, with the allocator as segment runs them. `boxed`: its masks left in
+    their boxes (model.detect without pasting), as segment asks for on the CPU."""
     start = time.perf_counter()
-    with heap_kept(), masks_in_boxes(model) if boxed else contextlib.nullcontext(), torch.inference_mode():
+    with heap(plain_heap), torch.inference_mode():
         for i in range(0, len(images), BATCH):
-            model(images[i:i + BATCH])
+            detect(model, images[i:i + BATCH], paste_masks=not boxed)
     return time.perf_counter() - start
 
 
@@ -97,27 +106,29 @@ def warm_up(work: Path) -> None:
         model([torch.rand(len(card.channels), card.tile_size, card.tile_size) for _ in range(BATCH)])
 
 
-def run_segment(work: Path, slide: Path, repeat: int):
+def run_segment(work: Path, slide: Path, repeat: int, plain_heap: bool):
     start = time.perf_counter()
-    result = segment(slide, work / "model.safetensors", labels=f"bench{repeat}", batch_size=BATCH, progress=False, device="cpu")
+    options = SegmentOptions(labels=f"bench{repeat}", batch_size=BATCH, progress=False, device="cpu")
+    with heap(plain_heap):
+        result = segment(slide, work / "model.safetensors", options)
     return result, time.perf_counter() - start
 
 
-def run_ours(work: Path, name: str, repeats: int) -> dict:
+def run_ours(work: Path, name: str, repeats: int, plain_heap: bool) -> dict:
     """`segment` and the model alone, taken in turns `repeats` times each (each run's layer a new
     one), so that the machine's drift touches both alike; the fastest of each is reported."""
     slide = work / f"{name}.zarr"
     warm_up(work)
-    result, seconds = run_segment(work, slide, 0)
+    result, seconds = run_segment(work, slide, 0, plain_heap)
     rss = peak_rss_mb()  # before the model-only pass holds every tile in memory
     model, card = load_checkpoint(work / "model.safetensors", "cpu")
     images, grid_tiles = tissue_tiles(slide, card)
     assert len(images) == result.tiles
-    segment_runs, model_runs, boxed_runs = [seconds], [model_only(model, images)], [model_only(model, images, boxed=True)]
+    segment_runs, model_runs, boxed_runs = [seconds], [model_only(model, images, plain_heap)], [model_only(model, images, plain_heap, True)]
     for repeat in range(1, repeats):
-        segment_runs.append(run_segment(work, slide, repeat)[1])
-        model_runs.append(model_only(model, images))
-        boxed_runs.append(model_only(model, images, boxed=True))
+        segment_runs.append(run_segment(work, slide, repeat, plain_heap)[1])
+        model_runs.append(model_only(model, images, plain_heap))
+        boxed_runs.append(model_only(model, images, plain_heap, boxed=True))
     return {"segment_s": round(min(segment_runs), 2), "model_only_s": round(min(model_runs), 2),
             "model_boxed_s": round(min(boxed_runs), 2), "segment_runs_s": [round(s, 2) for s in segment_runs],
             "model_only_runs_s": [round(s, 2) for s in model_runs], "model_boxed_runs_s": [round(s, 2) for s in boxed_runs],
@@ -139,15 +150,15 @@ def run_naive(work: Path, name: str) -> dict:
             batch = tiles[i:i + BATCH]
             crops = [torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch]  # a tile may start before the level
             for t, out in zip(batch, model(crops)):
-                classes, _ = class_map(class_evidence(out, len(card.classes), 0.3))
+                classes, _ = best_classes(class_evidence(out, len(card.classes), 0.3))
                 ys, xs = t.core
                 labels[ys, xs] = classes[ys.start - t.y:ys.stop - t.y, xs.start - t.x:xs.stop - t.x]
     return {"naive_s": round(time.perf_counter() - start, 2), "naive_tiles": len(tiles), "naive_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def child(work: Path, kind: str, name: str, repeats: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--slide", name, "--work", str(work), "--repeats", str(repeats)],
-                          capture_output=True, text=True, check=False)
+def child(work: Path, kind: str, name: str, repeats: int, plain_heap: bool) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--slide", name, "--work", str(work), "--repeats", str(repeats),
+                           *(["--plain-heap"] if plain_heap else [])], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {kind} {name} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -158,6 +169,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller slides: under 3 minutes on 2 cores")
     parser.add_argument("--arch", default="tiny_fpn", help="random-weight model: tiny_fpn or mobilenet_v3_fpn")
     parser.add_argument("--repeats", type=int, default=2, help="runs of `segment` and of the model alone on each slide (the fastest counts)")
+    parser.add_argument("--plain-heap", action="store_true", help="glibc's usual allocator for both (not allocator.kept_heap)")
     parser.add_argument("--child", choices=["make", "ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -168,7 +180,7 @@ def main() -> None:
         return
     if args.child:
         work = Path(args.work)
-        print(json.dumps(run_ours(work, args.slide, args.repeats) if args.child == "ours" else run_naive(work, args.slide)))
+        print(json.dumps(run_ours(work, args.slide, args.repeats, args.plain_heap) if args.child == "ours" else run_naive(work, args.slide)))
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
@@ -176,10 +188,12 @@ def main() -> None:
         # in a child too: a child's peak RSS starts from its parent's (getrusage keeps it across exec)
         subprocess.run([sys.executable, __file__, "--child", "make", "--slide", "quick" if args.quick else "full", "--arch", args.arch,
                         "--work", str(work)], check=True)
-        small, big = child(work, "ours", "small", args.repeats), child(work, "ours", "100x", args.repeats)
-        naive = child(work, "naive", "small", 1)
+        small = child(work, "ours", "small", args.repeats, args.plain_heap)
+        big = child(work, "ours", "100x", args.repeats, args.plain_heap)
+        naive = child(work, "naive", "small", 1, args.plain_heap)
     report = {
         "mode": "quick" if args.quick else "full", "arch": args.arch, "batch_size": BATCH, "tile": TILE, "repeats": args.repeats,
+        "kept_heap": not args.plain_heap,
         "torch_threads": torch.get_num_threads(), "small": small, "100x": big, "naive_small": naive,
         "overhead_ratio": round(small["segment_s"] / small["model_only_s"], 3),
         "overhead_ratio_boxed": round(small["segment_s"] / small["model_boxed_s"], 3),

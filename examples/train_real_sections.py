@@ -31,14 +31,13 @@ import torch
 from PIL import Image
 
 from sebre_ij.augment import affine_matrix, warp
-from sebre_ij.datasets import shared_examples
+from sebre_ij.datasets import TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
 from sebre_ij.model import load_checkpoint, pick_device
-from sebre_ij.segment import glass_colour
 from sebre_ij.tiles import resample_nearest
-from sebre_ij.tissue import find_sections
-from sebre_ij.train import resample, train
+from sebre_ij.tissue import find_sections, glass_colour
+from sebre_ij.train import TrainOptions, train
 
 TEST = ["glta_s049", "glta_s079", "glta_s104", "glta_s124", "glta_s154"]
 VAL = ["glta_s094", "glta_s119"]
@@ -77,7 +76,7 @@ def score(model_path: Path, data: Path, out: Path, tta: bool) -> dict:
     """Per-region Dice of the model on the TEST sections at every angle in ANGLES."""
     device = pick_device()
     model, card = load_checkpoint(model_path, device)
-    sections = [e for e in shared_examples(data)[0] if e.name in TEST]
+    sections = [e for e in shared_examples(data).examples if e.name in TEST]
     results = {}
     for angle in ANGLES:
         folder = out / f"rot{angle}"
@@ -128,7 +127,8 @@ def main() -> None:
     summary = {"recipe": args.recipe, "settings": recipe, "test_sections": TEST, "val_sections": VAL}
     if args.model is None:
         wall = time.perf_counter()
-        card = train([str(args.data)], model_path, val_sections=VAL, test_sections=TEST, seed=args.seed, init=args.init, **recipe)
+        options = TrainOptions(val_sections=tuple(VAL), test_sections=tuple(TEST), seed=args.seed, init=args.init, **recipe)
+        card = train(TrainingData((str(args.data),)), model_path, options)
         summary["training"] = {"wall_s": round(time.perf_counter() - wall, 1), "loop_wall_s": card.training["seconds"],
                                "loop_cpu_s": card.training["cpu_seconds"], "best_step": card.training.get("best_step"),
                                "val_dice": card.training.get("val_dice"), "cores": os.cpu_count(), "threads": args.threads}

@@ -1,14 +1,20 @@
-"""The `sebre` command. Each subcommand parses its flags and makes one call into the Python API;
-errors a user can fix become one line on stderr and exit code 2 (`--debug` shows the traceback)."""
+"""The `sebre` command. Each subcommand turns its flags into the API's options and makes one call;
+errors a user can fix become one line on stderr and exit code 2 (`--debug` shows the traceback).
+
+The library names its parameters in messages (`overwrite=True`); this module says them as the
+flags a command-line user types (`--overwrite`)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from .errors import UserError
@@ -18,10 +24,40 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 state = {"debug": False}
 
+# Library parameters that messages may name, said as flags: `name=True` -> --flag, `name=False` ->
+# --no-flag, `name=VALUE` -> --flag VALUE.
+PARAMETERS = ("labels", "overwrite", "resume", "mode", "batch_size", "tile_size", "overlap", "pixel_size", "pixel_size_in",
+              "roi_level", "rois", "class_map", "classes", "workers", "scheduler", "cluster", "jobs", "cores", "arch",
+              "val_sections", "val_fraction", "test_sections", "init", "model", "pred_labels", "truth_labels", "atlas")
+NAMED = re.compile(r"\b(" + "|".join(PARAMETERS) + r")=(True\b|False\b)?")
+
+
+def as_flags(message: str) -> str:
+    """A library message with its parameters said as command-line flags.
+
+    Examples
+    --------
+    >>> as_flags("pass overwrite=True to replace it or labels=NAME for another")
+    'pass --overwrite to replace it or --labels NAME for another'
+    """
+    def flag(match: re.Match) -> str:
+        name, value = match[1].replace("_", "-"), match[2]
+        if value == "True":
+            return f"--{name}"
+        if value == "False":
+            return f"--no-{name}"
+        follows = match.string[match.end():match.end() + 1]
+        return f"--{name}" if follows in ("", " ", ",", ";", ")") else f"--{name} "
+
+    return NAMED.sub(flag, message)
+
 
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
     state["debug"] = debug
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
+    logging.getLogger("sebre_ij").addHandler(handler)
+    logging.getLogger("sebre_ij").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def _run(fn, *args, **kwargs):
@@ -32,7 +68,7 @@ def _run(fn, *args, **kwargs):
         if state["debug"]:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sebre: error: {message}", file=sys.stderr)
+        print(f"sebre: error: {as_flags(message)}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -99,13 +135,16 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           init: Optional[Path] = typer.Option(None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone)."),
           semantic: bool = typer.Option(True, "--semantic/--no-semantic", help="Add a per-pixel semantic branch whose maps give the regions (Panoptic FPN).")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
-    from .train import curve_paths, train as train_model
+    from .datasets import TrainingData
+    from .train import TrainOptions, curve_paths, train as train_model
 
-    card = _run(train_model, data, out, arch=arch, steps=steps, pixel_size=pixel_size, tile_size=tile_size,
-                overlap=overlap, batch_size=batch_size, lr=lr, label_name=labels, seed=seed, device=device,
-                rois=rois, class_map=class_map, pixel_size_in=pixel_size_in, classes=classes,
-                val_sections=val_sections, val_fraction=val_fraction, test_sections=test_sections, val_every=val_every, init=init, workers=workers,
-                semantic=semantic)
+    inputs = TrainingData(tuple(data), rois=tuple(str(r) for r in rois or ()), label_name=labels, class_map=class_map,
+                          pixel_size_in=pixel_size_in, classes=classes)
+    options = TrainOptions(arch=arch, pixel_size=pixel_size, tile_size=tile_size, overlap=overlap, steps=steps,
+                           batch_size=batch_size, lr=lr, seed=seed, device=device, val_sections=tuple(val_sections or ()),
+                           val_fraction=val_fraction, test_sections=tuple(test_sections or ()), val_every=val_every, init=init,
+                           workers=workers, semantic=semantic)
+    card = _run(train_model, inputs, out, options)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
     if "init" in card.training:
@@ -157,15 +196,20 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
             imagej: bool = typer.Option(False, "--imagej", help="Last, push the regions into the ROI Manager of ImageJ (needs a display)."),
             fiji: Optional[Path] = typer.Option(None, "--fiji", help="With --imagej: start this Fiji.app through pyimagej instead of ij.jar.")):
     """Segment brain regions into labels/NAME of the same store, and export them."""
-    from .cluster import ClusterSpec
-    from .segment import segment as run_segment
+    from .allocator import kept_heap
+    from .cluster import ClusterOptions
+    from .exports import Exports
+    from .segment import SegmentOptions, segment as run_segment
 
-    size = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
-    spec = ClusterSpec(workers, scheduler, cluster, queue, cores, memory, gpus, jobs, walltime)
-    result = _run(run_segment, slide, model, cluster=spec, labels=labels, rois=rois, geojson=geojson, measurements=measurements,
-                  preview=preview, overwrite=overwrite, resume=resume, pixel_size=pixel_size, mode=mode, batch_size=size, min_score=min_score, device=device,
-                  tile_size=tile_size, overlap=overlap, tta=tta, roi_groups=roi_groups,
-                  roi_level=roi_level, roi_tolerance=roi_tolerance)
+    options = SegmentOptions(labels=labels, overwrite=overwrite, resume=resume, mode=mode, device=device,
+                             batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
+                             min_score=min_score, tile_size=tile_size, overlap=overlap, tta=tta, pixel_size=pixel_size)
+    exports = Exports(rois=rois, geojson=geojson, measurements=measurements, preview=preview, roi_groups=roi_groups,
+                      roi_level=roi_level, roi_tolerance=roi_tolerance)
+    where = ClusterOptions(workers=workers, scheduler=scheduler, cluster=cluster, queue=queue, cores=cores, memory=memory,
+                           gpus=gpus, jobs=jobs, walltime=walltime)
+    with kept_heap():  # this process runs the model: keep the mask head's big blocks mapped between calls
+        result = _run(run_segment, slide, model, options, exports, where)
     console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "
                   f"{result.sections} sections, {result.tiles} tiles in batches of {result.batch_size}, {result.seconds:.1f} s")
     if result.resumed_tiles:
@@ -190,12 +234,12 @@ def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label laye
          roi_level: int = typer.Option(0, help="Pyramid level whose pixel coordinates the ROIs use (0: full resolution)."),
          roi_tolerance: Optional[float] = typer.Option(None, help="Outline simplification in pixels of the traced level (default 0.4; 0: none).")):
     """ImageJ ROIs (and optionally GeoJSON) from an existing label layer."""
-    from .exports import export_regions
+    from .exports import Exports, export_regions
     from .slide import open_slide
 
     s = _run(open_slide, slide)
-    written = _run(export_regions, s, labels, rois=out, geojson=geojson, groups=roi_groups, roi_frame=roi_level,
-                   tolerance=roi_tolerance)
+    exports = Exports(rois=out, geojson=geojson, roi_groups=roi_groups, roi_level=roi_level, roi_tolerance=roi_tolerance)
+    written = _run(export_regions, s, labels, exports)
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
 

@@ -13,22 +13,37 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
-import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import torch
 
 from .errors import UserError
+from .infer import predict_tiles, read_tile
+from .labels import open_layer
+from .model import load_checkpoint, pick_device
+from .slide import ChunkCache, open_slide
+from .stitch import ChunkWriter, RegionStats, TileRun
+
+log = logging.getLogger(__name__)
 
 CLUSTERS = ("slurm",)
+# What a LocalCluster's worker processes start with: one OpenMP/BLAS thread each (torch's threads
+# are set per task), given to the workers rather than set in this process's environment.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
-class ClusterSpec:
-    """The command line's choice of where to run; all None/0 means in this process."""
+class ClusterOptions:
+    """Where `segment` runs: `workers` local processes, a `scheduler` address, or a job-queue
+    `cluster` ("slurm": `jobs` jobs of `cores`, `memory`, `gpus` each, on `queue`, for `walltime`);
+    none of them: in this process. `threads`: torch threads per task (0: the host's cores shared
+    among its tasks)."""
 
     workers: int = 0
     scheduler: str | None = None
@@ -46,70 +61,67 @@ class ClusterSpec:
         return bool(self.workers or self.scheduler or self.cluster)
 
     def check(self) -> None:
-        chosen = [flag for flag, on in (("--workers", self.workers), ("--scheduler", self.scheduler), ("--cluster", self.cluster)) if on]
+        chosen = [f"{name}={value!r}" for name, value in (("workers", self.workers), ("scheduler", self.scheduler),
+                                                          ("cluster", self.cluster)) if value]
         if len(chosen) > 1:
             raise UserError(f"{' and '.join(chosen)} contradict each other; pass one way of running")
         if self.workers < 0:
-            raise UserError(f"--workers {self.workers}: give a number of worker processes, 1 or more")
+            raise UserError(f"workers={self.workers}: give a number of worker processes, 1 or more")
         if self.cluster and self.cluster not in CLUSTERS:
-            raise UserError(f"--cluster {self.cluster!r} is not one of {', '.join(CLUSTERS)}; use --scheduler ADDRESS for others")
+            raise UserError(f"cluster={self.cluster!r} is not one of {', '.join(CLUSTERS)}; use scheduler=ADDRESS for others")
         if self.cluster and (self.jobs < 1 or self.cores < 1):
-            raise UserError("--jobs and --cores must be 1 or more")
+            raise UserError("jobs= and cores= must be 1 or more")
 
 
-def slurm_cluster(spec: ClusterSpec):
+def slurm_cluster(spec: ClusterOptions):
     """A dask-jobqueue SLURMCluster for `spec`: one worker process per job, GPUs through --gres."""
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
-        raise UserError("--cluster slurm needs dask-jobqueue; pip install dask-jobqueue") from exc
+        raise UserError("cluster='slurm' needs dask-jobqueue; pip install dask-jobqueue") from exc
     extra = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
     return SLURMCluster(queue=spec.queue, cores=spec.cores, processes=1, memory=spec.memory, walltime=spec.walltime,
                         job_extra_directives=extra, scheduler_options={"dashboard_address": ":0"})
 
 
-@contextlib.contextmanager
-def _environ_kept() -> Iterator[None]:
-    """Starting a LocalCluster sets OMP_NUM_THREADS=1 (and more) in this process's environment;
-    put it back, or every later subprocess (and torch in them) would run on one thread."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def local_cluster(workers: int):
+    """A LocalCluster of `workers` processes, one thread each. Their environment is passed to them;
+    distributed's pre-spawn settings, which it would write into this process's environment for
+    every later subprocess to inherit, are turned off. (distributed still marks the environment
+    with PYTHONHASHSEED, when unset, and __DASK_PARENT_PID, for its workers to hash and name alike.)"""
+    from distributed import LocalCluster
 
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)  # stdout stays the command's results (JSON in benchmarks)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=WORKER_ENV)
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec, say=None) -> Iterator[object | None]:
-    """A distributed Client for `spec` (None in process), its dashboard link printed; the cluster
-    it started is closed on the way out."""
+def connect(spec: ClusterOptions) -> Iterator[object | None]:
+    """A distributed Client for `spec` (None in process), its dashboard link logged; the cluster
+    it started is closed on the way out. distributed is imported only here: once loaded, Dask's
+    default scheduler becomes the client's."""
     spec.check()
     if not spec.distributed:
         yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with _environ_kept(), contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         if spec.scheduler:
             try:
                 client = stack.enter_context(Client(spec.scheduler, timeout="10s"))
             except (OSError, TimeoutError) as exc:
-                raise UserError(f"--scheduler {spec.scheduler}: no Dask scheduler answers there ({exc}); check the address "
+                raise UserError(f"scheduler={spec.scheduler!r}: no Dask scheduler answers there ({exc}); check the address "
                                 "(tcp://HOST:8786) and that the scheduler runs") from exc
         else:
             if spec.workers:
-                cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+                cluster = local_cluster(spec.workers)
             else:
                 cluster = slurm_cluster(spec)
                 cluster.scale(jobs=spec.jobs)
             stack.enter_context(cluster)
             client = stack.enter_context(Client(cluster))
-        (say or _to_stderr)(f"Dask dashboard: {client.dashboard_link}")
+        log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
 
 
@@ -126,7 +138,7 @@ def torch_threads(client, fixed: int = 0) -> dict[str, int]:
     return {address: max(1, (cores.get(address) or 1) // per_host[w["host"]]) for address, w in workers.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TileJob:
     """Everything a worker needs for one plane's tasks, scattered to the workers once."""
 
@@ -139,7 +151,7 @@ class TileJob:
     labels: str
     level: int
     factor: float
-    fill: np.ndarray
+    glass: np.ndarray
     plane: object  # stitch.PlaneTiles: the plane's tiles, their sections and where their cores go
     batch_size: int
     min_score: float
@@ -150,8 +162,6 @@ class TileJob:
 @functools.lru_cache(maxsize=2)
 def _model(path: str, stamp: tuple, device: str | None, tile_size: int, overlap: int):
     """The model, loaded once per worker process (not per task); `stamp` reloads a changed file."""
-    from .model import load_checkpoint, pick_device
-
     dev = pick_device(device)
     model, card = load_checkpoint(path, dev, tile_size, overlap)
     return model, card, dev
@@ -171,17 +181,12 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     region stats. Chunks that other tasks' tiles also touch are merged under the cluster's lock."""
     from distributed import get_worker
 
-    from .infer import predict_tiles, read_tile
-    from .labels import open_layer
-    from .slide import ChunkCache, open_slide
-    from .stitch import ChunkWriter
-
     torch.set_num_threads(job.threads.get(get_worker().address, 1))
     stat = os.stat(job.model_path)
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
     layer = open_layer(slide, job.labels, job.level)
-    read = functools.partial(read_tile, ChunkCache(slide.pixels(job.level)), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
+    read = functools.partial(read_tile, ChunkCache(slide.pixels(job.level)), slide.axes, z=job.plane.z, glass=job.glass, factor=job.factor)
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []
     predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
@@ -201,28 +206,24 @@ def task_batches(n_batches: int, n_workers: int) -> int:
     return max(1, min(8, n_batches // max(1, 4 * n_workers)))
 
 
-def run_tiles_on(client, spec: ClusterSpec, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None):
+def run_tiles_on(client, spec: ClusterOptions, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None) -> TileRun:
     """On the client: submit every plane's unfinished batches as tasks, merge their region stats in
-    batch order and save progress as the longest finished prefix. Returns (stats, tiles, sections)."""
-    import time
-
+    batch order and save progress as the longest finished prefix."""
     from distributed import as_completed
-
-    from .stitch import RegionStats
 
     stats = RegionStats.from_dict(layer.progress.get("stats", {}))
     threads = torch_threads(client, spec.threads)
     n_workers = max(1, len(threads))
     n_tiles = n_sections = 0
-    for z, (fill, sections) in enumerate(planes):
-        n_sections = max(n_sections, sections.count)
-        plane = tiles_of(z, sections)
+    for z, tissue in enumerate(planes):
+        n_sections = max(n_sections, tissue.sections.count)
+        plane = tiles_of(z, tissue.sections)
         tiles = plane.tiles
         done = layer.done(z)
         first = done * batch_size
         todo = len(tiles) - first
         per_task = task_batches(-(-todo // batch_size), n_workers) * batch_size
-        job = client.scatter(job_of(plane, fill, threads), broadcast=True)
+        job = client.scatter(job_of(plane, tissue.glass, threads), broadcast=True)
         futures = {client.submit(run_task, job, i, min(i + per_task, len(tiles)), pure=False): k
                    for k, i in enumerate(range(first, len(tiles), per_task))}
         finished: dict[int, list[dict]] = {}
@@ -240,4 +241,4 @@ def run_tiles_on(client, spec: ClusterSpec, layer, job_of, planes: list, tiles_o
                 next_task += 1
                 layer.save_progress(z, done, stats.to_dict())
         n_tiles += len(tiles)
-    return stats, n_tiles, n_sections
+    return TileRun(stats, n_tiles, n_sections)

@@ -1,8 +1,9 @@
-"""Annotated sections kept as files: the shared-data folder layout and SeBRe's original one.
+"""Annotated sections in every form users keep them, as training `Example`s at one µm/px.
 
-Both readers give what training consumes (`train.Example`: image (C, Y, X) float32 in [0, 1], class
-map uint8 (Y, X), section name, µm/px) with a `ClassTable`, so `sebre train FOLDER` reads a folder
-as it reads an OME-Zarr label layer, and `sebre evaluate` reads label images with their class table.
+An `Example` is an image (C, Y, X) float32 in [0, 1], its class map uint8 (Y, X), its section name
+and µm/px; a `SectionSet` is a list of them with their class table and channel names. Sources:
+OME-Zarr stores with a label layer, images (TIFF, PNG, OME-Zarr) annotated with a RoiSet.zip from
+Fiji, and section folders in the shared-data layout or SeBRe's original one.
 
 Shared-data layout::
 
@@ -18,13 +19,30 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from skimage.transform import resize
 
 from .errors import UserError
-from .train import PALETTE, ClassTable, Example, read_image, resample
+from .labels import class_lut, open_labels, read_plane
+from .readers import (
+    PALETTE,
+    ClassTable,
+    class_table,
+    class_table_of,
+    is_zarr,
+    rasterise_rois,
+    read_image,
+    read_json,
+    load_class_map,
+    load_class_table,
+    read_labels,
+    roi_annotations,
+)
+from .slide import open_slide, pick_level
+from .tissue import to_unit
 
 # SeBRe's eight classes, ids 1-8, as its brain_dataset.py adds them
 SEBRE_CLASSES = ["cortex", "hippocampus", "basal_ganglia", "thalamus", "prethalamus", "midbrain", "hindbrain",
@@ -32,8 +50,37 @@ SEBRE_CLASSES = ["cortex", "hippocampus", "basal_ganglia", "thalamus", "prethala
 MASK_NAME = re.compile(r"_m_?(\d+)\.png$", re.IGNORECASE)
 NUMBERED = re.compile(r"_(\d+)$")
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
-MAX_JSON_BYTES = 16 << 20
 RESAMPLE_TOLERANCE = 0.005  # mixed pixel sizes differ by a few %: bring every section to the same µm/px
+
+
+@dataclass
+class Example:
+    """One annotated section: what training and validation consume."""
+
+    image: np.ndarray  # (C, H, W) float32 in [0, 1]
+    classes: np.ndarray  # (H, W) uint8
+    name: str
+    pixel_size_um: float | None = None
+
+
+@dataclass
+class SectionSet:
+    """Annotated sections of one kind: the examples, their class table and channel names."""
+
+    examples: list[Example]
+    table: ClassTable
+    channels: list[str]
+
+
+def resample(image: np.ndarray, classes: np.ndarray, factor: float, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Scale an example by `factor` (image bilinear, anti-aliased when shrinking; labels nearest),
+    unless it is within `tolerance` already (a pyramid level near the model's µm/px is kept)."""
+    if abs(factor - 1) <= tolerance:
+        return image, classes
+    shape = (max(1, round(classes.shape[0] * factor)), max(1, round(classes.shape[1] * factor)))
+    image = resize(image, (image.shape[0], *shape), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+    classes = resize(classes, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.uint8)
+    return image, classes
 
 
 def folder_layout(path: str | Path) -> str | None:
@@ -46,68 +93,54 @@ def folder_layout(path: str | Path) -> str | None:
     return "sebre" if _mask_folders(path) else None
 
 
-def read_json(path: str | Path):
-    """A small JSON file, size-checked before it is parsed (the files come from anywhere)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; a class table or section list is far smaller")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read this JSON file ({exc}); fix or replace it") from None
-
-
-def class_table(data, source) -> ClassTable:
-    """A ClassTable from `{"classes": [{"index": 1, "name": "cortex", "rgb": [r, g, b]}, ...]}`
-    (sections.json's table); indices missing from the list get placeholder names."""
-    entries = data.get("classes") if isinstance(data, dict) else None
-    fix = 'give "classes": [{"index": 1, "name": "cortex", "rgb": [230, 90, 60]}, ...]'
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"{source}: no class table; {fix}")
-    names, colors = {0: "background"}, {0: (0, 0, 0)}
-    for e in entries:
-        ok = isinstance(e, dict) and isinstance(e.get("index"), int) and 0 <= e["index"] < 256 and isinstance(e.get("name"), str)
-        rgb = e.get("rgb", PALETTE[0]) if ok else None
-        if not ok or not (isinstance(rgb, list | tuple) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in rgb)):
-            raise UserError(f"{source}: bad class entry {str(e)[:80]}; {fix}")
-        names[e["index"]], colors[e["index"]] = e["name"], tuple(rgb)
-    n = max(names) + 1
-    return ClassTable([names.get(i, f"class{i}") for i in range(n)],
-                      [colors.get(i, PALETTE[i % len(PALETTE)]) for i in range(n)])
-
-
-def load_class_table(path: str | Path | None) -> ClassTable | None:
-    """The class table of a JSON file (--classes), or None."""
-    return None if path is None else class_table(read_json(path), path)
-
-
-def read_labels(path: str | Path, n_classes: int | None = None) -> np.ndarray:
-    """A single-channel label image (PNG or TIFF) as a uint8 class map."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            values = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read this label image ({exc}); give a single-channel PNG or TIFF of class indices") from None
-    if values.ndim != 2 or values.dtype.kind not in "ui" or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-        raise UserError(f"{path}: a label image must be one channel of class indices 0-255 (got {values.dtype} "
-                        f"{values.shape}); save the class map as an 8-bit grey PNG")
-    if n_classes is not None and values.max(initial=0) >= n_classes:
-        raise UserError(f"{path}: class {int(values.max())} is not in the class table ({n_classes - 1} classes); "
-                        "add it to the table or fix the labels")
-    return values.astype(np.uint8)
-
-
 def at_pixel_size(example: Example, pixel_size_um: float | None, source) -> Example:
     """The example at `pixel_size_um` (image area-averaged/bilinear, labels nearest); as is for None."""
     if pixel_size_um is None:
         return example
     if not example.pixel_size_um:
-        raise UserError(f"{source}: the pixel size of {example.name} is unknown; pass --pixel-size-in UM (µm per pixel)")
+        raise UserError(f"{source}: the pixel size of {example.name} is unknown; pass pixel_size_in=UM (µm per pixel)")
     image, classes = resample(example.image, example.classes, example.pixel_size_um / pixel_size_um, RESAMPLE_TOLERANCE)
     return replace(example, image=image, classes=classes, pixel_size_um=pixel_size_um)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Annotated inputs to learn from: OME-Zarr stores with a label layer (`label_name`, default
+    the first), section folders, or images paired in order with `rois` (RoiSet.zip files).
+    `class_map` is a JSON file of ROI name -> class name, `pixel_size_in` the inputs' µm/px where
+    their files do not say it, `classes` a SeBRe folder's class table (JSON)."""
+
+    inputs: tuple[str, ...]
+    rois: tuple[str, ...] = ()
+    label_name: str | None = None
+    class_map: str | Path | None = None
+    pixel_size_in: float | None = None
+    classes: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class SectionFiles:
+    """One section of a shared-data set: its image and label files and its µm/px."""
+
+    image: Path
+    labels: Path
+    pixel_size_um: float
+
+
+@dataclass(frozen=True)
+class SetIndex:
+    """A shared-data set's `sections.json`: its class table and its checked sections."""
+
+    table: ClassTable
+    sections: list[SectionFiles]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sections kept for training and those held out, by whole sections."""
+
+    kept: list[Example]
+    held_out: list[Example]
 
 
 def _inside(root: Path, relative, source) -> Path:
@@ -119,7 +152,7 @@ def _inside(root: Path, relative, source) -> Path:
     return root / relative
 
 
-def shared_sections(root: str | Path) -> tuple[ClassTable, list[dict]]:
+def shared_sections(root: str | Path) -> SetIndex:
     """The class table and the checked section entries of `<root>/sections.json`."""
     root = Path(root)
     source = root / "sections.json"
@@ -133,25 +166,25 @@ def shared_sections(root: str | Path) -> tuple[ClassTable, list[dict]]:
         size = s.get("pixel_size_um") if isinstance(s, dict) else None
         if not isinstance(size, int | float) or isinstance(size, bool) or not size > 0:
             raise UserError(f"{source}: section {str(s)[:80]} has no positive pixel_size_um; add it (µm per pixel)")
-        out.append({"image": _inside(root, s.get("image"), source), "labels": _inside(root, s.get("labels"), source),
-                    "pixel_size_um": float(size)})
-    return table, out
+        out.append(SectionFiles(_inside(root, s.get("image"), source), _inside(root, s.get("labels"), source), float(size)))
+    return SetIndex(table, out)
 
 
-def shared_examples(root: str | Path, pixel_size_um: float | None = None) -> tuple[list[Example], ClassTable, list[str]]:
+def shared_examples(root: str | Path, pixel_size_um: float | None = None) -> SectionSet:
     """Every section of a shared-data set, at `pixel_size_um` (None: each at its own)."""
-    table, sections = shared_sections(root)
-    examples, channels = [], None
-    for s in sections:
-        image, names, _ = read_image(s["image"])
-        classes = read_labels(s["labels"], len(table.names))
+    index = shared_sections(root)
+    table, examples, channels = index.table, [], None
+    for s in index.sections:
+        picture = read_image(s.image)
+        image, names = picture.pixels, picture.channels
+        classes = read_labels(s.labels, len(table.names))
         if classes.shape != image.shape[1:]:
-            raise UserError(f"{s['labels']}: {classes.shape} pixels but the image has {image.shape[1:]}; labels must match their image")
+            raise UserError(f"{s.labels}: {classes.shape} pixels but the image has {image.shape[1:]}; labels must match their image")
         if channels is not None and names != channels:
-            raise UserError(f"{s['image']}: channels {names} differ from the other sections' {channels}; keep one kind of image per set")
+            raise UserError(f"{s.image}: channels {names} differ from the other sections' {channels}; keep one kind of image per set")
         channels = names
-        examples.append(at_pixel_size(Example(image, classes, s["image"].stem, s["pixel_size_um"]), pixel_size_um, root))
-    return examples, table, channels
+        examples.append(at_pixel_size(Example(image, classes, s.image.stem, s.pixel_size_um), pixel_size_um, root))
+    return SectionSet(examples, table, channels)
 
 
 def _mask_folders(root: Path) -> dict[int, Path]:
@@ -187,7 +220,7 @@ def sebre_class_map(folder: Path, shape: tuple[int, int], n_classes: int) -> np.
     for path in sorted(p for p in folder.glob("*.png") if MASK_NAME.search(p.name)):
         cls = int(MASK_NAME.search(path.name)[1])
         if not 0 < cls < n_classes:
-            raise UserError(f"{path}: class id {cls} is not in the class table (1-{n_classes - 1}); pass --classes FILE.json")
+            raise UserError(f"{path}: class id {cls} is not in the class table (1-{n_classes - 1}); pass classes=FILE.json")
         try:
             with Image.open(path) as im:
                 mask = np.asarray(im.convert("L")) > 127
@@ -200,7 +233,7 @@ def sebre_class_map(folder: Path, shape: tuple[int, int], n_classes: int) -> np.
 
 
 def sebre_examples(root: str | Path, pixel_size_um: float | None = None, table: ClassTable | None = None,
-                   pixel_size_in: float | None = None) -> tuple[list[Example], ClassTable, list[str]]:
+                   pixel_size_in: float | None = None) -> SectionSet:
     """Every image of a SeBRe folder with a mask folder of the same number. JPEGs carry no pixel
     size: `pixel_size_in` gives it (needed when `pixel_size_um` asks for resampling)."""
     root = Path(root)
@@ -211,18 +244,19 @@ def sebre_examples(root: str | Path, pixel_size_um: float | None = None, table: 
         raise UserError(f"{root}: no image *_N.jpg matches a mask folder *_N/; name them as SeBRe does (section_img_0.jpg, section_masks_0/)")
     examples, channels = [], None
     for n in sorted(masks.keys() & images.keys()):
-        image, names, size = read_image(images[n])
+        picture = read_image(images[n])
+        image, names, size = picture.pixels, picture.channels, picture.pixel_size_um
         if channels is not None and names != channels:
             raise UserError(f"{images[n]}: channels {names} differ from the other sections' {channels}; keep one kind of image per set")
         channels = names
         classes = sebre_class_map(masks[n], image.shape[1:], len(table.names))
         example = Example(image, classes, images[n].stem, pixel_size_in or size)
         examples.append(at_pixel_size(example, pixel_size_um, root))
-    return examples, table, channels
+    return SectionSet(examples, table, channels)
 
 
 def folder_examples(path: str | Path, pixel_size_um: float | None = None, table: ClassTable | None = None,
-                    pixel_size_in: float | None = None) -> tuple[list[Example], ClassTable, list[str]]:
+                    pixel_size_in: float | None = None) -> SectionSet:
     """A folder in either layout, told apart by its files."""
     layout = folder_layout(path)
     if layout == "shared":
@@ -232,12 +266,11 @@ def folder_examples(path: str | Path, pixel_size_um: float | None = None, table:
     raise UserError(f"{path}: neither a set folder (sections.json) nor a SeBRe folder (section_img_N.jpg with section_masks_N/)")
 
 
-def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation"
-                     ) -> tuple[list[Example], list[Example]]:
-    """(train, held out) by whole sections: the names listed, or a fraction drawn with `seed`;
-    `what` names the held-out part in messages."""
+def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation") -> Split:
+    """Whole sections held out: the names listed, or a fraction drawn with `seed`; `what` names the
+    held-out part in messages."""
     if not val:
-        return examples, []
+        return Split(examples, [])
     if isinstance(val, float):
         if not 0 < val < 1:
             raise UserError(f"validation fraction {val} must be between 0 and 1 (e.g. 0.2)")
@@ -251,4 +284,80 @@ def split_by_section(examples: list[Example], val: list[str] | float | None, see
     train = [e for e in examples if e.name not in picked]
     if not train:
         raise UserError(f"every section went to {what}; keep at least one for training")
-    return train, [e for e in examples if e.name in picked]
+    return Split(train, [e for e in examples if e.name in picked])
+
+
+def examples_from_zarr(url: str, pixel_size_um: float, label_name: str | None = None) -> SectionSet:
+    """Every plane of an OME-Zarr store with a label layer, at the level nearest `pixel_size_um`."""
+    slide = open_slide(url)
+    names = slide.label_names()
+    if not names:
+        raise UserError(f"{url}: no label layer to train on; add one (labels/<name>) or pass images with RoiSet.zip annotations")
+    info = open_labels(slide, label_name or names[0])
+    level = pick_level(slide, pixel_size_um)
+    factor = slide.pixel_size(level) / pixel_size_um
+    examples = []
+    for z in range(slide.n_planes):
+        values = read_plane(info, slide, level, z)
+        classes = class_lut(info, int(values.max()))[values].astype(np.uint8)
+        image = to_unit(np.asarray(slide.plane(level, z)))
+        image, classes = resample(image, classes, factor)
+        examples.append(Example(image, classes, f"{Path(url).name}[z={z}]", pixel_size_um))
+    return SectionSet(examples, class_table_of(info), slide.channels)
+
+
+def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
+                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
+                       ) -> SectionSet:
+    """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
+    coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
+    annotations = roi_annotations(roiset_path, class_map)
+    rois, table, classes = annotations.rois, annotations.table, annotations.classes
+    if is_zarr(image_path):
+        planes, channels, level0, size = _zarr_planes(image_path, pixel_size_um)
+    else:
+        picture = read_image(image_path)
+        planes, channels, level0 = [picture.pixels], picture.channels, picture.pixels.shape[1:]
+        size = pixel_size_in or picture.pixel_size_um
+    if pixel_size_in and is_zarr(image_path):
+        size = pixel_size_in * level0[1] / planes[0].shape[2]
+    if not size:
+        raise UserError(f"{image_path}: the file does not say its pixel size; pass pixel_size_in=UM (µm per pixel)")
+    examples = []
+    for z, image in enumerate(planes):
+        here = [(r, c) for r, c in zip(rois, classes) if r.position in (0, z + 1)]
+        scale = (image.shape[1] / level0[0], image.shape[2] / level0[1])
+        label = rasterise_rois([r for r, _ in here], [c for _, c in here], image.shape[1:], scale)
+        examples.append(Example(*resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]", pixel_size_um))
+    return SectionSet(examples, table, channels)
+
+
+def _zarr_planes(url, pixel_size_um: float) -> tuple[list[np.ndarray], list[str], tuple[int, int], float]:
+    """Every plane of an OME-Zarr image at the level nearest `pixel_size_um`, with level 0's shape."""
+    slide = open_slide(url)
+    level = pick_level(slide, pixel_size_um)
+    planes = [to_unit(np.asarray(slide.plane(level, z))) for z in range(slide.n_planes)]
+    return planes, slide.channels, slide.yx_shape(0), slide.pixel_size(level)
+
+
+def load_examples(data: TrainingData, pixel_size: float) -> SectionSet:
+    """All of `data`'s sections at `pixel_size` µm/px; every input must have the same classes and channels."""
+    if not data.inputs:
+        raise UserError("no training data given; pass one or more OME-Zarr stores with a label layer, or section folders")
+    if data.rois and len(data.rois) != len(data.inputs):
+        raise UserError(f"{len(data.inputs)} image(s) but {len(data.rois)} rois file(s); give one RoiSet.zip per image, "
+                        "in the same order")
+    class_map, classes = load_class_map(data.class_map), load_class_table(data.classes)
+    found = None
+    for i, url in enumerate(data.inputs):
+        if data.rois:
+            part = examples_from_rois(url, data.rois[i], pixel_size, class_map, data.pixel_size_in)
+        elif folder_layout(url):
+            part = folder_examples(url, pixel_size, classes, data.pixel_size_in)
+        else:
+            part = examples_from_zarr(str(url), pixel_size, data.label_name)
+        if found is not None and (part.table.names != found.table.names or part.channels != found.channels):
+            raise UserError(f"{url}: its classes {part.table.names[1:]} or channels {part.channels} differ from the first "
+                            "input's; train on inputs that agree (with ROIs, list every class in class_map)")
+        found = part if found is None else SectionSet(found.examples + part.examples, found.table, found.channels)
+    return found

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from .evaluate import compare_layers
 from .model import read_card
-from .segment import segment
+from .exports import Exports
+from .segment import SegmentOptions, segment
 from .slide import open_slide
 from .synth import make_slide_store
-from .train import train
+from .datasets import TrainingData
+from .train import TrainOptions, train
 
 DEMO_SLIDE = {"sections": 4, "size": (4096, 4096), "pixel_size": 4.0}
 TRAIN_SLIDES = {"train-dab.zarr": (1, "dab"), "train-nissl.zarr": (3, "nissl")}  # seed, stain: both stains
@@ -39,7 +41,7 @@ def demo_model(steps: int, retrain: bool, work: Path) -> Path:
         read_card(path)  # a damaged cache file is an error, not a silent retrain
         return path
     slides = [fresh_slide(work / name, seed, stain) for name, (seed, stain) in TRAIN_SLIDES.items()]
-    train(slides, path, steps=steps, seed=0, **MODEL)
+    train(TrainingData(tuple(slides)), path, TrainOptions(steps=steps, seed=0, **MODEL))
     return path
 
 
@@ -56,8 +58,9 @@ def run_demo(out: str | Path = "sebre-demo", steps: int = STEPS, retrain: bool =
     out.mkdir(parents=True, exist_ok=True)
     model = demo_model(steps, retrain, out)
     slide = Path(fresh_slide(out / "demo.zarr", DEMO_SEED))
-    result = segment(slide, model, labels="sebre", rois=out / "RoiSet.zip", geojson=out / "regions.geojson",
-                     measurements=out / "measurements.csv", preview=out / "preview.png", tta=True)
+    exports = Exports(rois=out / "RoiSet.zip", geojson=out / "regions.geojson", measurements=out / "measurements.csv",
+                      preview=out / "preview.png")
+    result = segment(slide, model, SegmentOptions(labels="sebre", tta=True), exports)
     card = read_card(model)
     dice = compare_layers(open_slide(slide), "sebre", "truth", card.classes, result.level)
     return {"model": str(model), "slide": str(slide), "regions": result.regions, "dice": dice, "card": card,

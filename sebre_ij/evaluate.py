@@ -1,9 +1,8 @@
-"""Agreement between a predicted and a true class map: Dice and IoU per region, mask mAP.
+"""`sebre evaluate`: predicted regions against true ones, from label layers, label images or RoiSets.
 
-mAP is COCO's: region instances are matched greedily in score order to the unmatched true instance
-of their class with the highest IoU at or above a threshold, and average precision is the
-101-point interpolated area under the precision-recall curve, per class, averaged over classes with
-a true instance (and, for mAP@0.5:0.95, over ten IoU thresholds).
+Both sides are read into label planes (values, and each value's class, section and score), brought
+onto one pixel grid, their classes matched by name, and scored with metrics.py: Dice and IoU per
+region and per section, mask mAP, a confusion table, and outline pictures.
 """
 
 from __future__ import annotations
@@ -13,43 +12,30 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .datasets import folder_layout, load_class_table, read_labels, shared_sections
+from .datasets import folder_layout, shared_sections
 from .errors import UserError
 from .exports import recorded_level, roi_level
 from .labels import LabelInfo, class_base, class_lut, open_labels, read_plane
+from .metrics import Instances, confusion, dice_iou, mask_ap, mean_ap
 from .preview import write_comparison
+from .readers import (
+    SECTION_PREFIX,
+    ClassTable,
+    class_table_of,
+    is_zarr,
+    load_class_table,
+    rasterise_rois,
+    read_image,
+    read_labels,
+    roi_annotations,
+)
 from .slide import Slide, open_slide, pick_level
 from .tiles import resample_nearest
 from .tissue import to_unit
-from .train import (
-    SECTION_PREFIX,
-    ClassTable,
-    _is_zarr,
-    class_table_of,
-    rasterise_rois,
-    read_image,
-    roi_annotations,
-)
-
-
-def confusion(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """n x n pixel counts, rows = truth class, columns = predicted class."""
-    idx = truth.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
-    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def dice_iou(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class Dice and IoU from a confusion matrix; NaN for classes in neither map."""
-    tp = np.diag(matrix).astype(float)
-    fp = matrix.sum(axis=0) - tp
-    fn = matrix.sum(axis=1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
 
 
 def class_plane(slide: Slide, name: str, level: int, z: int = 0) -> np.ndarray:
@@ -68,91 +54,6 @@ def compare_layers(slide: Slide, pred: str, truth: str, class_names: list[str], 
     scores["mean"] = round(float(np.mean(list(scores.values()))), 4) if scores else float("nan")
     return scores
 
-
-IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
-RECALL_POINTS = np.linspace(0, 1, 101)
-
-
-class Instances(NamedTuple):
-    """Region instances of one image: an id per pixel (0: none), and each id's class and score."""
-
-    ids: np.ndarray
-    classes: dict[int, int]
-    scores: dict[int, float]
-
-
-def overlaps(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every predicted id with every true id, from one pass over the pixels: (ids, ids, IoU)."""
-    p_ids, p_inv = np.unique(pred, return_inverse=True)
-    t_ids, t_inv = np.unique(truth, return_inverse=True)
-    inter = np.bincount(p_inv.ravel() * len(t_ids) + t_inv.ravel(), minlength=len(p_ids) * len(t_ids))
-    inter = inter.reshape(len(p_ids), len(t_ids)).astype(float)
-    union = inter.sum(axis=1)[:, None] + inter.sum(axis=0)[None, :] - inter
-    iou = inter / np.maximum(union, 1)
-    keep_p, keep_t = p_ids != 0, t_ids != 0
-    return p_ids[keep_p], t_ids[keep_t], iou[np.ix_(keep_p, keep_t)]
-
-
-def match(iou: np.ndarray, thresholds: np.ndarray = IOU_THRESHOLDS) -> np.ndarray:
-    """(predictions, thresholds): is each prediction (rows in score order) a true positive?"""
-    hits = np.zeros((iou.shape[0], len(thresholds)), bool)
-    for k, t in enumerate(thresholds):
-        free = np.ones(iou.shape[1], bool)
-        for i in range(iou.shape[0]):
-            candidates = np.where(free & (iou[i] >= t), iou[i], -1.0)
-            if candidates.size and candidates.max() >= 0:
-                free[candidates.argmax()] = False
-                hits[i, k] = True
-    return hits
-
-
-def average_precision(hits: np.ndarray, scores: np.ndarray, n_truth: int) -> np.ndarray:
-    """101-point interpolated AP per threshold column; NaN without true instances (COCO skips them)."""
-    if n_truth == 0:
-        return np.full(hits.shape[1], np.nan)
-    if len(hits) == 0:
-        return np.zeros(hits.shape[1])
-    order = np.argsort(-scores, kind="mergesort")
-    tp = np.cumsum(hits[order], axis=0)
-    ranks = np.arange(1, len(order) + 1)[:, None]
-    ap = np.zeros(hits.shape[1])
-    for k in range(hits.shape[1]):
-        recall, precision = tp[:, k] / n_truth, tp[:, k] / ranks[:, 0]
-        envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or more
-        at = np.searchsorted(recall, RECALL_POINTS, side="left")
-        ap[k] = np.where(at < len(recall), envelope[np.minimum(at, len(recall) - 1)], 0.0).mean()
-    return ap
-
-
-def mask_ap(pairs: list[tuple[Instances, Instances]], n_classes: int) -> np.ndarray:
-    """AP per class (rows) and IoU threshold (columns) over (predicted, true) instances of images."""
-    hits = {c: [np.zeros((0, len(IOU_THRESHOLDS)), bool)] for c in range(1, n_classes)}
-    scores = {c: [] for c in range(1, n_classes)}
-    n_truth = np.zeros(n_classes, int)
-    for pred, truth in pairs:
-        p_ids, t_ids, iou = overlaps(pred.ids, truth.ids)
-        for c in range(1, n_classes):
-            rows = sorted((i for i, v in enumerate(p_ids) if pred.classes.get(int(v)) == c),
-                          key=lambda i: -pred.scores.get(int(p_ids[i]), 1.0))
-            cols = [j for j, v in enumerate(t_ids) if truth.classes.get(int(v)) == c]
-            n_truth[c] += len(cols)
-            hits[c].append(match(iou[np.ix_(np.asarray(rows, int), np.asarray(cols, int))]))
-            scores[c] += [pred.scores.get(int(p_ids[i]), 1.0) for i in rows]
-    ap = np.full((n_classes, len(IOU_THRESHOLDS)), np.nan)
-    for c in range(1, n_classes):
-        ap[c] = average_precision(np.concatenate(hits[c]), np.asarray(scores[c], float), n_truth[c])
-    return ap
-
-
-def mean_ap(ap: np.ndarray) -> dict[str, float]:
-    """mAP@0.5 and mAP@0.5:0.95 over the classes that have true instances."""
-    scored = ap[~np.isnan(ap[:, 0])]
-    if not len(scored):
-        return {"mAP@0.5": float("nan"), "mAP@0.5:0.95": float("nan")}
-    return {"mAP@0.5": float(scored[:, 0].mean()), "mAP@0.5:0.95": float(scored.mean())}
-
-
-# ---- `sebre evaluate`: label sources of any kind, compared on one grid -------------------------
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MAX_EVAL_SIDE = 4096  # without a pixel size or a recorded inference level, read a layer no finer than this
@@ -192,7 +93,7 @@ def open_layer(path: str, name: str | None) -> tuple[Slide, LabelInfo]:
         names = slide.label_names()
         if len(names) != 1:
             raise UserError(f"{path}: {len(names)} label layers ({', '.join(names) or 'none'}); name one with "
-                            "--pred-labels/--truth-labels NAME or give slide.zarr/labels/NAME")
+                            "pred_labels=NAME or truth_labels=NAME, or give slide.zarr/labels/NAME")
         name = names[0]
     return slide, open_labels(slide, name)
 
@@ -223,25 +124,25 @@ def image_source(path: Path, table: ClassTable | None) -> LabelSource:
     """Label images: one file, a folder of them, or a set folder (sections.json gives the classes).
     The section image, drawn under the outlines, is `../images/<stem>.*` when there is one."""
     if folder_layout(path) == "shared":
-        set_table, sections = shared_sections(path)
-        files = [s["labels"] for s in sections]
-        table = table or set_table
+        index = shared_sections(path)
+        files = [s.labels for s in index.sections]
+        table = table or index.table
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         files = [path]
         beside = path.parent.parent / "sections.json"
         if table is None and path.parent.name == "labels" and beside.is_file():
-            table = shared_sections(path.parent.parent)[0]
+            table = shared_sections(path.parent.parent).table
     if table is None:
-        raise UserError(f"{path}: label images need their class table; pass --classes FILE.json (as in sections.json)")
+        raise UserError(f"{path}: label images need their class table; pass classes=FILE.json (as in sections.json)")
     if not files:
         raise UserError(f"{path}: no label images (PNG or TIFF) here; give a label image or a folder of them")
     planes = []
     for f in files:
         values = read_labels(f, len(table.names))
         picture = next(iter(sorted(f.parent.parent.glob(f"images/{f.stem}.*"))), None)
-        image = read_image(picture)[0] if picture is not None else None
+        image = read_image(picture).pixels if picture is not None else None
         planes.append(LabelPlane(f.stem, values, {v: v for v in range(len(table.names))}, None, {},
                                  image if image is not None and image.shape[1:] == values.shape else None))
     return LabelSource(str(path), planes, table, [p.values.shape for p in planes])
@@ -250,7 +151,8 @@ def image_source(path: Path, table: ClassTable | None) -> LabelSource:
 def roi_source(path: Path, frame: LabelSource) -> LabelSource:
     """A RoiSet.zip drawn on the other source's planes (ROI coordinates are their level-0 pixels);
     an `sN-` name prefix numbers the ROI's section, its stack position picks the plane."""
-    rois, table, classes = roi_annotations(path)
+    annotations = roi_annotations(path)
+    rois, table, classes = annotations.rois, annotations.table, annotations.classes
     numbers = [int(m[0][1:-1]) if (m := SECTION_PREFIX.match(r.name or "")) else 0 for r in rois]
     base = class_base(len(table.names))
     planes = []
@@ -294,7 +196,7 @@ def source_kind(path: str) -> str:
     if path.lower().endswith(".zip"):
         return "roi"
     p = Path(path)
-    if not _is_zarr(path) or folder_layout(p):
+    if not is_zarr(path) or folder_layout(p):
         return "image"
     plain_folder = p.is_dir() and not path.rstrip("/").endswith(".zarr")
     return "image" if plain_folder and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) else "zarr"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,24 @@ from .tiles import resample_nearest
 from .tissue import coarse_sections
 
 MAX_ROI_SIDE = 16384  # without a recorded inference level, trace on the finest level at most this big
+
+
+@dataclass(frozen=True)
+class Exports:
+    """Which exports to write and where (None: not written), and how ROIs are made.
+
+    ROIs are in level-`roi_level` pixels (0: full resolution); GeoJSON always in level 0, as
+    QuPath wants. ROI groups carry the class index (`roi_groups`: ImageJ then shows its group
+    colours; without, the model card's colours show, and the class stays in each ROI's properties).
+    `roi_tolerance` simplifies outlines by that many pixels of the traced level (None: 0.4)."""
+
+    rois: str | Path | None = None
+    geojson: str | Path | None = None
+    measurements: str | Path | None = None
+    preview: str | Path | None = None
+    roi_groups: bool = True
+    roi_level: int = 0
+    roi_tolerance: float | None = None
 
 
 def recorded_level(slide: Slide, info: LabelInfo) -> int | None:
@@ -68,53 +87,49 @@ def push_regions(slide: Slide, labels: str, *, fiji: str | Path | None = None, g
     from . import imagej
 
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        raise UserError(f"{slide.url}: no display for the ImageJ ROI Manager (DISPLAY is unset); run under "
-                        "`xvfb-run -a sebre segment ...`, or use --rois RoiSet.zip (open it in Fiji) instead of --imagej")
+        raise UserError(f"{slide.url}: no display for the ImageJ ROI Manager (DISPLAY is unset); run under a virtual "
+                        "display (`xvfb-run -a sebre segment ...`), or write rois=RoiSet.zip and open it in Fiji instead")
     try:
         imagej.start_imagej(fiji=fiji, headless=False)
         info = open_labels(slide, labels)
         return imagej.push_to_roi_manager(layer_regions(slide, info, roi_level(slide, info)), groups=groups)
     except RuntimeError as exc:  # a JVM already started headless, or no ImageJ classes
         raise UserError(f"{slide.url}: cannot reach the ImageJ ROI Manager ({str(exc).splitlines()[0]}); "
-                        "use --rois RoiSet.zip and open it in Fiji") from None
+                        "write rois=RoiSet.zip and open it in Fiji") from None
 
 
 def check_roi_level(slide: Slide, level: int) -> None:
     if not 0 <= level < len(slide.levels):
-        raise UserError(f"{slide.url}: --roi-level {level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
+        raise UserError(f"{slide.url}: roi_level={level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
 
 
-def export_regions(slide: Slide, labels: str, *, rois=None, geojson=None, measurements=None, preview=None,
-                   level: int | None = None, tolerance: float | None = None, groups: bool = True,
-                   roi_frame: int = 0) -> dict[str, str]:
-    """Write whichever exports are asked for; returns {kind: path}.
-
-    ROIs are in level-`roi_frame` pixels (0 by default); GeoJSON always in level 0, as QuPath wants.
-    ROI groups carry the class index (ImageJ then shows its group colours; `groups=False` keeps
-    the model card's colours in ImageJ, the class stays in each ROI's properties either way)."""
-    check_roi_level(slide, roi_frame)
+def export_regions(slide: Slide, labels: str, exports: Exports, level: int | None = None) -> dict[str, str]:
+    """Write whichever exports are asked for, traced at `level` (default: the level the layer was
+    inferred at); returns {kind: path}."""
+    check_roi_level(slide, exports.roi_level)
     info = open_labels(slide, labels)
     props = region_properties(info)
     level = roi_level(slide, info) if level is None else level
     written: dict[str, str] = {}
     planes = range(slide.n_planes)
-    if rois:
-        write_roiset(rois, layer_regions(slide, info, level, tolerance, roi_frame), groups=groups)
-        written["rois"] = str(rois)
-    if geojson:
-        write_geojson(geojson, layer_regions(slide, info, level, tolerance), pixel_size_um=slide.pixel_size(0))
-        written["geojson"] = str(geojson)
-    if measurements:
+    if exports.rois:
+        write_roiset(exports.rois, layer_regions(slide, info, level, exports.roi_tolerance, exports.roi_level),
+                     groups=exports.roi_groups)
+        written["rois"] = str(exports.rois)
+    if exports.geojson:
+        write_geojson(exports.geojson, layer_regions(slide, info, level, exports.roi_tolerance), pixel_size_um=slide.pixel_size(0))
+        written["geojson"] = str(exports.geojson)
+    if exports.measurements:
         rows = []
         for z in planes:
             rows += measure_regions(read_plane(info, slide, level, z), np.asarray(slide.plane(level, z)), props,
                                     slide.pixel_size(level), slide.channels)
-        write_csv(measurements, rows)
-        written["measurements"] = str(measurements)
-    if preview:
+        write_csv(exports.measurements, rows)
+        written["measurements"] = str(exports.measurements)
+    if exports.preview:
         image, sections, small = coarse_sections(slide, 0)
         values = read_plane(info, slide, small, 0)  # the coarse image is strided on a slide without a pyramid
         values = resample_nearest(values, values.shape, 0, sections.shape[0], 0, sections.shape[1], sections.shape)
-        write_preview(preview, image, values, sections, info.colors)
-        written["preview"] = str(preview)
+        write_preview(exports.preview, image, values, sections, info.colors)
+        written["preview"] = str(exports.preview)
     return {k: str(Path(v)) for k, v in written.items()}

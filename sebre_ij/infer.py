@@ -6,62 +6,49 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import math
-import platform
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from scipy import ndimage
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from .model import ModelCard
+from .model import ModelCard, detect
 from .tiles import Tile, tile_grid
-from .tissue import SectionMap, find_sections, to_unit
+from .tissue import SectionMap, find_sections, glass_colour, to_unit
 
 # A pixel joins a region when score x mask probability passes this: about torchvision's usual
 # mask probability of 0.5 at a typical score, lower because region masks are soft at their borders.
 EVIDENCE_THRESHOLD = 0.15
-# How long a thread holds the GIL before one waiting for it gets it (Python's default is 5 ms).
-# torch lets go of the GIL inside each op and needs it back between ops; when the helper threads
-# beside the model (reading, class maps, stitching) hold it in Python code, each hand-back waited
-# up to 5 ms: the model's calls took about 0.3-1 s longer on the 123 tiles of bench_segment (while
-# zarr's asyncio thread wrote the labels; since chunkfiles.py, 5 ms and 0.1 ms measure alike).
-GIL_SWITCH_S = 1e-4
-# glibc's mallopt parameters and defaults (malloc.h), for heap_kept
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
 def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
     return tuple(z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
 
 
-def read_tile(array, axes: str, tile: Tile, z: int, fill: np.ndarray, factor: float = 1.0) -> np.ndarray:
+def read_tile(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float = 1.0) -> np.ndarray:
     """A (C, size, size) float tile in [0, 1]; the part past the level's edge is glass-coloured.
 
     With `factor` != 1 the tile lies on a resampled grid (tiles.Grid) and is interpolated from
     the source level: Gaussian anti-aliasing, then bilinear at the inference pixels' centres."""
     if factor != 1.0:
-        return _read_resampled(array, axes, tile, z, fill, factor)
+        return _read_resampled(array, axes, tile, z, glass, factor)
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
     y0, x0 = max(tile.y, 0), max(tile.x, 0)
     y1, x1 = min(tile.y + tile.size, height), min(tile.x + tile.size, width)
-    out = np.empty((len(fill), tile.size, tile.size), np.float32)
-    out[:] = fill[:, None, None]
+    out = np.empty((len(glass), tile.size, tile.size), np.float32)
+    out[:] = glass[:, None, None]
     if y0 < y1 and x0 < x1:
         data = to_unit(np.asarray(array[_window(axes, z, slice(y0, y1), slice(x0, x1))]))
         out[:, y0 - tile.y: y1 - tile.y, x0 - tile.x: x1 - tile.x] = data if "c" in axes else data[None]
     return out
 
 
-def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, factor: float) -> np.ndarray:
+def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float) -> np.ndarray:
     # A stride bounds memory when one source level is far finer than the model (a slide without
     # a pyramid): the window read is then at most about twice the tile per side.
     stride = max(1, int(factor // 2))
@@ -70,8 +57,8 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, fill: np.ndarray, fact
     # the tile's pixels whose centre lies inside the level: [first, last) per axis
     first = [max(0, -origin) for origin in (tile.y, tile.x)]
     last = [min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin))) for n, origin in ((height, tile.y), (width, tile.x))]
-    out = np.empty((len(fill), tile.size, tile.size), np.float32)
-    out[:] = fill[:, None, None]
+    out = np.empty((len(glass), tile.size, tile.size), np.float32)
+    out[:] = glass[:, None, None]
     if first[0] >= last[0] or first[1] >= last[1]:
         return out
     starts = [o + a for o, a in zip((tile.y, tile.x), first)]  # inference coordinates of the first pixels inside
@@ -118,7 +105,7 @@ def _pasted(box: list[float], height: int, width: int) -> tuple[slice, slice]:
             slice(max(0, math.floor(x0 - mx)), min(width, math.ceil(x1 + mx) + 1)))
 
 
-def class_map(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+def best_classes(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel class (0 where no class reaches `threshold`) and its evidence."""
     best, classes = evidence.max(0)
     inside = (best > threshold) & (classes > 0)  # a semantic branch's background (row 0) can win
@@ -128,12 +115,12 @@ def class_map(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> 
 
 def instance_map(output: dict, min_score: float, shape: tuple[int, int],
                  threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
-    """class_map(class_evidence(output)) of one view on the CPU, made straight from its instances'
-    masks left in their boxes (masks_in_boxes): each is resized into its box as torchvision pastes
+    """best_classes(class_evidence(output)) of one view on the CPU, made straight from its instances'
+    masks left in their boxes (model.detect without pasting): each is resized into its box as torchvision pastes
     it, and only the box is visited. No tile-sized canvas per instance, no (classes, H, W) evidence.
 
     Instances go in class order and a pixel changes hands only to a strictly higher score x mask,
-    so on a tie the lower class keeps it, as class_map's argmax gives."""
+    so on a tie the lower class keeps it, as best_classes's argmax gives."""
     height, width = shape
     masks, scale = expand_masks(output["box_masks"], padding=1)  # torchvision's paste, step by step
     boxes = expand_boxes(output["boxes"], scale).to(torch.int64).tolist()
@@ -155,74 +142,17 @@ def instance_map(output: dict, min_score: float, shape: tuple[int, int],
     return np.where(inside, classes, 0).astype(np.uint8), np.where(inside, best, 0).astype(np.float32)
 
 
-@contextlib.contextmanager
-def masks_in_boxes(model: torch.nn.Module) -> Iterator[bool]:
-    """While it holds, a torchvision detection model's outputs carry each instance's mask as its mask
-    head made it ("box_masks", (N, 1, M, M)) instead of "masks" pasted into a tile-sized canvas.
-    Pasting allocates and fills a whole tile per instance in one thread: 12-13 % of tiny_fpn's time
-    on the CPU, for pixels instance_map never reads. Yields whether the model is one it can change."""
-    transform = getattr(model, "transform", None)
-    if not isinstance(transform, GeneralizedRCNNTransform):
-        yield False
-        return
-    paste = transform.postprocess
-
-    def postprocess(result: list[dict], image_sizes, original_sizes) -> list[dict]:
-        held = [r.pop("masks", None) for r in result]
-        result = paste(result, image_sizes, original_sizes)  # boxes to the input's size, as usual
-        for r, masks in zip(result, held):
-            if masks is not None:
-                r["box_masks"] = masks
-        return result
-
-    transform.postprocess = postprocess
-    try:
-        yield True
-    finally:
-        del transform.postprocess
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        return ctypes.CDLL(None)
-    return None
-
-
-@contextlib.contextmanager
-def heap_kept() -> Iterator[None]:
-    """Freed memory stays in the process's heap while the model runs, then goes back to the system.
-
-    glibc serves blocks over 32 MB (the mask head's output on a batch of tiles: 40 MB) with mmap
-    and unmaps them when freed, so every model call faulted its pages in again: 1-4 s of system
-    time in 15 s on bench_segment's slide. Process-wide, as Python's switch interval; a no-op
-    where the C library is not glibc."""
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
-
-
 def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *, device: torch.device,
                   batch_size: int = 4, min_score: float = 0.3, flips: bool = False) -> np.ndarray:
     """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
     `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
     overlapping tiles whose cores are written, nothing outside the sections. For validation and
     scoring of images held in memory."""
-    from .segment import glass_colour  # segment imports this module
-
     sections = find_sections(image)
-    fill = glass_colour(image, sections)
+    glass = glass_colour(image, sections)
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
-    read = functools.partial(read_tile, image, "cyx", z=0, fill=fill)
+    read = functools.partial(read_tile, image, "cyx", z=0, glass=glass)
     for tile, classes, _ in predict_tiles(model, card, tiles, read, device=device, batch_size=batch_size,
                                           min_score=min_score, flips=flips):
         ys, xs = tile.core
@@ -275,18 +205,6 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-@contextlib.contextmanager
-def gil_handoff(seconds: float = GIL_SWITCH_S) -> Iterator[None]:
-    """Python's thread switch interval at `seconds` while the model runs beside helper threads
-    (GIL_SWITCH_S says why); the previous one after."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray], *,
                   device: torch.device, batch_size: int = 4, min_score: float = 0.3,
                   flips: bool = False) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
@@ -297,12 +215,11 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
     batches = list(batched(tiles, batch_size))
     precision = amp_dtype(device)
     dims = FLIPS if flips else FLIPS[:1]
-    # the helper threads' torch work runs on one core each: a second OpenMP team per thread
-    # would fight the model's for the same cores (on 2 cores class maps took 5x their CPU time)
     # one view on the CPU: class maps come from the masks in their boxes (instance_map), never pasted
-    boxed = masks_in_boxes(model) if device.type == "cpu" and len(dims) == 1 else contextlib.nullcontext()
-    with gil_handoff(), heap_kept(), boxed, ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, \
-            torch.inference_mode():
+    paste = not (device.type == "cpu" and len(dims) == 1)
+    # the helper threads' torch work runs on one core each: a second OpenMP team per thread
+    # would fight the model's for the same cores
+    with ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, torch.inference_mode():
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
         maps = None
         for i, batch in enumerate(batches):
@@ -312,7 +229,7 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
             tensors = [_to_device(im, device) for im in images]
             views = [t.flip(d) if d else t for d in dims for t in tensors]
             with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                outputs = model(views)
+                outputs = run_model(model, views, paste_masks=paste)
             if maps is not None:
                 yield from maps.result()
             maps = pool.submit(_class_maps, batch, outputs, dims, len(card.classes), min_score)
@@ -320,10 +237,18 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
             yield from maps.result()
 
 
+def run_model(model: torch.nn.Module, images: list[torch.Tensor], *, paste_masks: bool) -> list[dict]:
+    """A batch through the model: a Mask R-CNN of model.py by `detect` (its masks left in their
+    boxes unless `paste_masks`), any other detector as it is called."""
+    if isinstance(model, MaskRCNN):
+        return detect(model, images, paste_masks=paste_masks)
+    return model(images)
+
+
 def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int,
                 min_score: float) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
     """(tile, classes, scores) of a batch from the model's outputs for all its views: straight from the
-    instances where their masks were left in their boxes (masks_in_boxes: one view on the CPU), else
+    instances where their masks were left in their boxes (one view on the CPU), else
     by each view's class evidence, averaged."""
     with torch.inference_mode():
         out = []
@@ -333,5 +258,5 @@ def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_cla
                 out.append((tile, *instance_map(views[0], min_score, (tile.size, tile.size))))
                 continue
             evidence = sum(_unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)) / len(dims)
-            out.append((tile, *class_map(evidence)))
+            out.append((tile, *best_classes(evidence)))
         return out

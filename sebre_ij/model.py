@@ -179,27 +179,54 @@ class RegionMaskRCNN(MaskRCNN):
         self.class_weights: torch.Tensor | None = None  # for the per-pixel loss; set by training, not saved
 
     def forward(self, images, targets=None):
-        original_sizes = [tuple(im.shape[-2:]) for im in images]
+        """Training: the Mask R-CNN losses and the per-pixel loss; evaluation: `detect`'s outputs."""
+        if not self.training:
+            return detect(self, images)
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
-        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        logits = nn.functional.interpolate(self.semantic(features), size=batch.tensors.shape[-2:], mode="bilinear", align_corners=False)
-        if self.training:
-            truth = torch.full(logits.shape[:1] + logits.shape[2:], 255, dtype=torch.int64, device=logits.device)
-            for i, t in enumerate(targets):
-                h, w = t["semantic"].shape
-                truth[i, :h, :w] = t["semantic"]
-            weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-            semantic = nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
-            return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
-        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        _, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        logits = self.semantic_logits(features, batch.tensors.shape[-2:])
+        truth = torch.full(logits.shape[:1] + logits.shape[2:], 255, dtype=torch.int64, device=logits.device)
+        for i, t in enumerate(targets):
+            h, w = t["semantic"].shape
+            truth[i, :h, :w] = t["semantic"]
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        semantic = nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
+        return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
+
+    def semantic_logits(self, features: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Per-pixel class logits of the semantic branch, at the (padded) batch's size."""
+        return nn.functional.interpolate(self.semantic(features), size=size, mode="bilinear", align_corners=False)
+
+
+def detect(model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = True) -> list[dict]:
+    """A Mask R-CNN's outputs on a batch in evaluation mode: boxes, labels, scores and masks as
+    torchvision gives them, and with a semantic branch "semantic", (classes, H, W) probabilities.
+
+    Without `paste_masks` each instance keeps the mask its mask head made ("box_masks",
+    (N, 1, M, M)) instead of torchvision pasting it into a canvas the size of the image, one
+    instance at a time: the caller resizes it into its box alone (infer.instance_map).
+
+    Notes: with `paste_masks` this equals `model(images)` of torchvision's GeneralizedRCNN in eval mode."""
+    original_sizes = [tuple(im.shape[-2:]) for im in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    boxed = [None if paste_masks else d.pop("masks", None) for d in detections]
+    detections = model.transform.postprocess(detections, batch.image_sizes, original_sizes)
+    for d, masks in zip(detections, boxed):
+        if masks is not None:
+            d["box_masks"] = masks
+    if isinstance(model, RegionMaskRCNN):
+        logits = model.semantic_logits(features, batch.tensors.shape[-2:])
         for d, lg, (h, w), size in zip(detections, logits, batch.image_sizes, original_sizes):
             lg = lg[:, :h, :w]
             if (h, w) != size:
                 lg = nn.functional.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0]
             d["semantic"] = lg.softmax(0)
-        return detections
+    return detections
 
 
 def build_model(card: ModelCard) -> MaskRCNN:
@@ -336,10 +363,18 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_init(model: nn.Module, path: str | Path) -> tuple[int, int]:
+@dataclass(frozen=True)
+class InitReport:
+    """How much of a model a weights file started: tensors copied, and tensors the model has."""
+
+    taken: int
+    total: int
+
+
+def load_init(model: nn.Module, path: str | Path) -> InitReport:
     """Start `model` from a torchvision weights file: every tensor whose name (under the naming that
     matches most) and shape agree is copied, the rest (e.g. COCO's 91-class predictors) stay as
-    built. Returns (tensors taken, tensors in the model); none taken is an error."""
+    built. None taken is an error."""
     state = read_weights(path)
     own = model.state_dict()
     best = {}
@@ -351,7 +386,7 @@ def load_init(model: nn.Module, path: str | Path) -> tuple[int, int]:
         raise UserError(f"{path}: none of its tensors fit this model's layers by name and shape; "
                         "pass weights of the same backbone (resnet50_fpn: maskrcnn_resnet50_fpn COCO or resnet50 ImageNet)")
     model.load_state_dict(best, strict=False)
-    return len(best), len(own)
+    return InitReport(len(best), len(own))
 
 
 def pick_device(requested: str | None = None) -> torch.device:

@@ -1,8 +1,9 @@
 """`sebre segment` as one function: slide + checkpoint in, label layer and exports out.
 
-The order of the steps is the data flow of DESIGN.md: level from the card's µm/px, sections on a
-coarse level, tiles over tissue, batched inference, core-of-tile stitching into the label layer,
-the pyramid, then the metadata that marks the layer complete, then the exports.
+The steps follow the data: every input is checked before anything is written (the level from the
+card's µm/px, the sections on a coarse level), then the label layer is made or a killed run's is
+reopened, the tiles over tissue run in batches through the model and are stitched into it, the
+pyramid and the metadata that marks the layer complete follow, and last the exports.
 """
 
 from __future__ import annotations
@@ -17,19 +18,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .cluster import ClusterSpec, TileJob, connect, run_tiles_on
+from .cluster import ClusterOptions, TileJob, connect, run_tiles_on
 from .errors import UserError
-from .exports import check_roi_level, export_regions
+from .exports import Exports, check_roi_level, export_regions
 from .infer import auto_batch_size, predict_tiles, read_tile
 from .instances import number_instances
 from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
 from .slide import ChunkCache, Slide, inference_level, open_slide
-from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result
+from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result, TileRun
 from .tiles import Grid, Tile, tile_grid
-from .tissue import SectionMap, tissue_sections, to_unit
+from .tissue import PlaneTissue, find_tissue
+
+MODES = ("region", "instance")
+TILE_GRID = "per-section, centred"  # in the run key: a run killed under another tiling is not resumed with this one
+Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[Result]]
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment. `labels` names the layer written; `overwrite` replaces one, `resume` insists
+    on finishing a killed run of the same settings (the same call resumes one anyway). `mode`
+    "region" keeps one label per class per section (SeBRe's rule), "instance" gives every connected
+    piece its own label. `tile_size` and `overlap` override the card's, `pixel_size` the slide's
+    level-0 µm/px. `tta` averages each tile with its three mirror images. `batch_size` may be "auto"
+    (on a GPU, from its free memory)."""
+
+    labels: str = "sebre"
+    overwrite: bool = False
+    resume: bool = False
+    mode: str = "region"
+    device: str | None = None
+    batch_size: int | str = 4
+    min_score: float = 0.3
+    tile_size: int | None = None
+    overlap: int | None = None
+    tta: bool = False
+    pixel_size: float | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.resume and self.overwrite:
+            raise UserError("resume=True and overwrite=True contradict each other; pass one of them")
+        if self.mode not in MODES:
+            raise UserError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise UserError(f"batch_size={self.batch_size!r}: give a whole number of 1 or more, or auto")
 
 
 @dataclass
@@ -47,19 +84,65 @@ class SegmentResult:
     batch_size: int = 0  # tiles per model call (chosen when asked for "auto")
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a run works from, every part checked before anything is written."""
+
+    slide: Slide
+    model: torch.nn.Module
+    card: ModelCard
+    device: torch.device
+    level: int  # the source level tiles are read from (and the layer's inference level)
+    factor: float  # source pixels per model pixel (1: the level matches the card's µm/px)
+    planes: list[PlaneTissue]
+    batch_size: int
+
+
 def check_channels(slide: Slide, card: ModelCard) -> None:
     if len(slide.channels) != len(card.channels):
         raise UserError(f"{slide.url}: {len(slide.channels)} channel(s) {slide.channels} but the model expects "
                         f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide")
 
 
-def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
-    """Per-channel median of the coarse level outside tissue: what padding past the edge looks like."""
-    image = to_unit(image)
-    outside = sections == 0
-    if not outside.any():
-        return np.median(image.reshape(image.shape[0], -1), axis=1)
-    return np.median(image[:, outside], axis=1)
+def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
+    """A slide that fits in less than one tile is not a slide the model can place regions on."""
+    height, width = Grid(slide.yx_shape(level), factor).shape
+    if height < card.tile_size and width < card.tile_size:
+        raise UserError(f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller than "
+                        f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or "
+                        f"tile_size={max(32, max(height, width) // 32 * 32)}")
+
+
+def open_inputs(slide_url: str | Path, model_path: str | Path, options: SegmentOptions, exports: Exports) -> Inputs:
+    """Step 1: the slide, the model and its level, the exports' level and every plane's tissue."""
+    options.check()
+    slide = open_slide(slide_url, options.pixel_size)
+    check_name(options.labels)
+    check_writable(slide, options.labels)
+    device = pick_device(options.device)
+    model, card = load_checkpoint(model_path, device, options.tile_size, options.overlap)
+    check_channels(slide, card)
+    level, factor = inference_level(slide, card.pixel_size_um)
+    check_size(slide, level, factor, card)
+    check_roi_level(slide, exports.roi_level)
+    planes = find_tissue(slide)
+    batch_size = auto_batch_size(model, card, device) if options.batch_size == "auto" else options.batch_size
+    return Inputs(slide, model, card, device, level, factor, planes, batch_size)
+
+
+def run_key(model_path: str | Path, settings: dict) -> str:
+    """What must match for a killed run to be resumed: the model's bytes and the run's settings."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
+    """The settings a resumed run must share with the killed one."""
+    return {"grid": TILE_GRID, "level": inputs.level, "factor": inputs.factor, "batch_size": inputs.batch_size,
+            "min_score": options.min_score, "tta": options.tta, "mode": options.mode, "card": inputs.card.to_json()}
 
 
 def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
@@ -109,27 +192,7 @@ def _progress(enabled: bool) -> Progress:
                     TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(), disable=not enabled, transient=True)
 
 
-MODES = ("region", "instance")
-TILE_GRID = "per-section, centred"  # in the run key: a run killed under another tiling is not resumed with this one
-Predictor = Callable[[list[Tile], Callable[[Tile], np.ndarray]], Iterable[Result]]
-
-
-Plane = tuple[np.ndarray, SectionMap]  # (glass colour per channel, sections) of one plane
-
-
-def find_tissue(slide: Slide) -> list[Plane]:
-    """Glass colour and sections of every plane; a slide without tissue is refused before anything is written."""
-    planes = []
-    for z in range(slide.n_planes):
-        image, coarse, sections = tissue_sections(slide, z)
-        planes.append((glass_colour(image, coarse), sections))
-    if not any(sections.count for _, sections in planes):
-        raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
-                        "right slide and that its pixels are not all one value")
-    return planes
-
-
-def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections: SectionMap) -> PlaneTiles:
+def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections) -> PlaneTiles:
     """A plane's tiles over its tissue, their cores noted in the layer (the pyramid is built there)."""
     tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
     for tile in tiles:
@@ -138,9 +201,9 @@ def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections
 
 
 def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
-              progress: bool = False, planes: list[Plane] | None = None,
-              factor: float = 1.0) -> tuple[RegionStats, int, int]:
-    """Segment every plane's tissue tiles into the layer's level (the source of a `factor` Grid).
+              progress: bool = False, planes: list[PlaneTissue] | None = None, factor: float = 1.0) -> TileRun:
+    """Step 3, in this process: segment every plane's tissue tiles into the layer's level (the
+    source of a `factor` Grid).
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
     or in tests an oracle, so that stitching is checked apart from the network. A writer thread
@@ -161,15 +224,15 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             layer.save_progress(z, stored, stats.to_dict())
 
     with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1) as thread:
-        for z, (fill, sections) in enumerate(planes or find_tissue(slide)):
-            n_sections = max(n_sections, sections.count)
-            plane = plane_tiles(layer, z, grid, card, sections)
+        for z, tissue in enumerate(planes or find_tissue(slide)):
+            n_sections = max(n_sections, tissue.sections.count)
+            plane = plane_tiles(layer, z, grid, card, tissue.sections)
             tiles = plane.tiles
             skip = min(layer.done(z) * batch_size, len(tiles))
             writer, pending = ChunkWriter(layer, plane, start=skip, pyramid=layer.writes_final), []
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
             start, stored, results = time.perf_counter(), None, []
-            read = functools.partial(read_tile, array, slide.axes, z=z, fill=fill, factor=factor)
+            read = functools.partial(read_tile, array, slide.axes, z=z, glass=tissue.glass, factor=factor)
             for i, result in enumerate(predict(list(tiles[skip:]), read), start=skip + 1):
                 results.append(result)
                 if i % batch_size == 0 or i == len(tiles):
@@ -180,11 +243,35 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             if stored is not None:
                 stored.result()
             n_tiles += len(tiles)
-    return stats, n_tiles, n_sections
+    return TileRun(stats, n_tiles, n_sections)
+
+
+def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -> TileRun:
+    """Step 3 in this process, with the model."""
+    predict = functools.partial(predict_tiles, inputs.model, inputs.card, device=inputs.device, batch_size=inputs.batch_size,
+                                min_score=options.min_score, flips=options.tta)
+    return run_tiles(inputs.slide, layer, inputs.card, predict, inputs.batch_size, options.progress, inputs.planes, inputs.factor)
+
+
+def run_tiles_on_cluster(client, cluster: ClusterOptions, inputs: Inputs, layer: LabelLayer, slide_url, model_path,
+                         options: SegmentOptions) -> TileRun:
+    """Step 3 on Dask distributed: the same tiles and batches, run and written by the workers."""
+    grid = Grid(layer.slide.yx_shape(layer.level), inputs.factor)
+
+    def job_of(plane: PlaneTiles, glass: np.ndarray, threads: dict[str, int]) -> TileJob:
+        return TileJob(slide_url=str(slide_url), pixel_size=options.pixel_size, model_path=str(Path(model_path).resolve()),
+                       tile_size=inputs.card.tile_size, overlap=inputs.card.overlap, device=options.device, labels=layer.name,
+                       level=layer.level, factor=inputs.factor, glass=glass, plane=plane, batch_size=inputs.batch_size,
+                       min_score=options.min_score, tta=options.tta, threads=threads)
+
+    with _progress(options.progress) as bar:
+        return run_tiles_on(client, cluster, layer, job_of, inputs.planes,
+                            lambda z, sections: plane_tiles(layer, z, grid, inputs.card, sections), inputs.batch_size, bar)
 
 
 def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict) -> list[dict]:
-    """Number instances (instance mode), build the pyramid and mark the layer complete; returns its region rows."""
+    """Step 4: number instances (instance mode), build the pyramid and mark the layer complete;
+    returns its region rows."""
     pixel_area = layer.slide.pixel_size(layer.level) ** 2
     if mode == "instance":
         rows = instance_table(number_layer(layer), stats, card, pixel_area)
@@ -197,91 +284,39 @@ def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, pr
     return rows
 
 
-def _run_on_cluster(client, spec: ClusterSpec, slide_url, pixel_size, model_path, device, card: ModelCard, layer: LabelLayer, planes: list[Plane],
-                    factor: float, batch_size: int, min_score: float, tta: bool, progress: bool) -> tuple[RegionStats, int, int]:
-    """run_tiles on Dask distributed: the same tiles and batches, run and written by the workers."""
-    grid = Grid(layer.slide.yx_shape(layer.level), factor)
+def segment(slide_url: str | Path, model_path: str | Path, options: SegmentOptions = SegmentOptions(),
+            exports: Exports = Exports(), cluster: ClusterOptions = ClusterOptions()) -> SegmentResult:
+    """Segment a slide's brain regions into `labels/<options.labels>/` and write the asked-for exports.
 
-    def job_of(plane: PlaneTiles, fill: np.ndarray, threads: dict[str, int]) -> TileJob:
-        return TileJob(str(slide_url), pixel_size, str(Path(model_path).resolve()), card.tile_size, card.overlap, device,
-                       layer.name, layer.level, factor, fill, plane, batch_size, min_score, tta, threads)
-
-    with _progress(progress) as bar:
-        return run_tiles_on(client, spec, layer, job_of, planes, lambda z, sections: plane_tiles(layer, z, grid, card, sections),
-                            batch_size, bar)
-
-
-def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
-    """A slide that fits in less than one tile is not a slide the model can place regions on."""
-    height, width = Grid(slide.yx_shape(level), factor).shape
-    if height < card.tile_size and width < card.tile_size:
-        raise UserError(f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller than "
-                        f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or --tile-size {max(32, max(height, width) // 32 * 32)}")
-
-
-def run_key(model_path: str | Path, settings: dict) -> str:
-    """What must match for a killed run to be resumed: the model's bytes and the run's settings."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    with open(model_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def segment(slide_url: str | Path, model_path: str | Path, *, labels: str = "sebre", rois: str | Path | None = None,
-            geojson: str | Path | None = None, measurements: str | Path | None = None, preview: str | Path | None = None,
-            overwrite: bool = False, resume: bool = False, device: str | None = None, batch_size: int | str = 4,
-            min_score: float = 0.3, tile_size: int | None = None, overlap: int | None = None, tta: bool = False,
-            pixel_size: float | None = None, mode: str = "region", roi_groups: bool = True, roi_level: int = 0,
-            roi_tolerance: float | None = None, progress: bool = True, cluster: ClusterSpec | None = None) -> SegmentResult:
-    """Segment a slide's brain regions into `labels/<labels>/` and write the asked-for exports.
-
-    `cluster` runs the tiles and the pyramid on Dask distributed (cluster.py) instead of here.
-    `mode` "region" keeps one label per class per section (SeBRe's rule); "instance" gives every
-    connected piece its own label, for many small objects. A run killed part-way resumes when
-    started again with the same settings (`resume=True` also insists that there is such a run to
-    resume); `overwrite` starts over."""
+    1. `open_inputs`: the slide, the model, the level at the card's µm/px and the tissue, all
+       checked before anything is written;
+    2. `create_layer`: the label layer, or a killed run's with the same settings to resume;
+    3. `run_tiles_here`, or `run_tiles_on_cluster` with a Dask cluster (cluster.py): the tiles over
+       tissue through the model, stitched into the layer;
+    4. `finish`: the pyramid, then the metadata that marks the layer complete;
+    5. `export_regions`: RoiSet.zip, GeoJSON, measurements and preview, as asked."""
     started = time.perf_counter()
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
-    slide = open_slide(slide_url, pixel_size)
-    check_name(labels)
-    check_writable(slide, labels)
-    dev = pick_device(device)
-    model, card = load_checkpoint(model_path, dev, tile_size, overlap)
-    check_channels(slide, card)
-    level, factor = inference_level(slide, card.pixel_size_um)
-    check_size(slide, level, factor, card)
-    check_roi_level(slide, roi_level)  # before anything is written
-    planes = find_tissue(slide)
-    if batch_size == "auto":
-        batch_size = auto_batch_size(model, card, dev)
-    settings = {"grid": TILE_GRID, "level": level, "factor": factor, "batch_size": batch_size, "min_score": min_score, "tta": tta,
-                "mode": mode, "card": card.to_json()}
-    with hold_layer(slide, labels):
-        layer = create_layer(slide, labels, level, overwrite=overwrite, run_key=run_key(model_path, settings), resume=resume,
-                             scratch=mode == "instance")
-        resumed = sum(layer.done(z) for z in range(slide.n_planes)) * batch_size
-        with connect(cluster or ClusterSpec()) as client:
+    inputs = open_inputs(slide_url, model_path, options, exports)
+    slide, card, name = inputs.slide, inputs.card, options.labels
+    with hold_layer(slide, name):
+        layer = create_layer(slide, name, inputs.level, overwrite=options.overwrite,
+                             run_key=run_key(model_path, run_settings(inputs, options)), resume=options.resume,
+                             scratch=options.mode == "instance")
+        resumed = sum(layer.done(z) for z in range(slide.n_planes)) * inputs.batch_size
+        with connect(cluster) as client:
             try:
                 if client is None:
-                    predict = functools.partial(predict_tiles, model, card, device=dev, batch_size=batch_size, min_score=min_score,
-                                                flips=tta)
-                    stats, n_tiles, n_sections = run_tiles(slide, layer, card, predict, batch_size, progress, planes, factor)
+                    run = run_tiles_here(inputs, layer, options)
                 else:
-                    stats, n_tiles, n_sections = _run_on_cluster(client, cluster, slide_url, pixel_size, model_path, device, card, layer,
-                                                                 planes, factor, batch_size, min_score, tta, progress)
+                    run = run_tiles_on_cluster(client, cluster, inputs, layer, slide_url, model_path, options)
             except UserError as exc:
-                raise UserError(f"{exc}; the tiles done so far are kept in labels/{labels}, and the same command resumes") from exc
+                raise UserError(f"{exc}; the tiles done so far are kept in labels/{name}, and running the same again resumes") from exc
             # inside `connect`: the pyramid is built by the cluster's workers when there is one
-            rows = finish(layer, card, stats, mode, {"model": str(model_path), "architecture": card.architecture,
-                                                     "pixel_size_um": card.pixel_size_um, "resampling_factor": factor, "mode": mode})
-    result = SegmentResult(str(slide_url), labels, level, card.pixel_size_um if factor != 1.0 else slide.pixel_size(level),
-                           n_sections, n_tiles, rows, resumed_tiles=min(resumed, n_tiles), batch_size=batch_size)
-    result.outputs = export_regions(open_slide(slide_url, pixel_size), labels, rois=rois, geojson=geojson,
-                                    measurements=measurements, preview=preview, groups=roi_groups,
-                                    roi_frame=roi_level, tolerance=roi_tolerance)
+            rows = finish(layer, card, run.stats, options.mode,
+                          {"model": str(model_path), "architecture": card.architecture, "pixel_size_um": card.pixel_size_um,
+                           "resampling_factor": inputs.factor, "mode": options.mode})
+    result = SegmentResult(str(slide_url), name, inputs.level, card.pixel_size_um if inputs.factor != 1.0 else slide.pixel_size(inputs.level),
+                           run.sections, run.tiles, rows, resumed_tiles=min(resumed, run.tiles), batch_size=inputs.batch_size)
+    result.outputs = export_regions(open_slide(slide_url, options.pixel_size), name, exports)
     result.seconds = time.perf_counter() - started
     return result

@@ -61,6 +61,15 @@ class RegionStats:
 
 
 @dataclass(frozen=True)
+class TileRun:
+    """What a run of every plane's tiles wrote: region stats, tiles and the most sections on a plane."""
+
+    stats: RegionStats
+    tiles: int
+    sections: int
+
+
+@dataclass(frozen=True)
 class PlaneTiles:
     """One plane's tiles and what turns their results into label values: where cores go, and
     their sections."""

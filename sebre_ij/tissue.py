@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
 
+from .errors import UserError
 from .slide import Slide
 
 COARSE_MAX_SIDE = 1024  # the tissue level is the finest whose long side is at most this
@@ -245,3 +246,32 @@ def _finer_window(slide: Slide, tissue, padded) -> tuple[int, int, tuple[slice, 
     h, w = (-(-n // stride) for n in slide.yx_shape(level))
     window = (slice(int(padded[0][0] * h), math.ceil(padded[0][1] * h)), slice(int(padded[1][0] * w), math.ceil(padded[1][1] * w)))
     return level, stride, window
+
+
+def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
+    """Per-channel median of the coarse level outside tissue: what padding past the edge looks like."""
+    image = to_unit(image)
+    outside = sections == 0
+    if not outside.any():
+        return np.median(image.reshape(image.shape[0], -1), axis=1)
+    return np.median(image[:, outside], axis=1)
+
+
+@dataclass(frozen=True)
+class PlaneTissue:
+    """One plane's tissue: its sections, and the glass colour per channel that pads tiles past the edge."""
+
+    glass: np.ndarray
+    sections: SectionMap
+
+
+def find_tissue(slide: Slide) -> list[PlaneTissue]:
+    """Glass colour and sections of every plane; a slide without tissue is refused before anything is written."""
+    planes = []
+    for z in range(slide.n_planes):
+        image, coarse, sections = tissue_sections(slide, z)
+        planes.append(PlaneTissue(glass_colour(image, coarse), sections))
+    if not any(plane.sections.count for plane in planes):
+        raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
+                        "right slide and that its pixels are not all one value")
+    return planes

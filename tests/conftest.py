@@ -1,9 +1,14 @@
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from sebre_ij.synth import CLASSES, synth_section
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +69,6 @@ def copy_slide(slide, folder):
 def oracle(truth):
     """A predictor that returns, for each tile, the true classes inside it (zero past the level's
     edges): stitching is then checked apart from any network."""
-    import numpy as np
-
     def predict(tiles, read):
         for t in tiles:
             classes = np.zeros((t.size, t.size), np.uint8)
@@ -74,3 +77,19 @@ def oracle(truth):
             classes[y0 - t.y: y0 - t.y + window.shape[0], x0 - t.x: x0 - t.x + window.shape[1]] = window
             yield t, classes, np.ones(classes.shape, np.float32)
     return predict
+
+
+def write_synth_set(root, n=3, shape=(96, 96)):
+    """A shared-data set of `n` synthetic sections (3 of them: s0, s1 train, s2 validates)."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    sections = []
+    for i in range(n):
+        image, labels = synth_section(shape, rng)
+        Image.fromarray(image.transpose(1, 2, 0)).save(root / "images" / f"s{i}.png")
+        Image.fromarray(labels).save(root / "labels" / f"s{i}.png")
+        sections.append({"image": f"images/s{i}.png", "labels": f"labels/s{i}.png", "pixel_size_um": 64.0})
+    classes = [{"index": i, "name": name, "rgb": list(rgb)} for i, (name, rgb) in enumerate(CLASSES)]
+    (root / "sections.json").write_text(json.dumps({"classes": classes, "sections": sections}))
+    return root

@@ -8,11 +8,11 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.writer import write_image
 
-from sebre_ij.exports import export_regions
+from sebre_ij.exports import Exports, export_regions
 from sebre_ij.labels import build_pyramid, create_layer, finish_layer, open_labels, read_plane
 from sebre_ij.model import ModelCard, build_model, save_checkpoint
 from sebre_ij.rois import read_roiset
-from sebre_ij.segment import segment
+from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, synth_slide
 
@@ -46,7 +46,7 @@ def model(tmp_path_factory):
 def test_segment_runs_every_plane(tmp_path, model, axes, ngff):
     path = tmp_path / "stack.zarr"
     write_stack(path, axes, ngff)
-    result = segment(path, model, min_score=0.0, progress=False)
+    result = segment(path, model, SegmentOptions(min_score=0.0, progress=False))
     slide = open_slide(path)
     assert slide.n_planes == 2 and result.level == 0 and result.tiles > 0
     info = open_labels(slide, "sebre")
@@ -70,7 +70,7 @@ def test_rois_carry_their_plane(tmp_path):
                  [{"label-value": 101, "rgba": [230, 90, 60, 255]}, {"label-value": 205, "rgba": [0, 120, 60, 255]}])
     slide = open_slide(path)
     np.testing.assert_array_equal(np.unique(read_plane(open_labels(slide, "hand"), slide, 0, z=1)), [0, 205])
-    export_regions(slide, "hand", rois=tmp_path / "r.zip")
+    export_regions(slide, "hand", Exports(rois=tmp_path / "r.zip"))
     rois = {r.name: r for r in read_roiset(tmp_path / "r.zip")}
     assert rois["s1-cortex"].position == 1 and rois["s2-thalamus"].position == 2
     assert rois["s2-thalamus"].top == 90

@@ -11,29 +11,28 @@ import pytest
 import torch
 from distributed import LocalCluster
 
-from sebre_ij.cluster import ClusterSpec, connect, task_batches
+from sebre_ij.cluster import ClusterOptions, connect, task_batches
 from sebre_ij.errors import UserError
 from sebre_ij.model import ModelCard, save_checkpoint
-from sebre_ij.segment import segment
+from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import CLASSES, make_slide_store, random_model
 
 
-@pytest.fixture(autouse=True)
-def environ_kept():
-    """A LocalCluster sets OMP_NUM_THREADS=1 in the parent's environment: later tests' subprocesses
-    must not inherit it."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+DISTRIBUTED_MARKS = {"PYTHONHASHSEED", "__DASK_PARENT_PID"}  # distributed's own, set when unset: not ours to undo
 
 
-def test_connect_leaves_the_environment_as_it_was():
+def test_a_local_cluster_gets_its_environment_without_changing_ours():
+    """The workers start with one OpenMP thread each; this process keeps its environment (later
+    subprocesses would inherit OMP_NUM_THREADS=1), but for the marks distributed itself adds."""
     before = dict(os.environ)
-    with connect(ClusterSpec(workers=1), say=lambda _: None):
-        pass
-    assert dict(os.environ) == before
+    with connect(ClusterOptions(workers=1)) as client:
+        inside = dict(os.environ)
+        workers = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert list(workers.values()) == ["1"]
+    for env in (inside, dict(os.environ)):
+        assert {k: env[k] for k in before} == before
+        assert set(env) - set(before) <= DISTRIBUTED_MARKS
 
 
 def label_arrays(store, name):
@@ -53,8 +52,9 @@ def work(tmp_path_factory):
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
     save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
     shutil.copytree(work / "slide.zarr", work / "local.zarr")
-    results = {mode: segment(work / "local.zarr", work / "m.safetensors", labels=mode, mode=mode, min_score=0.0,
-                             batch_size=2, progress=False) for mode in ("region", "instance")}
+    results = {mode: segment(work / "local.zarr", work / "m.safetensors",
+                             SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False))
+               for mode in ("region", "instance")}
     return work, results
 
 
@@ -63,8 +63,8 @@ def test_local_cluster_of_two_workers_gives_the_in_process_labels(work, tmp_path
     work, local = work
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "slide.zarr", store)
-    result = segment(store, work / "m.safetensors", labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False,
-                     cluster=ClusterSpec(workers=2))
+    result = segment(store, work / "m.safetensors", SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2,
+                                                                   progress=False), cluster=ClusterOptions(workers=2))
     assert result.tiles == local[mode].tiles > 8 and len(local[mode].regions) > 2
     assert label_arrays(store, mode) == label_arrays(work / "local.zarr", mode)
     assert result.regions == local[mode].regions
@@ -87,13 +87,13 @@ def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
 
 
 @pytest.mark.parametrize("spec, words", [
-    (ClusterSpec(workers=2, scheduler="tcp://x:1"), "contradict"),
-    (ClusterSpec(cluster="pbs"), "not one of"),
-    (ClusterSpec(workers=-1), "--workers"),
-    (ClusterSpec(scheduler="tcp://127.0.0.1:9"), "no Dask scheduler answers"),
+    (ClusterOptions(workers=2, scheduler="tcp://x:1"), "contradict"),
+    (ClusterOptions(cluster="pbs"), "not one of"),
+    (ClusterOptions(workers=-1), "workers=-1"),
+    (ClusterOptions(scheduler="tcp://127.0.0.1:9"), "no Dask scheduler answers"),
 ])
 def test_bad_cluster_choices_are_one_line_errors(spec, words):
-    with pytest.raises(UserError, match=words), connect(spec, say=lambda _: None):
+    with pytest.raises(UserError, match=words), connect(spec):
         pass
 
 
@@ -120,7 +120,7 @@ def test_batch_size_auto_on_the_cpu_and_bad_values(work):
 def test_slurm_job_script_asks_for_the_queue_cores_memory_and_gpus():
     from sebre_ij.cluster import slurm_cluster
 
-    spec = ClusterSpec(cluster="slurm", queue="gpu", cores=8, memory="32GB", gpus=2, jobs=3, walltime="02:00:00")
+    spec = ClusterOptions(cluster="slurm", queue="gpu", cores=8, memory="32GB", gpus=2, jobs=3, walltime="02:00:00")
     with slurm_cluster(spec) as cluster:
         script = cluster.job_script()
     for line in ["#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:2"]:

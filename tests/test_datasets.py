@@ -14,6 +14,8 @@ from PIL import Image
 
 from sebre_ij.datasets import (
     SEBRE_CLASSES,
+    Example,
+    Split,
     folder_layout,
     sebre_examples,
     shared_examples,
@@ -22,7 +24,7 @@ from sebre_ij.datasets import (
 )
 from sebre_ij.errors import UserError
 from sebre_ij.model import read_card
-from sebre_ij.train import Example
+from sebre_ij.readers import load_class_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEBRE_DATA", ROOT.parent / "shared" / "data"))
@@ -55,7 +57,8 @@ def write_set(root, sizes=(2.0, 4.0), shape=(8, 12)):
 def test_shared_layout_reads_sections_at_their_own_pixel_size(tmp_path):
     root = write_set(tmp_path / "set")
     assert folder_layout(root) == "shared"
-    examples, table, channels = shared_examples(root)
+    found = shared_examples(root)
+    examples, table, channels = found.examples, found.table, found.channels
     assert table.names == ["background", "cortex", "thalamus"] and table.colors[2] == (0, 120, 60)
     assert channels == ["R", "G", "B"]
     assert [(e.name, e.pixel_size_um) for e in examples] == [("s0", 2.0), ("s1", 4.0)]
@@ -66,7 +69,7 @@ def test_shared_layout_reads_sections_at_their_own_pixel_size(tmp_path):
 
 
 def test_mixed_pixel_sizes_are_brought_to_one(tmp_path):
-    examples, _, _ = shared_examples(write_set(tmp_path / "set"), pixel_size_um=4.0)
+    examples = shared_examples(write_set(tmp_path / "set"), pixel_size_um=4.0).examples
     assert [e.pixel_size_um for e in examples] == [4.0, 4.0]
     # 2 µm/px halves (8 x 12 -> 4 x 6), 4 µm/px stays; labels by nearest neighbour keep their values
     assert examples[0].classes.shape == (4, 6) and examples[1].classes.shape == (8, 12)
@@ -103,7 +106,8 @@ def glta():
 
 def test_one_real_glta_section(glta, tmp_path):
     """One real section through a set folder of its own (links, not copies, to the shared files)."""
-    table, sections = shared_sections(glta)
+    index = shared_sections(glta)
+    table, sections = index.table, index.sections
     assert table.names[1:4] == ["cortex", "hippocampus", "olfactory"] and len(sections) == 23
     entry = next(s for s in json.loads((glta / "sections.json").read_text())["sections"] if "glta_s044" in s["image"])
     root = tmp_path / "one"
@@ -112,11 +116,12 @@ def test_one_real_glta_section(glta, tmp_path):
         (root / entry[kind]).symlink_to(glta / entry[kind])
     (root / "sections.json").write_text(json.dumps({"classes": json.loads((glta / "sections.json").read_text())["classes"],
                                                     "sections": [entry]}))
-    [section], table, channels = shared_examples(root)
+    found = shared_examples(root)
+    [section], table, channels = found.examples, found.table, found.channels
     assert section.image.shape == (3, 670, 1024) and channels == ["R", "G", "B"]
     present = {table.names[c] for c in np.unique(section.classes) if c}
     assert present == set(entry["regions"])
-    [coarse], _, _ = shared_examples(root, pixel_size_um=25.0)
+    [coarse] = shared_examples(root, pixel_size_um=25.0).examples
     factor = entry["pixel_size_um"] / 25.0
     assert coarse.classes.shape == (round(670 * factor), round(1024 * factor))
     assert {table.names[c] for c in np.unique(coarse.classes) if c} <= present
@@ -138,7 +143,8 @@ def write_sebre(root, n=2, shape=(10, 16)):
 def test_sebre_layout_reads_masks_into_class_maps(tmp_path):
     root = write_sebre(tmp_path / "sebre")
     assert folder_layout(root) == "sebre"
-    examples, table, channels = sebre_examples(root)
+    found = sebre_examples(root)
+    examples, table, channels = found.examples, found.table, found.channels
     assert table.names == ["background", *SEBRE_CLASSES] and channels == ["R", "G", "B"]
     assert [e.name for e in examples] == ["section_img_0", "section_img_1"]
     assert examples[0].pixel_size_um is None  # a JPEG does not say
@@ -147,14 +153,13 @@ def test_sebre_layout_reads_masks_into_class_maps(tmp_path):
 
 
 def test_sebre_layout_with_a_class_table_and_a_pixel_size(tmp_path):
-    from sebre_ij.datasets import load_class_table
-
     root = write_sebre(tmp_path / "sebre")
     (tmp_path / "classes.json").write_text(json.dumps({"classes": CLASSES}))
-    examples, table, _ = sebre_examples(root, 4.0, load_class_table(tmp_path / "classes.json"), pixel_size_in=2.0)
+    found = sebre_examples(root, 4.0, load_class_table(tmp_path / "classes.json"), pixel_size_in=2.0)
+    examples, table = found.examples, found.table
     assert table.names == ["background", "cortex", "thalamus"]
     np.testing.assert_array_equal(examples[0].classes, quadrants(5, 8))
-    with pytest.raises(UserError, match=r"section_img_0 is unknown; pass --pixel-size-in"):
+    with pytest.raises(UserError, match=r"section_img_0 is unknown; pass pixel_size_in=UM"):
         sebre_examples(root, 4.0)
     (tmp_path / "classes.json").write_text(json.dumps({"classes": CLASSES[:2]}))
     with pytest.raises(UserError, match=r"section_masks_0_TH_m2.png: class id 2 is not in the class table"):
@@ -163,12 +168,13 @@ def test_sebre_layout_with_a_class_table_and_a_pixel_size(tmp_path):
 
 def test_split_by_section():
     examples = [Example(np.zeros((1, 2, 2), np.float32), np.ones((2, 2), np.uint8), f"s{i}") for i in range(10)]
-    train, val = split_by_section(examples, ["s3", "s7"])
+    split = split_by_section(examples, ["s3", "s7"])
+    train, val = split.kept, split.held_out
     assert [e.name for e in val] == ["s3", "s7"] and len(train) == 8
-    _, val_a = split_by_section(examples, 0.2, seed=1)
-    _, val_b = split_by_section(examples, 0.2, seed=1)
+    val_a = split_by_section(examples, 0.2, seed=1).held_out
+    val_b = split_by_section(examples, 0.2, seed=1).held_out
     assert len(val_a) == 2 and [e.name for e in val_a] == [e.name for e in val_b]
-    assert split_by_section(examples, None) == (examples, [])
+    assert split_by_section(examples, None) == Split(examples, [])
     with pytest.raises(UserError, match=r"validation sections \['s99'\] are not in the data"):
         split_by_section(examples, ["s99"])
 

@@ -1,14 +1,19 @@
 """Model variants and the checkpoint contract: weights + card in one file, loaded without code."""
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
+import torchvision
 from safetensors.torch import save_file
 
+from conftest import write_synth_set
 from sebre_ij.errors import UserError
-from sebre_ij.model import ARCHITECTURES, ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
+from sebre_ij.model import ARCHITECTURES, ModelCard, build_model, load_checkpoint, load_init, read_card, save_checkpoint
 
 
 def card(arch="tiny_fpn", channels=("R", "G", "B"), tile=128):
@@ -121,3 +126,59 @@ def test_semantic_checkpoint_roundtrip_and_older_cards_without_the_field(tmp_pat
               metadata={"sebre_card": json.dumps(old)})
     model_old, card_old = load_checkpoint(tmp_path / "old.safetensors")
     assert card_old.semantic is False and not hasattr(model_old, "semantic")
+
+
+def mobilenet_card():
+    return ModelCard("mobilenet_v3_fpn", ["background", "cortex", "thalamus"], [(0, 0, 0)] * 3, 16.0, ["R", "G", "B"],
+                     [0.5] * 3, [0.2] * 3, tile_size=128, overlap=32)
+
+
+def test_init_from_a_torchvision_imagenet_file(tmp_path):
+    torch.manual_seed(1)
+    classifier = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(classifier.state_dict(), path)
+    model = build_model(mobilenet_card())
+    report = load_init(model, path)
+    taken, total = report.taken, report.total
+    body = [k for k in model.state_dict() if k.startswith("backbone.body.")]
+    assert taken == len(body) and total == len(model.state_dict())
+    ours = model.state_dict()["backbone.body.0.0.weight"]
+    assert torch.equal(ours, classifier.state_dict()["features.0.0.weight"])
+
+
+def test_init_from_a_torchvision_detector_takes_all_but_the_class_layers(tmp_path):
+    torch.manual_seed(2)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91)
+    path = tmp_path / "fasterrcnn_coco.pth"
+    torch.save({"model": detector.state_dict()}, path)  # wrapped, as torchvision's reference scripts save
+    model = build_model(mobilenet_card())
+    taken = load_init(model, path).taken
+    theirs = detector.state_dict()
+    assert torch.equal(model.state_dict()["roi_heads.box_head.fc6.weight"], theirs["roi_heads.box_head.fc6.weight"])
+    assert not torch.equal(model.state_dict()["roi_heads.box_predictor.cls_score.bias"][:3], theirs["roi_heads.box_predictor.cls_score.bias"][:3])
+    fits = [k for k, v in model.state_dict().items() if k in theirs and theirs[k].shape == v.shape]
+    assert taken == len(fits) > 200
+
+
+def test_init_refuses_files_that_are_not_weights(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UserError, match="not a plain weights file"):
+        load_init(build_model(mobilenet_card()), evil)
+    assert not marker.exists()
+    unrelated = tmp_path / "unrelated.pth"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, unrelated)
+    with pytest.raises(UserError, match="none of its tensors fit"):
+        load_init(build_model(mobilenet_card()), unrelated)
+    root = write_synth_set(tmp_path / "set")
+    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(root), "--out", str(tmp_path / "m.safetensors"),
+                          "--init", str(evil), "--steps", "1"], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "evil.pth: not a plain weights file" in run.stderr
+    assert not marker.exists()

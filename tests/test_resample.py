@@ -44,7 +44,7 @@ def test_resampled_tile_samples_the_image_at_pixel_centres(factor):
     yy, xx = np.mgrid[0:h, 0:w]
     image = (20 * yy + 30 * xx).astype(np.uint16)[None]
     tile = Tile(40, 50, 64, (slice(40, 104), slice(50, 114)))
-    got = read_tile(image, "cyx", tile, z=0, fill=np.zeros(1, np.float32), factor=factor)[0]
+    got = read_tile(image, "cyx", tile, z=0, glass=np.zeros(1, np.float32), factor=factor)[0]
     cy = (tile.y + np.arange(64) + 0.5) * factor - 0.5
     cx = (tile.x + np.arange(64) + 0.5) * factor - 0.5
     want = (20 * cy[:, None] + 30 * cx[None, :]) / 65535
@@ -56,7 +56,7 @@ def test_resampled_tile_samples_the_image_at_pixel_centres(factor):
 def test_tile_past_the_edge_is_glass():
     image = np.full((1, 100, 100), 1000, np.uint16)
     tile = Tile(0, 0, 64, (slice(0, 64), slice(0, 64)))
-    got = read_tile(image, "cyx", tile, z=0, fill=np.array([0.9], np.float32), factor=2.5)[0]
+    got = read_tile(image, "cyx", tile, z=0, glass=np.array([0.9], np.float32), factor=2.5)[0]
     assert np.allclose(got[:39, :39], 1000 / 65535) and np.allclose(got[41:, :], 0.9) and np.allclose(got[:, 41:], 0.9)
 
 
@@ -67,8 +67,8 @@ def test_tile_before_the_level_reads_the_same_pixels_shifted(factor):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 65535, (1, 300, 300), dtype=np.uint16)
     fill = np.array([0.5], np.float32)
-    before = read_tile(image, "cyx", Tile(-10, -7, 64, (slice(0, 54), slice(0, 57))), z=0, fill=fill, factor=factor)[0]
-    inside = read_tile(image, "cyx", Tile(0, 0, 64, (slice(0, 64), slice(0, 64))), z=0, fill=fill, factor=factor)[0]
+    before = read_tile(image, "cyx", Tile(-10, -7, 64, (slice(0, 54), slice(0, 57))), z=0, glass=fill, factor=factor)[0]
+    inside = read_tile(image, "cyx", Tile(0, 0, 64, (slice(0, 64), slice(0, 64))), z=0, glass=fill, factor=factor)[0]
     assert np.all(before[:10] == 0.5) and np.all(before[:, :7] == 0.5)
     np.testing.assert_allclose(before[10 + 3:, 7 + 3:], inside[3:54, 3:57], atol=1e-6)  # away from the smoothing's edge
 

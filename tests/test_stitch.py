@@ -31,7 +31,8 @@ def test_oracle_stitching_reproduces_the_truth(slide_path, tile, overlap):
     names = [n for n, _ in CLASSES]
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
     layer = create_layer(slide, f"oracle{tile}", level, overwrite=True)
-    stats, n_tiles, n_sections = run_tiles(slide, layer, card, oracle(truth))
+    run = run_tiles(slide, layer, card, oracle(truth))
+    stats, n_tiles, n_sections = run.stats, run.tiles, run.sections
     values = np.asarray(layer.array(level)[:])
     base = class_base(len(names))
     assert n_sections == 2 and n_tiles > 4

@@ -1,5 +1,5 @@
-"""Training from Fiji annotations: ROIs rasterised into class maps (ImageJ's fill rules), ROI
-names to classes, and `sebre train IMAGE --rois RoiSet.zip` on a RoiSet written by ImageJ itself."""
+"""readers.py: ROIs rasterised into class maps (ImageJ's fill rules), ROI names to classes, images
+with their pixel size, and `sebre train IMAGE --rois RoiSet.zip` on a RoiSet written by ImageJ itself."""
 
 import json
 import subprocess
@@ -18,7 +18,7 @@ from roifile import ImagejRoi
 from sebre_ij.errors import UserError
 from sebre_ij.model import read_card
 from sebre_ij.rois import Region, imagej_roi, read_roiset
-from sebre_ij.train import rasterise_rois, read_image, roi_class, roi_class_table
+from sebre_ij.readers import rasterise_rois, read_image, roi_class, roi_class_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_roi_names_give_classes():
     assert roi_class("s12-cortex", None, "R.zip") == "cortex"
     assert roi_class("hippocampus", None, "R.zip") == "hippocampus"
     assert roi_class("s1-ctx", {"ctx": "cortex"}, "R.zip") == "cortex"
-    with pytest.raises(UserError, match=r"R.zip: ROI '0012-0345' names no class.*--class-map"):
+    with pytest.raises(UserError, match=r"R.zip: ROI '0012-0345' names no class.*class_map=FILE.json"):
         roi_class("0012-0345", None, "R.zip")
     with pytest.raises(UserError, match=r"R.zip: ROI 'striatum' is not in the class map"):
         roi_class("striatum", {"ctx": "cortex"}, "R.zip")
@@ -86,8 +86,8 @@ def test_class_colours_come_from_stroke_colours():
 def test_imagej_tiff_says_its_pixel_size(tmp_path):
     path = tmp_path / "section.tif"
     tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), imagej=True, resolution=(1 / 16, 1 / 16), metadata={"unit": "micron"})
-    image, channels, size = read_image(path)
-    assert image.shape == (3, 8, 8) and channels == ["R", "G", "B"] and size == pytest.approx(16)
+    found = read_image(path)
+    assert found.pixels.shape == (3, 8, 8) and found.channels == ["R", "G", "B"] and found.pixel_size_um == pytest.approx(16)
 
 
 def section_image(size=256):
@@ -172,4 +172,4 @@ def test_train_names_the_unknown_roi(tmp_path):
                            str(tmp_path / "m.safetensors"), "--class-map", str(mapping), "--pixel-size-in", "16"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"sebre: error: {roiset}: ROI 's1-ctx' is not in the class map; add it to the --class-map file or rename the ROI"
+    assert proc.stderr.strip() == f"sebre: error: {roiset}: ROI 's1-ctx' is not in the class map; add it to the class map (--class-map FILE.json) or rename the ROI"

@@ -1,44 +1,27 @@
-"""The training recipe: class-balanced tiles, whole-image prediction as segment makes it, the best
-validation checkpoint with its curves, fixed seeds, and starting from torchvision weights."""
+"""train.py: class-balanced tiles, whole-image prediction as segment makes it, the per-pixel loss's
+class weights, the best validation checkpoint with its curves, and fixed seeds."""
 
 import csv
 import json
 import os
-import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from safetensors.torch import load_file
 
 import sebre_ij.train as train_module
 from sebre_ij.augment import Augmentation
-from sebre_ij.errors import UserError
 from sebre_ij.infer import predict_image
-from sebre_ij.model import ModelCard, build_model, load_init, read_card
+from sebre_ij.model import ModelCard, read_card
 from sebre_ij.synth import CLASSES, synth_section
 from sebre_ij.tissue import find_sections
-from sebre_ij.train import Example, TileSampler, curve_paths, train
-
-
-def write_synth_set(root, n=3, shape=(96, 96)):
-    """A shared-data set of `n` synthetic sections (3 of them: s0, s1 train, s2 validates)."""
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    sections = []
-    for i in range(n):
-        image, labels = synth_section(shape, rng)
-        Image.fromarray(image.transpose(1, 2, 0)).save(root / "images" / f"s{i}.png")
-        Image.fromarray(labels).save(root / "labels" / f"s{i}.png")
-        sections.append({"image": f"images/s{i}.png", "labels": f"labels/s{i}.png", "pixel_size_um": 64.0})
-    classes = [{"index": i, "name": name, "rgb": list(rgb)} for i, (name, rgb) in enumerate(CLASSES)]
-    (root / "sections.json").write_text(json.dumps({"classes": classes, "sections": sections}))
-    return root
+from sebre_ij.datasets import Example, TrainingData
+from conftest import write_synth_set
+from sebre_ij.train import TileSampler, TrainOptions, curve_paths, semantic_weights, train
 
 
 TINY = dict(arch="tiny_fpn", pixel_size=64.0, tile_size=64, overlap=16, batch_size=1, progress=False)
@@ -108,7 +91,7 @@ def test_best_validation_checkpoint_and_curves(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "validate", scripted_validate)
     out = tmp_path / "m.safetensors"
-    card = train([str(root)], out, steps=3, val_every=1, val_sections=["s2"], **TINY)
+    card = train(TrainingData((str(root),)), out, TrainOptions(steps=3, val_every=1, val_sections=("s2",), **TINY))
     assert card.training["best_step"] == 2 and card.training["val_dice"] == 0.5
     assert card.training["val_curve"] == [[1, 0.2], [2, 0.5], [3, 0.3]]
     assert card.training["train_sections"] == ["s0", "s1"] and card.training["augmentation"]["rotate"] is True
@@ -126,12 +109,12 @@ def test_best_validation_checkpoint_and_curves(tmp_path, monkeypatch):
 
 def test_same_seed_same_weights_and_test_sections_stay_out(tmp_path):
     root = write_synth_set(tmp_path / "set")
-    runs = [train([str(root)], tmp_path / f"m{i}.safetensors", steps=2, seed=7, test_sections=["s1"], **TINY)
-            for i in range(2)]
+    options = TrainOptions(steps=2, seed=7, test_sections=("s1",), **TINY)
+    runs = [train(TrainingData((str(root),)), tmp_path / f"m{i}.safetensors", options) for i in range(2)]
     a, b = (load_file(str(tmp_path / f"m{i}.safetensors")) for i in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0].training["test_sections"] == ["s1"] and runs[0].training["train_sections"] == ["s0", "s2"]
-    other = train([str(root)], tmp_path / "m2.safetensors", steps=2, seed=8, test_sections=["s1"], **TINY)
+    other = train(TrainingData((str(root),)), tmp_path / "m2.safetensors", TrainOptions(steps=2, seed=8, test_sections=("s1",), **TINY))
     assert other.training["seed"] == 8
     assert not all(torch.equal(a[k], v) for k, v in load_file(str(tmp_path / "m2.safetensors")).items())
 
@@ -139,62 +122,16 @@ def test_same_seed_same_weights_and_test_sections_stay_out(tmp_path):
 def test_tile_workers_repeat_with_a_seed(tmp_path):
     root = write_synth_set(tmp_path / "set")
     for name in ("a", "b"):
-        train([str(root)], tmp_path / f"{name}.safetensors", steps=2, seed=3, workers=2, **TINY)
+        train(TrainingData((str(root),)), tmp_path / f"{name}.safetensors", TrainOptions(steps=2, seed=3, workers=2, **TINY))
     a, b = (load_file(str(tmp_path / f"{name}.safetensors")) for name in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_card(tmp_path / "a.safetensors").training["workers"] == 2
 
 
-def mobilenet_card():
-    return ModelCard("mobilenet_v3_fpn", ["background", "cortex", "thalamus"], [(0, 0, 0)] * 3, 16.0, ["R", "G", "B"],
-                     [0.5] * 3, [0.2] * 3, tile_size=128, overlap=32)
-
-
-def test_init_from_a_torchvision_imagenet_file(tmp_path):
-    torch.manual_seed(1)
-    classifier = torchvision.models.mobilenet_v3_large(weights=None)
-    path = tmp_path / "mobilenet_v3_large.pth"
-    torch.save(classifier.state_dict(), path)
-    model = build_model(mobilenet_card())
-    taken, total = load_init(model, path)
-    body = [k for k in model.state_dict() if k.startswith("backbone.body.")]
-    assert taken == len(body) and total == len(model.state_dict())
-    ours = model.state_dict()["backbone.body.0.0.weight"]
-    assert torch.equal(ours, classifier.state_dict()["features.0.0.weight"])
-
-
-def test_init_from_a_torchvision_detector_takes_all_but_the_class_layers(tmp_path):
-    torch.manual_seed(2)
-    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91)
-    path = tmp_path / "fasterrcnn_coco.pth"
-    torch.save({"model": detector.state_dict()}, path)  # wrapped, as torchvision's reference scripts save
-    model = build_model(mobilenet_card())
-    taken, _ = load_init(model, path)
-    theirs = detector.state_dict()
-    assert torch.equal(model.state_dict()["roi_heads.box_head.fc6.weight"], theirs["roi_heads.box_head.fc6.weight"])
-    assert not torch.equal(model.state_dict()["roi_heads.box_predictor.cls_score.bias"][:3], theirs["roi_heads.box_predictor.cls_score.bias"][:3])
-    fits = [k for k, v in model.state_dict().items() if k in theirs and theirs[k].shape == v.shape]
-    assert taken == len(fits) > 200
-
-
-def test_init_refuses_files_that_are_not_weights(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
-    evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(UserError, match="not a plain weights file"):
-        load_init(build_model(mobilenet_card()), evil)
-    assert not marker.exists()
-    unrelated = tmp_path / "unrelated.pth"
-    torch.save({"conv.weight": torch.zeros(2, 2)}, unrelated)
-    with pytest.raises(UserError, match="none of its tensors fit"):
-        load_init(build_model(mobilenet_card()), unrelated)
-    root = write_synth_set(tmp_path / "set")
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(root), "--out", str(tmp_path / "m.safetensors"),
-                          "--init", str(evil), "--steps", "1"], capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "evil.pth: not a plain weights file" in run.stderr
-    assert not marker.exists()
+def test_semantic_weights_are_inverse_square_roots_of_pixel_shares():
+    classes = np.zeros((10, 10), np.uint8)
+    classes[:, :1] = 1  # 10 % class 1, 90 % background, class 2 absent
+    weights = semantic_weights([Example(np.zeros((1, 10, 10), np.float32), classes, "s")], 3)
+    raw = np.array([1 / np.sqrt(0.9), 1 / np.sqrt(0.1)])
+    np.testing.assert_allclose(weights[:2].numpy(), raw / raw.mean(), rtol=1e-6)
+    assert weights[2] == 0
