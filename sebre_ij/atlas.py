@@ -6,12 +6,12 @@ training section (`atlas_section`) is made in five steps:
 
 1. `random_plane`: coronal, sagittal or horizontal at a random depth, tilted as real cuts are, the
    tissue shrunk or stretched (a different scale along rows and columns);
-2. `cut_section`: the plane's class map, structure ids and average-template intensity, cropped to
-   the brain plus a glass margin;
+2. `cut_section`: the plane's class map and structure ids, cropped to the brain plus a glass margin;
 3. `damage`: hemisections and pieces torn off (their labels go with them), tears (labels kept, as
    a registration's are), folds, bubbles and debris (the picture only);
 4. `crop`: the box of what is left, plus the margin;
-5. `render.render`: brightfield RGB or fluorescence, in a random appearance per structure.
+5. `render.render`: brightfield RGB or fluorescence, in a random appearance per structure or from
+   the average template cut at the same plane (`section_template`, cut only when a look needs it).
 
 Planes follow QuickNII's anchoring: nine numbers `o, u, v` in 25 µm voxels; the pixel at column x,
 row y of a width x height section lies at `o + (x + 0.5) / width * u + (y + 0.5) / height * v`, and
@@ -32,7 +32,9 @@ import csv
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +279,6 @@ class Section:
 
     classes: np.ndarray
     structures: np.ndarray
-    template: np.ndarray
     tissue: np.ndarray
     removed: np.ndarray
     plane: Plane
@@ -317,9 +318,13 @@ def cut_section(atlas: Atlas, plane: Plane, margin: int, orientation: str = "") 
     points = plane.points((ys.start, xs.start, ys.stop - ys.start, xs.stop - xs.start))
     classes = classes[ys, xs]
     structures = atlas.tree.index(cut(atlas.annotation, points))
-    template = cut_template(atlas.template, points)
-    return Section(classes, structures, template, classes > 0, np.zeros(classes.shape, bool), plane, ys.start, xs.start,
-                   orientation)
+    removed = np.zeros(classes.shape, bool)
+    return Section(classes, structures, classes > 0, removed, plane, ys.start, xs.start, orientation)
+
+
+def section_template(atlas: Atlas, section: Section) -> Callable[[], np.ndarray]:
+    """A function giving the average template at the section's pixels, cut on its first call."""
+    return cache(lambda: cut_template(atlas.template, section.points()))
 
 
 def damage(section: Section, recipe: SectionRecipe, rng: np.random.Generator) -> Section:
@@ -367,7 +372,7 @@ def atlas_section(atlas: Atlas, recipe: SectionRecipe,
         plane, orientation = random_plane(atlas, recipe, rng)
         section = cut_section(atlas, plane, recipe.margin_px, orientation)
     section = crop(damage(section, recipe, rng), recipe.margin_px)
-    image = render(section.structures, section.tissue, section.template, section.overlay, atlas.tree,
+    image = render(section.structures, section.tissue, section_template(atlas, section), section.overlay, atlas.tree,
                    recipe.pixel_size_um, recipe.look, rng)
     return image, section.classes, section
 

@@ -21,6 +21,7 @@ steps:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,11 +136,11 @@ def smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator)
 
     Notes
     -----
-    Over 4 pixels, equals A N B^T with N standard normal on a grid `scale` pixels apart and A, B
+    From 8 pixels, equals A N B^T with N standard normal on a grid `scale` pixels apart and A, B
     Gaussian bumps of sd `scale` (a Gaussian filter's result at a fraction of its cost), multiplied
     by einsum: BLAS threads, idling hot between many small products, tripled the generator's time
     on 2 cores."""
-    if scale < 4:
+    if scale < 8:
         field = ndi.gaussian_filter(rng.standard_normal(shape), scale)
     else:
         def bumps(n: int) -> np.ndarray:
@@ -189,12 +190,12 @@ def _median_one(density: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return np.where(tissue, density / max(scale, 1e-6), 0.0).astype(np.float32)
 
 
-def tissue_density(structures: np.ndarray, tissue: np.ndarray, template: np.ndarray, tree: StructureTree,
+def tissue_density(structures: np.ndarray, tissue: np.ndarray, template: Callable[[], np.ndarray], tree: StructureTree,
                    look: Look, rng: np.random.Generator) -> np.ndarray:
     """Stain density of every pixel before texture, median 1 in the tissue and 0 on glass."""
     if rng.random() >= look.template:
         return _median_one(structure_densities(tree, look, rng)[structures], tissue)
-    density = _median_one(template, tissue)
+    density = _median_one(template(), tissue)
     if rng.random() < 0.5:
         density = np.clip(2.0 - density, 0.05, None)
     if rng.random() < 0.5:
@@ -311,13 +312,13 @@ def _finish(image: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarr
     return (np.clip(image, 0.0, 1.0) ** math.exp(rng.uniform(-look.gamma, look.gamma))).astype(np.float32)
 
 
-def render(structures: np.ndarray, tissue: np.ndarray, template: np.ndarray, overlay: dict, tree: StructureTree,
-           pixel_um: float, look: Look, rng: np.random.Generator) -> np.ndarray:
+def render(structures: np.ndarray, tissue: np.ndarray, template: Callable[[], np.ndarray], overlay: dict,
+           tree: StructureTree, pixel_um: float, look: Look, rng: np.random.Generator) -> np.ndarray:
     """A section's picture in [0, 1]: (3, H, W) brightfield RGB or (1, H, W) fluorescence.
 
-    `structures` holds structure indices of `tree`, `tissue` where tissue is seen, `template` the
-    average template at each pixel, `overlay` the masks of `atlas.damage` that change only the picture,
-    `pixel_um` the pixel size."""
+    `structures` holds structure indices of `tree`, `tissue` where tissue is seen, `template()` the
+    average template at each pixel (called only for the template look, as cutting it costs),
+    `overlay` the masks of `atlas.damage` that change only the picture, `pixel_um` the pixel size."""
     density = tissue_density(structures, tissue, template, tree, look, rng)
     density = _texture(density, structures, tissue, tree, pixel_um, look, rng)
     density = _optics(_overlay(density, overlay, rng), look, rng)
