@@ -29,6 +29,8 @@ from scipy import ndimage as ndi
 
 FIBRE_TRACTS = "fiber_tracts"
 VENTRICLES = "ventricles"
+CAUDOPUTAMEN = 672
+"""Allen id of the caudoputamen, crossed by bundles of fibres the atlas does not draw."""
 
 STAINS = {
     "dab": (0.22, 0.49, 0.84),
@@ -60,6 +62,12 @@ class StructureTree:
         found = np.searchsorted(self.ids, annotation).clip(0, len(self.ids) - 1)
         return np.where(self.ids[found] == annotation, found, 0).astype(np.uint16)
 
+    @property
+    def grey(self) -> np.ndarray:
+        """Per class: 1 for grey matter, 0 for background, fibre tracts and ventricles."""
+        names = np.array(self.class_names)
+        return (~np.isin(names, [self.class_names[0], FIBRE_TRACTS, VENTRICLES])).astype(float)
+
     def of_class(self, name: str) -> np.ndarray:
         """Which structures fall in the class `name` (none if the table has no such class)."""
         if name not in self.class_names:
@@ -85,7 +93,9 @@ class Look:
         0.2-0.3), drawn per section and varied per structure.
     grain_um : range of the fine texture's scale.
     edge_um : range of the blur of boundaries between structures (partial volume, registration).
-    speckle : share of structures with pale or dark specks (fibre bundles, large cells).
+    speckle : share of structures with pale or dark specks (large cells, vessels).
+    fascicles : share of sections showing the caudoputamen's fibre bundles, 10-18 % of its area,
+        with the density fibre tracts have over grey matter (GLTa's are pale).
     rim : range of the log density change at the tissue's edge, where stain enters from the cut.
     laminae : sd of the log density of a band along the surface and one along the fibre tracts,
         per class (the atlas has no cerebellar or hippocampal layers; real sections show them).
@@ -114,8 +124,9 @@ class Look:
     grain_um: tuple[float, float] = (8.0, 25.0)
     edge_um: tuple[float, float] = (0.0, 30.0)
     speckle: float = 0.1
+    fascicles: float = 0.8
     rim: tuple[float, float] = (-0.3, 0.5)
-    laminae: float = 0.5
+    laminae: float = 0.3
     lamina_um: tuple[float, float] = (40.0, 150.0)
     mottle: float = 0.15
     thickness: float = 0.25
@@ -217,15 +228,31 @@ def _laminae(structures: np.ndarray, tissue: np.ndarray, tree: StructureTree, pi
     Notes
     -----
     Equals exp(a[c] * 2 * near(glass) + b[c] * 2 * near(tracts)), c each pixel's class, a[c] the rim
-    plus a class's own, near(m) mask m blurred by a random band width (0.5 at its edge)."""
+    plus, in grey matter, a class's own, near(m) mask m blurred by a random band width (0.5 at its edge)."""
     n = len(tree.class_names)
     pixel_class = tree.classes[structures]
-    a = rng.uniform(*look.rim) + rng.normal(0.0, look.laminae, n)
-    b = rng.normal(0.0, look.laminae, n)
+    a = rng.uniform(*look.rim) + rng.normal(0.0, look.laminae, n) * tree.grey
+    b = rng.normal(0.0, look.laminae, n) * tree.grey
     glass = ndi.gaussian_filter((~tissue).astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um)
     tracts = ndi.gaussian_filter(tree.of_class(FIBRE_TRACTS)[structures].astype(np.float32),
                                  rng.uniform(*look.lamina_um) / pixel_um)
     return np.exp(2.0 * (a.astype(np.float32)[pixel_class] * glass + b.astype(np.float32)[pixel_class] * tracts))
+
+
+def _specks(density: np.ndarray, structures: np.ndarray, tree: StructureTree, pixel_um: float, look: Look,
+            rng: np.random.Generator) -> np.ndarray:
+    """Pale or dark specks in random structures, and the caudoputamen's fibre bundles."""
+    specked = (rng.random(len(tree.ids)) < look.speckle)[structures]
+    if specked.any():
+        noise = _fine_noise(density.shape, rng.uniform(*look.grain_um) / pixel_um, rng)
+        spots = specked & (noise > rng.uniform(1.0, 2.0))
+        density = np.where(spots, density * rng.choice([0.4, 1.7]), density)
+    striatum = structures == int(tree.index(np.array([CAUDOPUTAMEN]))[0]) if CAUDOPUTAMEN in tree.ids else None
+    if striatum is not None and striatum.any() and rng.random() < look.fascicles:
+        noise = _fine_noise(density.shape, rng.uniform(10, 20) / pixel_um, rng)
+        bundles = striatum * np.clip(2.0 * (noise - rng.uniform(0.9, 1.3)), 0.0, 1.0)
+        density = density * np.exp(rng.uniform(*look.tracts) * bundles)
+    return density
 
 
 def _texture(density: np.ndarray, structures: np.ndarray, tissue: np.ndarray, tree: StructureTree, pixel_um: float,
@@ -235,10 +262,7 @@ def _texture(density: np.ndarray, structures: np.ndarray, tissue: np.ndarray, tr
     density = _blur_within(density, tissue, rng.uniform(*look.edge_um) / pixel_um)
     grain = (rng.uniform(*look.grain) * rng.uniform(0.5, 1.5, n)).astype(np.float32)[structures]
     density = density * np.exp(grain * _fine_noise(shape, rng.uniform(*look.grain_um) / pixel_um, rng))
-    specked = (rng.random(n) < look.speckle)[structures]
-    if specked.any():
-        spots = specked & (_fine_noise(shape, rng.uniform(*look.grain_um) / pixel_um, rng) > rng.uniform(1.0, 2.0))
-        density = np.where(spots, density * rng.choice([0.4, 1.7]), density)
+    density = _specks(density, structures, tree, pixel_um, look, rng)
     density = density * _laminae(structures, tissue, tree, pixel_um, look, rng)
     mottle = rng.uniform(0.0, look.mottle) * smooth_noise(shape, max(rng.uniform(50, 200) / pixel_um, 1.0), rng)
     thick = mottle + rng.uniform(0.0, look.thickness) * smooth_noise(shape, rng.uniform(10, 40), rng)
