@@ -146,6 +146,7 @@ class Plane:
 
     @classmethod
     def from_anchoring(cls, anchoring: list[float], width: int, height: int) -> Plane:
+        """The plane of QuickNII's nine numbers o, u, v for a `width` x `height` image."""
         o, u, v = (tuple(float(x) for x in anchoring[i:i + 3]) for i in (0, 3, 6))
         return cls(o, u, v, int(width), int(height))
 

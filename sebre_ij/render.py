@@ -87,7 +87,8 @@ class Look:
     region_sd : range of the sd of log density each level of the structure tree adds.
     class_sd : range of the sd of a log density shared by each class's structures (regions differ
         more than their parts).
-    tracts : range of the log density of fibre tracts over their parents' (GLTa: -0.4, lighter).
+    tracts : range of the log density added to fibre tracts (GLTa's, over its registered labels:
+        -0.1 to -0.4 against cortex, and paler where tracts are wide; myelin stains darken them).
     empty_ventricles : share in which ventricles are open, holding next to no stain.
     grain : range of the sd of the log density of fine texture (cells, vessels; GLTa at 25 µm/px:
         0.2-0.3), drawn per section and varied per structure.

@@ -73,6 +73,7 @@ def test_classes_are_the_plane_less_what_damage_removed(atlas, seed):
     assert classes.dtype == np.uint8 and classes.shape == image.shape[1:] == section.removed.shape
     assert np.array_equal(classes, np.where(section.removed, 0, plane_classes))
     assert set(np.unique(classes)) <= set(np.unique(plane_classes))
+    assert np.array_equal(atlas.tree.classes[section.structures], plane_classes)
     assert not (section.tissue & (classes == 0)).any()
 
 
