@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .infer import predict_tiles, read_tile
+from .infer import predict_tiles, tile_reader
 from .labels import open_layer
 from .model import load_checkpoint, pick_device
+from .model_input import InputMap
 from .slide import ChunkCache, open_slide
 from .stitch import ChunkWriter, RegionStats, TileRun
 
@@ -151,7 +152,7 @@ class TileJob:
     labels: str
     level: int
     factor: float
-    glass: np.ndarray
+    view: InputMap  # how the plane's pixels become model input
     plane: object  # stitch.PlaneTiles: the plane's tiles, their sections and where their cores go
     batch_size: int
     min_score: float
@@ -186,7 +187,7 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
     layer = open_layer(slide, job.labels, job.level)
-    read = functools.partial(read_tile, ChunkCache(slide.pixels(job.level)), slide.axes, z=job.plane.z, glass=job.glass, factor=job.factor)
+    read = tile_reader(ChunkCache(slide.pixels(job.level)), slide.axes, job.plane.z, job.view, job.factor)
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []
     predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
@@ -223,7 +224,7 @@ def run_tiles_on(client, spec: ClusterOptions, layer, job_of, planes: list, tile
         first = done * batch_size
         todo = len(tiles) - first
         per_task = task_batches(-(-todo // batch_size), n_workers) * batch_size
-        job = client.scatter(job_of(plane, tissue.glass, threads), broadcast=True)
+        job = client.scatter(job_of(plane, tissue, threads), broadcast=True)
         futures = {client.submit(run_task, job, i, min(i + per_task, len(tiles)), pure=False): k
                    for k, i in enumerate(range(first, len(tiles), per_task))}
         finished: dict[int, list[dict]] = {}

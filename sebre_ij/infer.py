@@ -6,7 +6,6 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +17,9 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 from .model import ModelCard, detect
+from .model_input import InputMap, input_map
 from .tiles import Tile, tile_grid
-from .tissue import SectionMap, find_sections, glass_colour, to_unit
+from .tissue import SectionMap, find_sections, to_unit
 
 # A pixel joins a region when score x mask probability passes this: about torchvision's usual
 # mask probability of 0.5 at a typical score, lower because region masks are soft at their borders.
@@ -46,6 +46,14 @@ def read_tile(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: f
         data = to_unit(np.asarray(array[_window(axes, z, slice(y0, y1), slice(x0, x1))]))
         out[:, y0 - tile.y: y1 - tile.y, x0 - tile.x: x1 - tile.x] = data if "c" in axes else data[None]
     return out
+
+
+def tile_reader(array, axes: str, z: int, view: InputMap, factor: float) -> Callable[[Tile], np.ndarray]:
+    """Model input of a tile: its pixels read (glass past the edge), then turned as `view` says."""
+    def read(tile: Tile) -> np.ndarray:
+        return view.apply(read_tile(array, axes, tile, z, view.fill, factor))
+
+    return read
 
 
 def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float) -> np.ndarray:
@@ -149,10 +157,9 @@ def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *,
     overlapping tiles whose cores are written, nothing outside the sections. For validation and
     scoring of images held in memory."""
     sections = find_sections(image)
-    glass = glass_colour(image, sections)
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
-    read = functools.partial(read_tile, image, "cyx", z=0, glass=glass)
+    read = tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0)
     for tile, classes, _ in predict_tiles(model, card, tiles, read, device=device, batch_size=batch_size,
                                           min_score=min_score, flips=flips):
         ys, xs = tile.core

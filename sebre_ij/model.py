@@ -31,6 +31,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 
 from .errors import UserError
+from .model_input import INPUT_MODES, LUMINANCE
 
 CARD_FORMAT = "sebre-ij-checkpoint/1"
 ARCHITECTURES = ("tiny_fpn", "mobilenet_v3_fpn", "resnet50_fpn")
@@ -51,10 +52,15 @@ class ModelCard:
     overlap: int = 64
     training: dict = field(default_factory=dict)
     semantic: bool = False  # a semantic branch gives the class maps (older checkpoints have none)
+    input: str = "channels"  # how slide pixels become model input (model_input.py)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """The card as JSON; a channels-mode card leaves `input` out, as cards were before it existed."""
+        data = asdict(self)
+        if data["input"] == "channels":
+            del data["input"]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str, source: str = "checkpoint") -> ModelCard:
@@ -101,6 +107,8 @@ class ModelCard:
              "tile_size must be a positive integer, overlap a non-negative one"),
             (not isinstance(self.training, dict), "training must be an object"),
             (not isinstance(self.semantic, bool), "semantic must be true or false"),
+            (self.input not in INPUT_MODES, f"input must be one of {', '.join(INPUT_MODES)}"),
+            (self.input == "luminance" and self.channels != LUMINANCE, f"a luminance model's channels are {LUMINANCE}"),
         ]
         bad = [message for failed, message in problems if failed]
         if bad:

@@ -24,10 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .cluster import ClusterOptions, TileJob, connect, run_tiles_on
 from .errors import UserError
 from .exports import Exports, check_roi_level, export_regions
-from .infer import auto_batch_size, predict_tiles, read_tile
+from .infer import auto_batch_size, predict_tiles, tile_reader
 from .instances import number_instances
 from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, finish_layer, hold_layer
 from .model import ModelCard, load_checkpoint, pick_device
+from .model_input import input_map
 from .slide import ChunkCache, Slide, inference_level, open_slide
 from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result, TileRun
 from .tiles import Grid, Tile, tile_grid
@@ -99,7 +100,8 @@ class Inputs:
 
 
 def check_channels(slide: Slide, card: ModelCard) -> None:
-    if len(slide.channels) != len(card.channels):
+    """A channels-mode model needs the channels it was trained on; a luminance model takes any."""
+    if card.input == "channels" and len(slide.channels) != len(card.channels):
         raise UserError(f"{slide.url}: {len(slide.channels)} channel(s) {slide.channels} but the model expects "
                         f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide")
 
@@ -232,7 +234,7 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
             writer, pending = ChunkWriter(layer, plane, start=skip, pyramid=layer.writes_final), []
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
             start, stored, results = time.perf_counter(), None, []
-            read = functools.partial(read_tile, array, slide.axes, z=z, glass=tissue.glass, factor=factor)
+            read = tile_reader(array, slide.axes, z, input_map(card.input, tissue.image, tissue.coarse), factor)
             for i, result in enumerate(predict(list(tiles[skip:]), read), start=skip + 1):
                 results.append(result)
                 if i % batch_size == 0 or i == len(tiles):
@@ -258,10 +260,11 @@ def run_tiles_on_cluster(client, cluster: ClusterOptions, inputs: Inputs, layer:
     """Step 3 on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), inputs.factor)
 
-    def job_of(plane: PlaneTiles, glass: np.ndarray, threads: dict[str, int]) -> TileJob:
+    def job_of(plane: PlaneTiles, tissue: PlaneTissue, threads: dict[str, int]) -> TileJob:
         return TileJob(slide_url=str(slide_url), pixel_size=options.pixel_size, model_path=str(Path(model_path).resolve()),
                        tile_size=inputs.card.tile_size, overlap=inputs.card.overlap, device=options.device, labels=layer.name,
-                       level=layer.level, factor=inputs.factor, glass=glass, plane=plane, batch_size=inputs.batch_size,
+                       level=layer.level, factor=inputs.factor,
+                       view=input_map(inputs.card.input, tissue.image, tissue.coarse), plane=plane, batch_size=inputs.batch_size,
                        min_score=options.min_score, tta=options.tta, threads=threads)
 
     with _progress(options.progress) as bar:

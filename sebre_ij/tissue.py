@@ -259,10 +259,13 @@ def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PlaneTissue:
-    """One plane's tissue: its sections, and the glass colour per channel that pads tiles past the edge."""
+    """One plane's tissue: the coarse image it was found on with its section labels, the sharp
+    section map tiles go by, and the glass colour per channel that pads tiles past the edge."""
 
-    glass: np.ndarray
+    image: np.ndarray
+    coarse: np.ndarray
     sections: SectionMap
+    glass: np.ndarray
 
 
 def find_tissue(slide: Slide) -> list[PlaneTissue]:
@@ -270,7 +273,7 @@ def find_tissue(slide: Slide) -> list[PlaneTissue]:
     planes = []
     for z in range(slide.n_planes):
         image, coarse, sections = tissue_sections(slide, z)
-        planes.append(PlaneTissue(glass_colour(image, coarse), sections))
+        planes.append(PlaneTissue(image, coarse, sections, glass_colour(image, coarse)))
     if not any(plane.sections.count for plane in planes):
         raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
                         "right slide and that its pixels are not all one value")
