@@ -16,7 +16,8 @@ from .errors import UserError
 from .labels import LabelInfo, open_labels, read_plane
 from .measure import measure_regions, write_csv
 from .preview import write_preview
-from .rois import Region, regions_from_labels, write_geojson, write_roiset
+from .outlines import Region, regions_from_labels
+from .rois import write_geojson, write_roiset
 from .slide import Slide
 from .tiles import resample_nearest
 from .tissue import coarse_sections

@@ -17,7 +17,8 @@ import jpype
 import numpy as np
 import scyjava
 
-from .rois import Region, atomic_output, roi_group, roi_properties, roi_rings
+from .outlines import Region
+from .rois import atomic_output, roi_group, roi_properties, roi_rings
 
 JAR_ENV = "SEBRE_IJ_JAR"
 _SYSTEM_JARS = (Path("/usr/share/java/ij.jar"), Path("/usr/share/imagej/ij.jar"))

@@ -8,7 +8,8 @@ import os
 import numpy as np
 from skimage.measure import regionprops
 
-from sebre_ij.rois import atomic_output, label_properties, region_name
+from .outlines import label_properties, region_name
+from .rois import atomic_output
 
 
 def measure_regions(

@@ -12,7 +12,8 @@ from roifile import ImagejRoi
 
 from sebre_ij.errors import UserError
 from sebre_ij.labels import open_labels
-from sebre_ij.rois import Region, imagej_roi, regions_from_labels, roi_rings, utf16_safe
+from sebre_ij.outlines import Region, regions_from_labels
+from sebre_ij.rois import imagej_roi, roi_rings, utf16_safe
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 from sebre_ij.readers import file_roi_rings, rings_mask

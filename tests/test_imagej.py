@@ -12,7 +12,8 @@ import pytest
 import scyjava
 
 from sebre_ij import imagej as sij
-from sebre_ij.rois import imagej_roi, regions_from_labels, write_roiset
+from sebre_ij.outlines import regions_from_labels
+from sebre_ij.rois import imagej_roi, write_roiset
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPS = {
@@ -119,7 +120,7 @@ PUSH_SCRIPT = """
 import json, os, sys
 import numpy as np
 from sebre_ij import imagej
-from sebre_ij.rois import regions_from_labels
+from sebre_ij.outlines import regions_from_labels
 spec = json.load(open(sys.argv[1]))
 props = {int(k): v for k, v in spec["props"].items()}
 regions = regions_from_labels(np.array(spec["labels"], np.int32), props, offset=tuple(spec["offset"]))

@@ -17,7 +17,8 @@ from roifile import ImagejRoi
 
 from sebre_ij.errors import UserError
 from sebre_ij.model import read_card
-from sebre_ij.rois import Region, imagej_roi, read_roiset
+from sebre_ij.outlines import Region
+from sebre_ij.rois import imagej_roi, read_roiset
 from sebre_ij.readers import rasterise_rois, read_image, roi_class, roi_class_table
 
 ROOT = Path(__file__).resolve().parents[1]
