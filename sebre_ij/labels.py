@@ -32,7 +32,7 @@ from .chunkfiles import ChunkFiles, chunk_files
 from .errors import UserError
 from .instances import SCRATCH
 from .lock import locked
-from .slide import Slide, _levels, _multiscale, _ome_attrs, node
+from .slide import Slide, _ome_attrs, node, read_levels, read_multiscale
 
 LABEL_DTYPE = np.uint32
 LabelArray = zarr.Array | ChunkFiles  # a level of the layer, as written
@@ -562,7 +562,7 @@ def open_labels(slide: Slide, name: str) -> LabelInfo:
     if not isinstance(group, zarr.Group):
         raise UserError(f"{where}: listed in labels/ but not a label layer group; remove it from the list or re-export it")
     attrs = _ome_attrs(group)
-    levels = _levels(where, group, _multiscale(where, attrs), label_axes(slide))
+    levels = read_levels(where, group, read_multiscale(where, attrs), label_axes(slide))
     props, colors = _image_label(where, attrs)
     return LabelInfo(name, group, props, colors, [lv.path for lv in levels])
 
