@@ -25,14 +25,14 @@ import dask
 import dask.threaded
 import numpy as np
 import zarr
-from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
 from .chunkfiles import ChunkFiles, chunk_files
 from .errors import UserError
 from .instances import SCRATCH
 from .lock import locked
-from .slide import Slide, _ome_attrs, node, read_levels, read_multiscale
+from .ngff import ome_attrs
+from .slide import Slide, node, read_levels, read_multiscale
 
 LABEL_DTYPE = np.uint32
 LabelArray = zarr.Array | ChunkFiles  # a level of the layer, as written
@@ -57,10 +57,6 @@ def label_axes(slide: Slide) -> str:
 
 def _drop_channel(slide: Slide, values: tuple) -> tuple:
     return tuple(v for a, v in zip(slide.axes, values) if a != "c")
-
-
-def _format(slide: Slide):
-    return FormatV05() if slide.version == "0.5" else FormatV04()
 
 
 def check_name(name: str) -> str:
@@ -118,12 +114,11 @@ def _label_list(slide: Slide, store) -> Iterator[zarr.Group]:
 
 
 def _edit_list(slide: Slide, store, change: Callable[[list[str]], list[str]]) -> None:
+    """Replace the labels group's list of layer names by `change(names)`, under the list lock."""
     with _label_list(slide, store) as labels:
-        attrs = _ome_attrs(labels)
+        attrs = ome_attrs(labels)
         attrs["labels"] = change(list(attrs.get("labels", [])))
-        if slide.version == "0.5":  # ome-zarr-py leaves the version off the labels group; validators want it
-            attrs["version"] = slide.version
-        _set_ome_attrs(labels, attrs)
+        slide.ngff.set_attrs(labels, slide.ngff.labels_attrs(attrs))
 
 
 def open_writable(slide: Slide) -> zarr.Group:
@@ -360,27 +355,17 @@ def _sweep_partials(slide: Slide, name: str) -> None:
 
 def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
     """The layer's empty arrays, one per image level chunked like it (and the scratch array), where missing."""
-    if slide.zarr_format == 2:
-        extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-    else:
-        extra = {"dimension_names": list(label_axes(slide))}
+    options = slide.ngff.array_options(label_axes(slide))
     wanted = [(lv.path, lv) for lv in slide.levels] + ([(SCRATCH, slide.levels[level])] if scratch else [])
     for path, lv in wanted:
         if path not in group:
             group.create_array(path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
-                               dtype=LABEL_DTYPE, fill_value=0, **extra)
+                               dtype=LABEL_DTYPE, fill_value=0, **options)
 
 
 def open_layer(slide: Slide, name: str, level: int) -> LabelLayer:
     """An unfinished layer made by create_layer, opened again for writing (by a cluster's worker)."""
     return LabelLayer(slide, name, open_writable(slide)["labels"][name], level)
-
-
-def _set_ome_attrs(group: zarr.Group, attrs: dict) -> None:
-    if group.metadata.zarr_format == 3:
-        group.attrs["ome"] = attrs
-    else:
-        group.attrs.update(attrs)
 
 
 def _source_index(block: tuple[slice, ...], src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -530,7 +515,7 @@ def finish_layer(layer: LabelLayer, properties: list[dict], colors: list[dict], 
     """Mark the layer complete: multiscales and image-label, then the name in the labels list (what
     readers go by), then the provenance in place of the progress record. A kill before the list leaves
     an unfinished layer; a kill after it, a complete one that the same command finishes again."""
-    slide, fmt = layer.slide, _format(layer.slide)
+    slide, fmt = layer.slide, layer.slide.ngff.writer_format()
     datasets = [{"path": lv.path, "coordinateTransformations": _transforms(slide, lv)} for lv in slide.levels]
     write_multiscales_metadata(layer.group, datasets, fmt=fmt, axes=_axes_meta(slide), name=layer.name)
     image_label = {"colors": colors, "properties": properties, "source": {"image": "../../"}, "version": fmt.version}
@@ -561,7 +546,7 @@ def open_labels(slide: Slide, name: str) -> LabelInfo:
     where = f"{slide.url}/labels/{name}"
     if not isinstance(group, zarr.Group):
         raise UserError(f"{where}: listed in labels/ but not a label layer group; remove it from the list or re-export it")
-    attrs = _ome_attrs(group)
+    attrs = ome_attrs(group)
     levels = read_levels(where, group, read_multiscale(where, attrs), label_axes(slide))
     props, colors = _image_label(where, attrs)
     return LabelInfo(name, group, props, colors, [lv.path for lv in levels])

@@ -18,9 +18,9 @@ import zarr
 
 from .chunkfiles import chunk_files
 from .errors import UserError
+from .ngff import VERSIONS, NgffFormat, ngff_format, ome_attrs
 
 SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
-VERSIONS = ("0.4", "0.5")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Slide:
     @property
     def zarr_format(self) -> int:
         return self.group.metadata.zarr_format
+
+    @property
+    def ngff(self) -> NgffFormat:
+        """The format object of the slide's NGFF version: how its store is written (ngff.py)."""
+        return ngff_format(self.version)
 
     def pixel_size(self, level: int) -> float:
         """µm per pixel along x at `level` (slides have square pixels in practice)."""
@@ -78,7 +83,7 @@ class Slide:
         labels = node(self.url, self.group, "labels")
         if not isinstance(labels, zarr.Group):
             return []
-        names = _ome_attrs(labels).get("labels", [])
+        names = ome_attrs(labels).get("labels", [])
         return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
@@ -167,15 +172,6 @@ def _index_text(index) -> str:
     parts = index if isinstance(index, tuple) else (index,)
     return "[" + ", ".join(f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p)
                            for p in parts) + "]"
-
-
-def _ome_attrs(group: zarr.Group) -> dict:
-    """NGFF metadata lives under "ome" in 0.5 and at the top of .zattrs in 0.4 (an "ome" that is not an
-    object holds none)."""
-    attrs = dict(group.attrs)
-    if "ome" not in attrs:
-        return attrs
-    return dict(attrs["ome"]) if isinstance(attrs["ome"], dict) else {}
 
 
 def _open_group(url: str) -> zarr.Group:
@@ -306,7 +302,7 @@ def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     missing or wrong (a TIFF converted without it says 1); the coarser levels keep their ratios."""
     url = str(url)
     group = _open_group(url)
-    attrs = _ome_attrs(group)
+    attrs = ome_attrs(group)
     ms = read_multiscale(url, attrs)
     version = _version(url, attrs, ms)
     axes = _axes(url, ms)
