@@ -172,7 +172,7 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     from distributed import get_worker
 
     from .infer import predict_tiles, read_tile
-    from .labels import open_layer
+    from .layer import reopen_layer
     from .slide import ChunkCache, open_slide
     from .stitch import ChunkWriter
 
@@ -180,7 +180,7 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     stat = os.stat(job.model_path)
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
-    layer = open_layer(slide, job.labels, job.level)
+    layer = reopen_layer(slide, job.labels, job.level)
     read = functools.partial(read_tile, ChunkCache(slide.pixels(job.level)), slide.axes, z=job.plane.z, fill=job.fill, factor=job.factor)
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []

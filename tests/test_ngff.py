@@ -9,8 +9,10 @@ from ome_zarr_models.v04.image_label import ImageLabel as ImageLabelV04
 from ome_zarr_models.v05.image import Image as ImageV05
 from ome_zarr_models.v05.image_label import ImageLabel as ImageLabelV05
 
-from sebre_ij.labels import build_pyramid, create_layer, finish_layer, open_labels, read_plane
+from sebre_ij.labels import open_labels, read_plane
+from sebre_ij.layer import create_layer, finish_layer
 from sebre_ij.ngff import VERSIONS, NgffV04, NgffV05, ngff_format, ome_attrs
+from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 
