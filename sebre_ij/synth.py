@@ -4,8 +4,8 @@ Real annotated slides are few and heavy, so the demo and the tests train and sco
 here: sagittal-like mouse sections (olfactory bulb at one end, foliated cerebellum and hindbrain at the
 other) stained on bright glass, with a ground-truth class map that follows the staining. Shapes are
 analytic (jittered ellipses and bands on a smoothly warped frame) and texture is Beer-Lambert
-absorbance of per-region stain, cells and low-frequency variation, all vectorised, so a 4096 x 4096
-slide with four sections takes a few seconds.
+absorbance of per-region stain, cells and low-frequency variation, all vectorised (no loop over
+pixels), so tests and benchmarks draw their slides afresh rather than keep them.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _smooth_noise(shape: tuple[int, int], features: float, rng: np.random.Genera
     """Smooth unit-variance noise with about `features` blobs along the longer side.
 
     Value noise: a small random grid interpolated with smoothstep weights, written as two small
-    matrix products, so slide-sized fields cost milliseconds.
+    matrix products rather than an interpolation per pixel.
     """
     step = max(shape) / features
     grid = rng.standard_normal([int(n / step) + 3 for n in shape]).astype(np.float32)
