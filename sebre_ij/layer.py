@@ -129,7 +129,7 @@ class LabelLayer:
     group: zarr.Group
     level: int
     progress: dict = field(default_factory=dict)  # {"key": run key, "done": {plane: batches}, "stats": {...}}
-    # per inference-level chunk (row, column): does a tile's core cover it? None: every chunk
+    # per inference-level chunk (row, column): does a tile's core cover it? None: not noted, every chunk counts
     tiled_chunks: np.ndarray | None = None
     # arrays by path (opening one reads its metadata), as chunk files where they can be (chunkfiles.py)
     opened: dict[str, LabelArray] = field(default_factory=dict, repr=False)

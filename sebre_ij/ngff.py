@@ -2,10 +2,10 @@
 
 The two versions hold the same metadata in different places. 0.4 lives on zarr v2, with the NGFF
 metadata at the top of each group's .zattrs and chunk keys separated by "/"; 0.5 lives on zarr v3,
-with the metadata under "ome" in zarr.json (the labels group's version too) and arrays that name
-their dimensions. Every such difference is a method of `NgffV04` or `NgffV05`, in the manner of
-ome-zarr-py's format classes, so the modules that write a store ask the slide's format object
-(`ngff_format(slide.version)`) rather than test the version themselves.
+with the metadata under "ome" in zarr.json, a version on every group (the labels group included),
+and arrays that name their dimensions. Every such difference is a method of `NgffV04` or `NgffV05`,
+in the manner of ome-zarr-py's format classes, so the modules that write a store ask the slide's
+format object (`Slide.ngff`, that is `ngff_format(slide.version)`) rather than test the version.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def ome_attrs(group: zarr.Group) -> dict:
     Returns
     -------
     dict
-        A copy, safe to edit.
+        A shallow copy: setting its keys leaves the group as it is.
 
     Notes
     -----

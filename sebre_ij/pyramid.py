@@ -4,8 +4,8 @@ Each pixel of a level takes the label of the source pixel under its centre (`sou
 nearest neighbour, so no label value is invented, up or down. Two paths apply the rule. Beside the
 model, the stitcher hands each inference-level chunk to `FinerLevels` and `CoarserLevels` as soon
 as its values are final, and they write the pixels that chunk decides from values still in memory.
-After the model, `build_pyramid` fills every chunk they did not write (a killed run's, instance
-mode's, all of them on a cluster) with Dask, from the store. Both take each pixel from the same
+After the model, `build_pyramid` fills every chunk they did not write (those over a killed run's
+chunks, and all of them in instance mode or on a cluster) with Dask, from the store. Both take each pixel from the same
 source pixel, so which path wrote a chunk does not change its bytes.
 """
 
