@@ -20,12 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dask
-import numpy as np
 import torch
 
 from .errors import UserError
 from .infer import predict_tiles, tile_reader
-from .labels import open_layer
+from .layer import reopen_layer
 from .model import load_checkpoint, pick_device
 from .model_input import InputMap
 from .slide import ChunkCache, open_slide
@@ -186,7 +185,7 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     stat = os.stat(job.model_path)
     model, card, dev = _model(job.model_path, (stat.st_mtime_ns, stat.st_size), job.device, job.tile_size, job.overlap)
     slide = open_slide(job.slide_url, job.pixel_size)
-    layer = open_layer(slide, job.labels, job.level)
+    layer = reopen_layer(slide, job.labels, job.level)
     read = tile_reader(ChunkCache(slide.pixels(job.level)), slide.axes, job.plane.z, job.view, job.factor)
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []

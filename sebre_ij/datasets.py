@@ -17,7 +17,6 @@ level down (SeBRe keeps `mrcnn_train_dataset_images/` beside `mrcnn_train_datase
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -26,7 +26,9 @@ from .errors import UserError
 from .exports import Exports, check_roi_level, export_regions
 from .infer import auto_batch_size, predict_tiles, tile_reader
 from .instances import number_instances
-from .labels import LabelLayer, build_pyramid, check_name, check_writable, class_base, create_layer, finish_layer, hold_layer
+from .labels import class_base
+from .layer import LabelLayer, check_name, check_writable, create_layer, finish_layer, hold_layer
+from .pyramid import build_pyramid
 from .model import ModelCard, load_checkpoint, pick_device
 from .model_input import input_map
 from .slide import ChunkCache, Slide, inference_level, open_slide
@@ -184,7 +186,7 @@ def number_layer(layer: LabelLayer) -> list[tuple[int, int, int]]:
             layer.write(z, window, np.where(ids > 0, ids + start, 0).astype(ids.dtype), path)
 
         plane = number_instances(lambda window, z=z: layer.read(z, window), write, slide.yx_shape(layer.level),
-                                 layer.chunks, layer.ran)
+                                 layer.chunks, layer.tiled_chunks)
         found += [(start + k, value, pixels) for k, (value, pixels) in enumerate(plane, 1)]
     return found
 
@@ -198,7 +200,7 @@ def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections
     """A plane's tiles over its tissue, their cores noted in the layer (the pyramid is built there)."""
     tiles = tile_grid(grid.shape, card.tile_size, card.overlap, sections)
     for tile in tiles:
-        layer.mark_ran(grid.source_window(tile.core))
+        layer.mark_tiled(grid.source_window(tile.core))
     return PlaneTiles(z, grid, sections, class_base(len(card.classes)), tuple(tiles))
 
 

@@ -18,9 +18,9 @@ import zarr
 
 from .chunkfiles import chunk_files
 from .errors import UserError
+from .ngff import VERSIONS, NgffFormat, ngff_format, ome_attrs
 
 SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
-VERSIONS = ("0.4", "0.5")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Slide:
     @property
     def zarr_format(self) -> int:
         return self.group.metadata.zarr_format
+
+    @property
+    def ngff(self) -> NgffFormat:
+        """The format object of the slide's NGFF version: how its store is written (ngff.py)."""
+        return ngff_format(self.version)
 
     def pixel_size(self, level: int) -> float:
         """µm per pixel along x at `level` (slides have square pixels in practice)."""
@@ -78,7 +83,7 @@ class Slide:
         labels = node(self.url, self.group, "labels")
         if not isinstance(labels, zarr.Group):
             return []
-        names = _ome_attrs(labels).get("labels", [])
+        names = ome_attrs(labels).get("labels", [])
         return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
@@ -111,19 +116,21 @@ class Pixels:
         try:
             data = np.asarray((self.array if strided(index) or self.files is None else self.files)[index])
         except Exception as exc:  # codecs and stores raise many types for a bad chunk
-            raise UserError(f"{self.url}: cannot read level {self.path!r} at {_window(index)} ({type(exc).__name__}: {exc}); "
-                            "a chunk there is corrupt or truncated: restore it or convert the slide again") from exc
+            raise UserError(f"{self.url}: cannot read level {self.path!r} at {_index_text(index)} "
+                            f"({type(exc).__name__}: {exc}); a chunk there is corrupt or truncated: "
+                            "restore it or convert the slide again") from exc
         if data.dtype.kind == "f" and not np.isfinite(data).all():
-            raise UserError(f"{self.url}: level {self.path!r} has NaN or inf pixels at {_window(index)}; replace them "
-                            "(for example with the glass value, numpy.nan_to_num) and write the slide again")
+            raise UserError(f"{self.url}: level {self.path!r} has NaN or inf pixels at {_index_text(index)}; "
+                            "replace them (for example with the glass value, numpy.nan_to_num) "
+                            "and write the slide again")
         return data
 
 
 class ChunkCache:
     """A level read through the chunks it decoded last. Tiles overlap and each covers parts of up to
-    four chunks: windows read straight from zarr decode every chunk several times over, at zarr's
-    cost of about a millisecond of CPU a chunk. At most `max_bytes` of chunks are held, the least
-    recently used dropped first. Reads with a step go straight to the level."""
+    four chunks: windows read straight from zarr decode every chunk several times over, each time at
+    zarr's full decoding cost. At most `max_bytes` of chunks are held, the least recently used
+    dropped first. Reads with a step go straight to the level."""
 
     def __init__(self, pixels: Pixels, max_bytes: int = 64 << 20):
         self.pixels, self.shape, self.dtype, self.chunks = pixels, pixels.shape, pixels.dtype, pixels.chunks
@@ -160,20 +167,11 @@ class ChunkCache:
             self.held[key] = box[tuple(slice((k - a) * c, (k - a + 1) * c) for k, a, c in zip(key, lo, self.chunks))].copy()
 
 
-def _window(index) -> str:
+def _index_text(index) -> str:
     """An index as the user reads it: [0:3, 256:512, 0:256]."""
     parts = index if isinstance(index, tuple) else (index,)
     return "[" + ", ".join(f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p)
                            for p in parts) + "]"
-
-
-def _ome_attrs(group: zarr.Group) -> dict:
-    """NGFF metadata lives under "ome" in 0.5 and at the top of .zattrs in 0.4 (an "ome" that is not an
-    object holds none)."""
-    attrs = dict(group.attrs)
-    if "ome" not in attrs:
-        return attrs
-    return dict(attrs["ome"]) if isinstance(attrs["ome"], dict) else {}
 
 
 def _open_group(url: str) -> zarr.Group:
@@ -188,7 +186,9 @@ def _open_group(url: str) -> zarr.Group:
     return node
 
 
-def _multiscale(url: str, attrs: dict) -> dict:
+def read_multiscale(url: str, attrs: dict) -> dict:
+    """The first multiscales entry of a group's NGFF metadata `attrs` (an image's or a label layer's);
+    a UserError naming `url` when there is none."""
     ms = attrs.get("multiscales")
     if not ms or not isinstance(ms, list) or not isinstance(ms[0], dict):
         raise UserError(f"{url}: zarr group without OME-NGFF 'multiscales' metadata; pass the image group (the folder with .zattrs/zarr.json naming its levels)")
@@ -211,7 +211,7 @@ def _axes(url: str, ms: dict) -> str:
     return axes
 
 
-def _transforms(url: str, path: str, ds: dict) -> list[dict]:
+def _stored_transforms(url: str, path: str, ds: dict) -> list[dict]:
     transforms = ds.get("coordinateTransformations", [])
     if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
         raise UserError(f"{url}: level {path!r} has malformed coordinateTransformations (not a list of objects); fix the metadata or re-export")
@@ -246,7 +246,26 @@ def _array(url: str, group: zarr.Group, path: str) -> zarr.Array:
     return arr
 
 
-def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
+def read_levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
+    """The levels a multiscales entry `ms` names, checked against their arrays in `group`.
+
+    Parameters
+    ----------
+    url : str
+        Where `group` is, for the messages.
+    group : zarr.Group
+        The image or label layer group holding the levels' arrays.
+    ms : dict
+        Its multiscales entry (`read_multiscale`).
+    axes : str
+        The axes every level must have, such as "cyx" (a label layer's lack the image's "c").
+
+    Returns
+    -------
+    list of Level
+        In the entry's order; a UserError for a missing, empty or misshapen level, a bad path or
+        scale, or a time axis longer than 1.
+    """
     datasets = ms.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise UserError(f"{url}: multiscales metadata lists no datasets; re-export the slide")
@@ -258,7 +277,7 @@ def _levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]:
             raise UserError(f"{url}: level {path!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or re-export")
         if 0 in arr.shape:
             raise UserError(f"{url}: level {path!r} is empty (shape {arr.shape}); re-export the slide")
-        transforms = _transforms(url, path, ds)
+        transforms = _stored_transforms(url, path, ds)
         levels.append(Level(path, tuple(arr.shape), tuple(arr.chunks), _scale(url, path, transforms, arr.ndim), str(arr.dtype),
                             tuple(transforms)))
     if "t" in axes and levels[0].shape[0] != 1:
@@ -283,11 +302,11 @@ def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     missing or wrong (a TIFF converted without it says 1); the coarser levels keep their ratios."""
     url = str(url)
     group = _open_group(url)
-    attrs = _ome_attrs(group)
-    ms = _multiscale(url, attrs)
+    attrs = ome_attrs(group)
+    ms = read_multiscale(url, attrs)
     version = _version(url, attrs, ms)
     axes = _axes(url, ms)
-    levels = _levels(url, group, ms, axes)
+    levels = read_levels(url, group, ms, axes)
     name = ms.get("name")
     slide = Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), name if isinstance(name, str) else "")
     if pixel_size is not None:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .labels import LABEL_DTYPE, CoarserLevels, LabelLayer, encode
+from .labels import LABEL_DTYPE, encode
+from .layer import LabelLayer
+from .pyramid import CoarserLevels, FinerLevels
 from .tiles import Grid, Tile
 from .tissue import SectionMap
 
@@ -77,7 +79,7 @@ class PlaneTiles:
     z: int
     grid: Grid
     sections: SectionMap
-    base: int  # class_base of the model's classes
+    class_base: int  # of the model's classes: label values are section * class_base + class
     tiles: tuple[Tile, ...]
 
 
@@ -131,6 +133,7 @@ class ChunkWriter:
                 else:
                     self.outside.add(key)
         written = set(self.last)
+        self.finer = FinerLevels(layer, plane.z) if pyramid else None
         self.coarser = CoarserLevels(layer, plane.z, written, self.outside - written) if pyramid else None
         self.open: dict[Key, _Chunk] = {}  # oldest first
         self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
@@ -150,7 +153,7 @@ class ChunkWriter:
             local = _as_slice(grid.tile_index(ys, 0, tile.y, tile.size)), _as_slice(grid.tile_index(xs, 1, tile.x, tile.size))
             sections = self.plane.sections.sample(ys, xs, self.level_shape)
             own = tile.owns(sections)
-            values = encode(np.where(own, sections, 0), _gather(classes, local), self.plane.base)
+            values = encode(np.where(own, sections, 0), _gather(classes, local), self.plane.class_base)
             stats.add(values, _gather(scores, local))
             keys = self.layer.chunks_under(window)
             for key in keys:
@@ -189,8 +192,8 @@ class ChunkWriter:
         if early:  # written before its last tile: the rest of its tiles merge with what is there now
             self.outside.add(key)
         elif self.coarser is not None:
-            self.layer.write_finer(self.plane.z, key, values)
-            self.coarser.final(self.layer.level, key, values)
+            self.finer.chunk_final(key, values)
+            self.coarser.chunk_final(key, values)
 
     def durable(self) -> int:
         """Every tile before this index is in the store (the ones after it may be only in memory)."""

@@ -4,8 +4,8 @@ Real annotated slides are few and heavy, so the demo and the tests train and sco
 here: sagittal-like mouse sections (olfactory bulb at one end, foliated cerebellum and hindbrain at the
 other) stained on bright glass, with a ground-truth class map that follows the staining. Shapes are
 analytic (jittered ellipses and bands on a smoothly warped frame) and texture is Beer-Lambert
-absorbance of per-region stain, cells and low-frequency variation, all vectorised, so a 4096 x 4096
-slide with four sections takes a few seconds.
+absorbance of per-region stain, cells and low-frequency variation, all vectorised (no loop over
+pixels), so tests and benchmarks draw their slides afresh rather than keep them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 import zarr
-from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.scale import Methods
 from ome_zarr.writer import write_image, write_labels
 from scipy import ndimage as ndi
 from scipy.special import ndtri
 from skimage.measure import label as connected
+
+from .ngff import VERSIONS, ngff_format, ome_attrs
 
 CLASSES: list[tuple[str, tuple[int, int, int]]] = [
     ("background", (0, 0, 0)),
@@ -202,7 +203,7 @@ def _smooth_noise(shape: tuple[int, int], features: float, rng: np.random.Genera
     """Smooth unit-variance noise with about `features` blobs along the longer side.
 
     Value noise: a small random grid interpolated with smoothstep weights, written as two small
-    matrix products, so slide-sized fields cost milliseconds.
+    matrix products rather than an interpolation per pixel.
     """
     step = max(shape) / features
     grid = rng.standard_normal([int(n / step) + 3 for n in shape]).astype(np.float32)
@@ -470,16 +471,16 @@ def write_slide(
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(path)
-    formats = {"0.4": FormatV04, "0.5": FormatV05}
-    if ngff not in formats:
-        raise ValueError(f"ngff must be one of {sorted(formats)}, got {ngff!r}")
-    fmt = formats[ngff]()
+    if ngff not in VERSIONS:
+        raise ValueError(f"ngff must be one of {sorted(VERSIONS)}, got {ngff!r}")
+    store_format = ngff_format(ngff)
+    fmt = store_format.writer_format()
     if levels is None:
         levels = _auto_levels(labels.shape)
     factors = [2**i for i in range(1, levels)]
     units = {"y": "micrometer", "x": "micrometer"}
     scale = {"y": float(pixel_size), "x": float(pixel_size)}
-    group = zarr.open_group(path, mode="w-", zarr_format=fmt.zarr_format)
+    group = zarr.open_group(path, mode="w-", zarr_format=store_format.zarr_format)
     write_image(
         image, group, scale_factors=factors, method=Methods.LOCAL_MEAN, fmt=fmt,
         axes=["c", "y", "x"], axes_units=units, scale={"c": 1.0, **scale},
@@ -490,8 +491,8 @@ def write_slide(
         fmt=fmt, axes=["y", "x"], axes_units=units, scale=scale,
         storage_options={"chunks": (chunk, chunk)}, label_metadata=_label_metadata(labels),
     )
-    if fmt.zarr_format == 3:  # ome-zarr-py leaves "version" out of the labels group's "ome"
-        group["labels"].attrs["ome"] = {**group["labels"].attrs["ome"], "version": fmt.version}
+    labels_group = group["labels"]
+    store_format.set_attrs(labels_group, store_format.labels_attrs(ome_attrs(labels_group)))
 
 
 def _auto_levels(shape: tuple[int, ...]) -> int:
@@ -561,19 +562,19 @@ def write_sparse_slide(path, image: np.ndarray, scale: int, pixel_size: float, *
     align = chunk * 2 ** (n - 1)
     offset = [(s - i) // 2 // align * align for s, i in zip(shape, image.shape[1:])]
     border = np.concatenate([image[:, :8].reshape(3, -1), image[:, -8:].reshape(3, -1)], axis=1)
-    root = zarr.open_group(os.fspath(path), mode="w-", zarr_format=2)
+    v04 = ngff_format("0.4")
+    root = zarr.open_group(os.fspath(path), mode="w-", zarr_format=v04.zarr_format)
     datasets = []
     for k, content in enumerate(_mean_pyramid(image, n)):
         f = 2**k
         arr = root.create_array(str(k), shape=(3, -(-shape[0] // f), -(-shape[1] // f)), chunks=(3, chunk, chunk),
-                                dtype="uint8", fill_value=int(np.median(border)),
-                                chunk_key_encoding={"name": "v2", "separator": "/"})
+                                dtype="uint8", fill_value=int(np.median(border)), **v04.array_options("cyx"))
         arr[:, offset[0] // f:offset[0] // f + content.shape[1], offset[1] // f:offset[1] // f + content.shape[2]] = content
         datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]}]})
     axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
             {"name": "x", "type": "space", "unit": "micrometer"}]
-    root.attrs.update({"multiscales": [{"version": "0.4", "name": "sparse", "axes": axes, "datasets": datasets}],
-                       "omero": _omero()})
+    multiscales = [{"version": v04.version, "name": "sparse", "axes": axes, "datasets": datasets}]
+    v04.set_attrs(root, {"multiscales": multiscales, "omero": _omero()})
 
 
 def random_model(card, seed: int = 0):

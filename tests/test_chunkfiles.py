@@ -10,7 +10,7 @@ from zarr.codecs import BloscCodec, GzipCodec, ShardingCodec
 from zarr.storage import MemoryStore
 
 from sebre_ij.chunkfiles import ChunkFiles, chunk_files
-from sebre_ij.labels import PARTIAL, create_layer
+from sebre_ij.layer import PARTIAL, create_layer
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import make_slide_store
 

@@ -15,7 +15,8 @@ from roifile import ImagejRoi
 
 from sebre_ij.errors import UserError
 from sebre_ij.evaluate import LabelPlane, evaluate, section_map
-from sebre_ij.labels import build_pyramid, create_layer, finish_layer
+from sebre_ij.layer import create_layer, finish_layer
+from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
 from sebre_ij.synth import write_slide
 

@@ -4,7 +4,6 @@
 import sys
 
 import numpy as np
-import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 

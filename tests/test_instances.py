@@ -11,7 +11,8 @@ from ome_zarr_models.v04.image_label import ImageLabel
 from skimage.measure import label as connected
 
 from sebre_ij.instances import number_instances
-from sebre_ij.labels import class_base, create_layer
+from sebre_ij.labels import class_base
+from sebre_ij.layer import create_layer
 from sebre_ij.model import ModelCard
 from sebre_ij.rois import read_roiset
 from sebre_ij.segment import number_layer, run_tiles

@@ -6,7 +6,7 @@ import pytest
 from skimage.draw import disk
 from skimage.measure import points_in_poly
 
-from sebre_ij.outlines import Region, polygon_area, regions_from_labels
+from sebre_ij.outlines import polygon_area, regions_from_labels
 
 PROPS = {
     1: {"name": "cortex", "class": 2, "section": 1, "color": (10, 20, 30), "score": 0.75},

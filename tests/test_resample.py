@@ -10,7 +10,8 @@ import pytest
 import zarr
 
 from sebre_ij.infer import read_tile
-from sebre_ij.labels import class_base, create_layer, open_labels, read_plane
+from sebre_ij.labels import class_base, open_labels, read_plane
+from sebre_ij.layer import create_layer
 from sebre_ij.model import ModelCard
 from sebre_ij.segment import run_tiles
 from sebre_ij.slide import inference_level, open_slide

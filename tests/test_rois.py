@@ -7,8 +7,6 @@ import zipfile
 import numpy as np
 import pytest
 from roifile import ROI_TYPE, ImagejRoi
-from skimage.draw import disk
-from skimage.measure import points_in_poly
 
 from sebre_ij.outlines import Region, polygon_area, regions_from_labels
 from sebre_ij.rois import atomic_output, read_roiset, write_geojson, write_roiset

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from sebre_ij import labels
-from sebre_ij.labels import build_pyramid, class_base, create_layer, open_labels, read_plane
+from sebre_ij import pyramid
+from sebre_ij.labels import class_base, open_labels, read_plane
+from sebre_ij.layer import create_layer
+from sebre_ij.pyramid import build_pyramid
 from sebre_ij.model import ModelCard
 from sebre_ij.segment import plane_tiles, run_tiles
 from sebre_ij.stitch import ChunkWriter, RegionStats
@@ -32,7 +34,7 @@ def test_oracle_stitching_reproduces_the_truth(slide_path, tile, overlap):
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
     layer = create_layer(slide, f"oracle{tile}", level, overwrite=True)
     run = run_tiles(slide, layer, card, oracle(truth))
-    stats, n_tiles, n_sections = run.stats, run.tiles, run.sections
+    n_tiles, n_sections = run.tiles, run.sections
     values = np.asarray(layer.array(level)[:])
     base = class_base(len(names))
     assert n_sections == 2 and n_tiles > 4
@@ -110,12 +112,13 @@ def test_finer_levels_written_beside_the_model_equal_nearest_upsampling(odd_slid
     layer = create_layer(slide, "finer", 1, overwrite=True)
     run_tiles(slide, layer, oracle_card(slide, 96, 32), oracle(truth))
     level0 = layer.array(0)
-    blocks = list(labels._ran_blocks(layer, level0))
-    by_stitcher = sum(labels._written_by_stitcher(layer, b, level0) for b in blocks)
+    blocks = list(pyramid._tiled_blocks(layer, level0))
+    by_stitcher = sum(pyramid._finer_by_stitcher(layer, b, level0) for b in blocks)
     assert 0 < by_stitcher < len(blocks)  # both ways are exercised
     build_pyramid(layer)
     level1 = np.asarray(layer.array(1)[:])
-    rows, cols = labels._source_index((slice(0, level0.shape[0]), slice(0, level0.shape[1])), level1.shape, level0.shape)
+    rows, cols = pyramid.source_index((slice(0, level0.shape[0]), slice(0, level0.shape[1])), level1.shape,
+                                      level0.shape)
     np.testing.assert_array_equal(np.asarray(level0[:]), level1[np.ix_(rows, cols)])
 
 
@@ -135,9 +138,9 @@ def test_coarser_levels_written_beside_the_model_equal_build_pyramids(odd_slide)
     beside = layers["beside"]
     for level in (1, 2):
         dst = beside.array(level)
-        blocks = [b for b in labels._ran_blocks(beside, dst)  # those build_pyramid would make
-                  if beside.ran_in(labels._source_ends(b, slide.yx_shape(0), dst.shape))]
-        assert blocks and all(labels._coarser_by_stitcher(beside, level, b, dst) for b in blocks)
+        blocks = [b for b in pyramid._tiled_blocks(beside, dst)  # those build_pyramid would make
+                  if beside.any_tiled(pyramid.source_ends(b, slide.yx_shape(0), dst.shape))]
+        assert blocks and all(pyramid._coarser_by_stitcher(beside, level, b, dst) for b in blocks)
         np.testing.assert_array_equal(beside.array(level)[:], layers["after"].array(level)[:])
     assert beside.array(2)[:].any()
 

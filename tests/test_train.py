@@ -2,13 +2,8 @@
 class weights, the best validation checkpoint with its curves, and fixed seeds."""
 
 import csv
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -17,7 +12,6 @@ import sebre_ij.train as train_module
 from sebre_ij.augment import Augmentation
 from sebre_ij.infer import predict_image
 from sebre_ij.model import ModelCard, read_card
-from sebre_ij.synth import CLASSES, synth_section
 from sebre_ij.tissue import find_sections
 from sebre_ij.datasets import Example, TrainingData
 from conftest import write_synth_set
