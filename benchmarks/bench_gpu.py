@@ -29,7 +29,9 @@ from sebre_ij import infer
 from sebre_ij.infer import amp_dtype, auto_batch_size
 from sebre_ij.model import ModelCard, load_checkpoint, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
-from sebre_ij.synth import CLASSES, random_model, write_sparse_slide
+from sebre_ij.model import random_model
+from sebre_ij.stores import write_sparse_slide
+from sebre_ij.synth import CLASSES
 
 
 def make_inputs(work: Path, arch: str, tile: int, tiles_per_side: int) -> None:

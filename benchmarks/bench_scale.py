@@ -30,7 +30,9 @@ from distributed import LocalCluster
 from sebre_ij.cluster import ClusterOptions
 from sebre_ij.model import ModelCard, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
-from sebre_ij.synth import CLASSES, random_model, synth_slide, write_sparse_slide
+from sebre_ij.model import random_model
+from sebre_ij.stores import write_sparse_slide
+from sebre_ij.synth import CLASSES, synth_slide
 
 SIZES = {"quick": (3072, 4096), "full": (6144, 8192)}  # level-0 pixels
 PIXEL_SIZE, TILE, OVERLAP, BATCH = 4.0, 256, 64, 4

@@ -45,7 +45,9 @@ from sebre_ij.infer import best_classes, class_evidence, read_tile
 from sebre_ij.model import ModelCard, detect, load_checkpoint, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import inference_level, open_slide
-from sebre_ij.synth import CLASSES, random_model, synth_slide, write_sparse_slide
+from sebre_ij.model import random_model
+from sebre_ij.stores import write_sparse_slide
+from sebre_ij.synth import CLASSES, synth_slide
 from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import find_tissue, to_unit
 

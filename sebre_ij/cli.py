@@ -26,9 +26,11 @@ state = {"debug": False}
 
 # Library parameters that messages may name, said as flags: `name=True` -> --flag, `name=False` ->
 # --no-flag, `name=VALUE` -> --flag VALUE.
-PARAMETERS = ("labels", "overwrite", "resume", "mode", "batch_size", "tile_size", "overlap", "pixel_size", "pixel_size_in",
-              "roi_level", "rois", "class_map", "classes", "workers", "scheduler", "cluster", "jobs", "cores", "arch",
-              "val_sections", "val_fraction", "test_sections", "init", "model", "pred_labels", "truth_labels", "atlas")
+PARAMETERS = ("labels", "overwrite", "resume", "mode", "device", "batch_size", "min_score", "tile_size", "overlap", "tta",
+              "pixel_size", "pixel_size_in", "rois", "geojson", "measurements", "preview", "roi_groups", "roi_level",
+              "roi_tolerance", "workers", "scheduler", "cluster", "queue", "cores", "memory", "gpus", "jobs", "walltime",
+              "arch", "steps", "lr", "seed", "class_map", "classes", "val_sections", "val_fraction", "test_sections",
+              "val_every", "init", "semantic", "model", "pred_labels", "truth_labels", "atlas", "atlas_fraction", "input")
 NAMED = re.compile(r"\b(" + "|".join(PARAMETERS) + r")=(True\b|False\b)?")
 
 
@@ -55,9 +57,10 @@ def as_flags(message: str) -> str:
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
     state["debug"] = debug
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
-    logging.getLogger("sebre_ij").addHandler(handler)
-    logging.getLogger("sebre_ij").setLevel(logging.DEBUG if debug else logging.INFO)
+    logger = logging.getLogger("sebre_ij")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def _run(fn, *args, **kwargs):
@@ -103,7 +106,7 @@ def synth(out: Path = typer.Argument(..., help="The OME-Zarr store to create."),
           stain: Optional[str] = typer.Option(None, help="dab (brown) or nissl (violet); default: drawn from the seed."),
           ngff: str = typer.Option("0.4", help="NGFF version to write: 0.4 (zarr v2) or 0.5 (zarr v3).")):
     """A synthetic whole slide of brain-like sections, with its ground truth as label layer `truth`."""
-    from .synth import make_slide_store
+    from .stores import make_slide_store
 
     _run(make_slide_store, out, sections=sections, size=size, pixel_size=pixel_size, seed=seed, ngff=ngff, stain=stain)
     console.print(f"wrote {out} ({sections} sections, {size[0]} x {size[1]} px at {pixel_size} µm/px, labels/truth)")

@@ -16,7 +16,7 @@ from .model import read_card
 from .exports import Exports
 from .segment import SegmentOptions, segment
 from .slide import open_slide
-from .synth import make_slide_store
+from .stores import make_slide_store
 from .datasets import TrainingData
 from .train import TrainOptions, train
 

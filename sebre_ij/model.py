@@ -402,3 +402,19 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_model(card: ModelCard, seed: int = 0) -> MaskRCNN:
+    """A random-weight model whose detections pass segment's thresholds: confident class scores and
+    full masks, so tiles give a patchwork of regions crossing tile borders. For tests and benchmarks,
+    where an untrained model would find nothing and write nothing."""
+    torch.manual_seed(seed)
+    model = build_model(card)
+    heads = model.roi_heads
+    with torch.no_grad():
+        scores = heads.box_predictor.cls_score
+        scores.weight.mul_(40)  # the class follows what the box holds, so regions vary across a slide
+        scores.bias.zero_()
+        scores.bias[0] = -8.0  # never background
+        heads.mask_predictor.mask_fcn_logits.bias.fill_(4.0)
+    return model

@@ -28,7 +28,8 @@ from sebre_ij.cli import app
 from sebre_ij.layer import create_layer
 from sebre_ij.model import ModelCard, build_model, save_checkpoint
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import CLASSES, make_slide_store
+from sebre_ij.stores import make_slide_store
+from sebre_ij.synth import CLASSES
 
 
 def checksum(path: Path) -> str:

@@ -12,7 +12,7 @@ from zarr.storage import MemoryStore
 from sebre_ij.chunkfiles import ChunkFiles, chunk_files
 from sebre_ij.layer import PARTIAL, create_layer
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import make_slide_store
+from sebre_ij.stores import make_slide_store
 
 SHAPE, CHUNKS = (2, 37, 53), (1, 8, 16)  # edge chunks on both axes
 

@@ -16,7 +16,9 @@ from sebre_ij.errors import UserError
 from sebre_ij.model import ModelCard, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import CLASSES, make_slide_store, random_model
+from sebre_ij.model import random_model
+from sebre_ij.stores import make_slide_store
+from sebre_ij.synth import CLASSES
 
 
 DISTRIBUTED_MARKS = {"PYTHONHASHSEED", "__DASK_PARENT_PID"}  # distributed's own, set when unset: not ours to undo

@@ -18,7 +18,7 @@ from sebre_ij.evaluate import LabelPlane, evaluate, section_map
 from sebre_ij.layer import create_layer, finish_layer
 from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 
 
 def two_sections():

@@ -15,7 +15,7 @@ from sebre_ij.labels import open_labels
 from sebre_ij.outlines import Region, regions_from_labels
 from sebre_ij.rois import imagej_roi, roi_rings, utf16_safe
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 from sebre_ij.readers import file_roi_rings, rings_mask
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from sebre_ij.infer import EVIDENCE_THRESHOLD, best_classes, class_evidence, instance_map, predict_tiles
 from sebre_ij.model import ModelCard, detect
-from sebre_ij.synth import CLASSES, random_model
+from sebre_ij.model import random_model
+from sebre_ij.synth import CLASSES
 from sebre_ij.tiles import tile_grid
 
 

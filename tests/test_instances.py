@@ -17,7 +17,8 @@ from sebre_ij.model import ModelCard
 from sebre_ij.rois import read_roiset
 from sebre_ij.segment import number_layer, run_tiles
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import CLASSES, synth_slide, write_slide
+from sebre_ij.stores import write_slide
+from sebre_ij.synth import CLASSES, synth_slide
 
 from conftest import oracle
 

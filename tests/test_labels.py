@@ -7,7 +7,7 @@ from sebre_ij.errors import UserError
 from sebre_ij.labels import LabelInfo, class_base, class_lut, encode, open_labels
 from sebre_ij.layer import create_layer
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 
 
 def test_encoding_is_section_times_base_plus_class():

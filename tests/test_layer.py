@@ -10,7 +10,7 @@ from sebre_ij.labels import open_labels, read_plane
 from sebre_ij.layer import check_name, create_layer, finish_layer, reopen_layer
 from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 200])

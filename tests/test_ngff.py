@@ -14,7 +14,7 @@ from sebre_ij.layer import create_layer, finish_layer
 from sebre_ij.ngff import VERSIONS, NgffV04, NgffV05, ngff_format, ome_attrs
 from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 
 MODELS = {"0.4": (ImageV04, ImageLabelV04), "0.5": (ImageV05, ImageLabelV05)}
 

@@ -7,7 +7,7 @@ from sebre_ij.layer import create_layer
 from sebre_ij.pyramid import (RUN_CHUNKS, CoarserLevels, FinerLevels, _blocks, _row_runs, _tiled_blocks, build_pyramid,
                               sampled_from, source_ends, source_index)
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 from sebre_ij.tiles import resample_nearest
 
 

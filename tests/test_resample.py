@@ -15,7 +15,8 @@ from sebre_ij.layer import create_layer
 from sebre_ij.model import ModelCard
 from sebre_ij.segment import run_tiles
 from sebre_ij.slide import inference_level, open_slide
-from sebre_ij.synth import CLASSES, synth_slide, write_slide
+from sebre_ij.stores import write_slide
+from sebre_ij.synth import CLASSES, synth_slide
 from sebre_ij.tiles import Grid, Tile, tile_grid
 from sebre_ij.tissue import tissue_sections
 

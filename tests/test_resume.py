@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from sebre_ij.cli import app
 from sebre_ij.model import ModelCard, save_checkpoint
-from sebre_ij.synth import CLASSES, make_slide_store, random_model
+from sebre_ij.model import random_model
+from sebre_ij.stores import make_slide_store
+from sebre_ij.synth import CLASSES
 
 
 def layer_files(store, name="sebre", chunks_only=False):

@@ -6,7 +6,7 @@ import zarr
 
 from sebre_ij.errors import UserError
 from sebre_ij.slide import ChunkCache, open_slide, pick_level
-from sebre_ij.synth import write_slide
+from sebre_ij.stores import write_slide
 
 
 @pytest.fixture(scope="module", params=["0.4", "0.5"])

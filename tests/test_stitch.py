@@ -11,7 +11,8 @@ from sebre_ij.model import ModelCard
 from sebre_ij.segment import plane_tiles, run_tiles
 from sebre_ij.stitch import ChunkWriter, RegionStats
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import CLASSES, make_slide_store, write_slide
+from sebre_ij.stores import make_slide_store, write_slide
+from sebre_ij.synth import CLASSES
 from sebre_ij.tiles import Grid, tile_grid
 from sebre_ij.tissue import tissue_sections
 

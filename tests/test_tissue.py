@@ -5,9 +5,10 @@ import pytest
 from scipy import ndimage
 from skimage.segmentation import expand_labels
 
-from sebre_ij.segment import find_tissue
+from sebre_ij.tissue import find_tissue
 from sebre_ij.slide import open_slide
-from sebre_ij.synth import synth_slide, write_sparse_slide
+from sebre_ij.stores import write_sparse_slide
+from sebre_ij.synth import synth_slide
 from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, grow, to_unit
 
@@ -54,8 +55,8 @@ def test_sections_on_a_mostly_glass_slide_match_the_small_slide(tmp_path):
     write_sparse_slide(tmp_path / "big.zarr", image, 10, 8.0)
     small, big = open_slide(tmp_path / "small.zarr"), open_slide(tmp_path / "big.zarr")
     assert len(list((tmp_path / "big.zarr" / "0").rglob("*"))) < 100  # sparse: a few chunks on disk
-    (_, s_small), = find_tissue(small)
-    (_, s_big), = find_tissue(big)
+    s_small = find_tissue(small)[0].sections
+    s_big = find_tissue(big)[0].sections
     assert s_small.count == s_big.count == 4
     tiles_small = tile_grid(small.yx_shape(0), 128, 32, s_small)
     tiles_big = tile_grid(big.yx_shape(0), 128, 32, s_big)

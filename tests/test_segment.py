@@ -1,0 +1,85 @@
+"""segment.py: options checked before anything is read or written, the inputs a run works from,
+what a killed run must share to be resumed, and the result of a whole call from Python."""
+
+import numpy as np
+import pytest
+
+from sebre_ij.errors import UserError
+from sebre_ij.exports import Exports
+from sebre_ij.model import ModelCard, save_checkpoint
+from sebre_ij.model_input import LUMINANCE
+from sebre_ij.segment import SegmentOptions, open_inputs, run_key, run_settings, segment
+from sebre_ij.slide import open_slide
+from sebre_ij.model import random_model
+from sebre_ij.stores import make_slide_store
+from sebre_ij.synth import CLASSES
+
+NAMES = [n for n, _ in CLASSES]
+COLORS = [c for _, c in CLASSES]
+
+
+@pytest.fixture(scope="module")
+def slide_and_models(tmp_path_factory):
+    """A 2-section RGB slide, a 3-channel model and a luminance model (random weights that find regions)."""
+    work = tmp_path_factory.mktemp("segment")
+    make_slide_store(work / "slide.zarr", sections=2, size=(1024, 1536), pixel_size=8.0, seed=5)
+    rgb = ModelCard("tiny_fpn", NAMES, COLORS, 16.0, list("RGB"), [0.8] * 3, [0.2] * 3, 64, 16)
+    grey = ModelCard("tiny_fpn", NAMES, COLORS, 16.0, LUMINANCE, [0.8], [0.2], 64, 16, input="luminance")
+    for name, card in (("rgb", rgb), ("grey", grey)):
+        save_checkpoint(work / f"{name}.safetensors", random_model(card, 1), card)
+    return work
+
+
+def files(folder):
+    return sorted(p.relative_to(folder) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("options, words", [
+    (SegmentOptions(resume=True, overwrite=True), "resume=True and overwrite=True contradict"),
+    (SegmentOptions(mode="cells"), "mode='cells' is not one of region, instance"),
+    (SegmentOptions(batch_size=0), "batch_size=0"),
+    (SegmentOptions(labels="../image"), "not a valid path segment"),
+])
+def test_bad_options_are_refused_by_parameter_name_before_anything_is_written(slide_and_models, options, words):
+    slide = slide_and_models / "slide.zarr"
+    before = files(slide)
+    with pytest.raises(UserError, match=words) as caught:
+        segment(slide, slide_and_models / "rgb.safetensors", options)
+    assert "--" not in str(caught.value)  # the library names parameters; the command line says flags
+    assert files(slide) == before
+
+
+def test_inputs_hold_the_level_the_tissue_and_the_batch(slide_and_models):
+    inputs = open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports())
+    slide = open_slide(slide_and_models / "slide.zarr")
+    assert slide.pixel_size(inputs.level) == pytest.approx(16.0) and inputs.factor == 1.0
+    assert inputs.batch_size == 4 and len(inputs.planes) == 1 and inputs.planes[0].sections.count == 2
+    with pytest.raises(UserError, match=r"roi_level=9 does not exist"):
+        open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports(roi_level=9))
+
+
+def test_a_killed_run_resumes_only_with_the_same_model_bytes_and_settings(slide_and_models, tmp_path):
+    inputs = open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports())
+    settings = run_settings(inputs, SegmentOptions())
+    key = run_key(slide_and_models / "rgb.safetensors", settings)
+    assert run_key(slide_and_models / "rgb.safetensors", dict(settings)) == key
+    assert run_key(slide_and_models / "rgb.safetensors", run_settings(inputs, SegmentOptions(tta=True))) != key
+    other = tmp_path / "other.safetensors"
+    other.write_bytes((slide_and_models / "rgb.safetensors").read_bytes() + b" ")
+    assert run_key(other, settings) != key
+
+
+def test_a_luminance_model_segments_a_slide_of_any_channels(slide_and_models, tmp_path):
+    """The RGB slide through the one-channel model; the RGB model refuses nothing it can read."""
+    import shutil
+
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(slide_and_models / "slide.zarr", store)
+    result = segment(store, slide_and_models / "grey.safetensors", SegmentOptions(min_score=0.0, progress=False),
+                     Exports(rois=tmp_path / "RoiSet.zip"))
+    assert result.sections == 2 and result.tiles > 4 and result.regions
+    assert {r["section"] for r in result.regions} == {1, 2}
+    assert result.outputs == {"rois": str(tmp_path / "RoiSet.zip")} and (tmp_path / "RoiSet.zip").stat().st_size > 0
+    assert "sebre" in open_slide(store).label_names()
+    values = np.array([r["label-value"] for r in result.regions])
+    assert (values // 100 == [r["section"] for r in result.regions]).all()
