@@ -118,7 +118,7 @@ def read_tree(path: Path) -> StructureTree:
 
 
 def load_atlas(path: str | Path | None = None) -> Atlas:
-    """Read the CCFv3 folder (`path`, else $SEBRE_ATLAS): about 1.5 s and 400 MB."""
+    """Read the CCFv3 folder (`path`, else $SEBRE_ATLAS); its cost is in benchmarks/README.md."""
     folder = atlas_folder(path)
     tree = read_tree(folder / "structures.csv")
     classes = tifffile.imread(folder / "classes_25um.tif")

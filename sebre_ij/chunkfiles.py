@@ -1,8 +1,8 @@
 """The label arrays' chunks read and written as files, as zarr would, without its per-call cost.
 
-zarr-python 3 spends 2-4 ms of CPU per chunk written (its asyncio loop, a thread hop per chunk);
-compressing a label chunk takes about 0.1 ms. A slide's label pyramid is thousands of chunks,
-written beside the model on the same cores, so for an array on a local disk with a plain codec
+zarr-python 3 spends far more CPU per chunk written (its asyncio loop, a thread hop per chunk) than
+compressing a label chunk takes (benchmarks/README.md). A slide's label pyramid is thousands of
+chunks, written beside the model on the same cores, so for an array on a local disk with a plain codec
 (the bytes, then one zstd or blosc compressor: what create_layer makes) the chunks are encoded
 and written here. The files are what zarr writes (same keys and bytes; a temporary file renamed
 into place; chunks of only the fill value left out), so zarr and every NGFF reader read them.

@@ -259,7 +259,7 @@ def build_model(card: ModelCard) -> MaskRCNN:
         ch = backbone.out_channels
         names = ["0", "1", "2", "3"]
         # CPU training time goes mostly to RoIAlign's backward pass: one sample per bin and fewer,
-        # more often positive, sampled proposals (48, half positive) make steps about twice as fast.
+        # more often positive, sampled proposals (48, half positive) shorten the steps.
         common.update(box_batch_size_per_image=48, box_positive_fraction=0.5)
         return mask_rcnn(
             backbone, None, rpn_anchor_generator=anchors,
