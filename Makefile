@@ -28,7 +28,10 @@ test-deps:
 	  else echo "note: install ImageJ 1.x (ij.jar), xvfb and a JRE for the ImageJ tests (apt-get install imagej xvfb)"; fi; \
 	fi
 
+# Lint and format checks first: they take seconds, and CI fails on them as on a test.
 test: $(STAMP) test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:
