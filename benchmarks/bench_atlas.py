@@ -20,8 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sebre_ij.atlas import (SectionRecipe, atlas_section, crop, cut_section, damage, load_atlas, random_plane,
-                            section_template)
+from sebre_ij.atlas import (
+    SectionRecipe,
+    atlas_section,
+    crop,
+    cut_section,
+    damage,
+    load_atlas,
+    random_plane,
+    section_template,
+)
 from sebre_ij.render import render
 
 DEFAULT_ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ccfv3"
@@ -37,8 +45,16 @@ def steps(atlas, recipe: SectionRecipe, rng: np.random.Generator) -> list[float]
     t1 = time.perf_counter()
     section = crop(damage(section, recipe, rng), recipe.margin_px)
     t2 = time.perf_counter()
-    render(section.structures, section.tissue, section_template(atlas, section), section.overlay, atlas.tree,
-           recipe.pixel_size_um, recipe.look, rng)
+    render(
+        section.structures,
+        section.tissue,
+        section_template(atlas, section),
+        section.overlay,
+        atlas.tree,
+        recipe.pixel_size_um,
+        recipe.look,
+        rng,
+    )
     return [t1 - t0, t2 - t1, time.perf_counter() - t2]
 
 
@@ -55,10 +71,15 @@ def measure(atlas, pixel_size_um: float, n: int) -> dict:
         shapes.append(classes.shape)
     rng = np.random.default_rng(0)
     parts = np.mean([steps(atlas, recipe, rng) for _ in range(n)], axis=0) * 1e3
-    return {"mean_ms": round(float(np.mean(times)) * 1e3, 2), "p90_ms": round(float(np.percentile(times, 90)) * 1e3, 2),
-            "mean_shape": [round(float(s)) for s in np.mean(shapes, axis=0)], "sections": n,
-            "plane_cut_ms": round(float(parts[0]), 2), "damage_ms": round(float(parts[1]), 2),
-            "render_ms": round(float(parts[2]), 2)}
+    return {
+        "mean_ms": round(float(np.mean(times)) * 1e3, 2),
+        "p90_ms": round(float(np.percentile(times, 90)) * 1e3, 2),
+        "mean_shape": [round(float(s)) for s in np.mean(shapes, axis=0)],
+        "sections": n,
+        "plane_cut_ms": round(float(parts[0]), 2),
+        "damage_ms": round(float(parts[1]), 2),
+        "render_ms": round(float(parts[2]), 2),
+    }
 
 
 def main() -> None:

@@ -27,9 +27,8 @@ import torch
 
 from sebre_ij import infer
 from sebre_ij.infer import amp_dtype, auto_batch_size
-from sebre_ij.model import ModelCard, load_checkpoint, save_checkpoint
+from sebre_ij.model import ModelCard, load_checkpoint, random_model, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
-from sebre_ij.model import random_model
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import CLASSES
 
@@ -41,7 +40,9 @@ def make_inputs(work: Path, arch: str, tile: int, tiles_per_side: int) -> None:
     rng = np.random.default_rng(0)
     image = np.full((3, side, side), 245, np.uint8)
     inner = slice(side // 6, side - side // 6)
-    image[:, inner, inner] = np.clip(rng.normal(150, 30, (3, inner.stop - inner.start, inner.stop - inner.start)), 0, 255)
+    image[:, inner, inner] = np.clip(
+        rng.normal(150, 30, (3, inner.stop - inner.start, inner.stop - inner.start)), 0, 255
+    )
     write_sparse_slide(work / "slide.zarr", image, 1, pixel_size=2.0, chunk=512, min_pixel_size=16.0)
     names = [n for n, _ in CLASSES]
     card = ModelCard(arch, names, [c for _, c in CLASSES], 2.0, list("RGB"), [0.6] * 3, [0.2] * 3, tile, tile // 8)
@@ -107,18 +108,33 @@ def main() -> None:
         clock = GpuClock(infer.run_model, device)
         infer.run_model = clock  # segment's own model calls, timed (predict_tiles looks the name up per batch)
         start = time.perf_counter()
-        result = segment(work / "slide.zarr", work / "model.safetensors",
-                         SegmentOptions(labels="bench", batch_size=batch, progress=False, device=str(device)))
+        result = segment(
+            work / "slide.zarr",
+            work / "model.safetensors",
+            SegmentOptions(labels="bench", batch_size=batch, progress=False, device=str(device)),
+        )
         wall = time.perf_counter() - start
         infer.run_model = clock.run
         pipeline = result.tiles / wall
         alone = model_only(model, card, device, batch, result.tiles)
-    print(json.dumps({
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "arch": args.arch,
-        "tile": args.tile, "batch_size": batch, "precision": str(amp_dtype(device)), "tiles": result.tiles,
-        "segment_s": round(wall, 2), "pipeline_images_s": round(pipeline, 2), "model_only_images_s": round(alone, 2),
-        "pipeline_over_model": round(pipeline / alone, 3), "gpu_busy_fraction": round(clock.busy_seconds() / wall, 3),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "arch": args.arch,
+                "tile": args.tile,
+                "batch_size": batch,
+                "precision": str(amp_dtype(device)),
+                "tiles": result.tiles,
+                "segment_s": round(wall, 2),
+                "pipeline_images_s": round(pipeline, 2),
+                "model_only_images_s": round(alone, 2),
+                "pipeline_over_model": round(pipeline / alone, 3),
+                "gpu_busy_fraction": round(clock.busy_seconds() / wall, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

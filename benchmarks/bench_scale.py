@@ -28,9 +28,8 @@ import torch
 from distributed import LocalCluster
 
 from sebre_ij.cluster import ClusterOptions
-from sebre_ij.model import ModelCard, save_checkpoint
+from sebre_ij.model import ModelCard, random_model, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
-from sebre_ij.model import random_model
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import CLASSES, synth_slide
 
@@ -67,9 +66,15 @@ def on_cluster(work: Path, workers: int) -> dict:
     start = time.perf_counter()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         started = time.perf_counter() - start
-        seconds, tiles = timed_segment(work, f"w{workers}", ClusterOptions(scheduler=cluster.scheduler_address, threads=1))
-    return {"segment_s": round(seconds, 2), "cluster_start_s": round(started, 2), "tiles": tiles,
-            "same_labels": label_hash(work / "slide.zarr", f"w{workers}") == label_hash(work / "slide.zarr", "local")}
+        seconds, tiles = timed_segment(
+            work, f"w{workers}", ClusterOptions(scheduler=cluster.scheduler_address, threads=1)
+        )
+    return {
+        "segment_s": round(seconds, 2),
+        "cluster_start_s": round(started, 2),
+        "tiles": tiles,
+        "same_labels": label_hash(work / "slide.zarr", f"w{workers}") == label_hash(work / "slide.zarr", "local"),
+    }
 
 
 def main() -> None:
@@ -81,13 +86,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         make_inputs(work, args.quick, args.arch)
-        segment(work / "slide.zarr", work / "model.safetensors", SegmentOptions(labels="warm", batch_size=BATCH, progress=False, device="cpu"))
+        segment(
+            work / "slide.zarr",
+            work / "model.safetensors",
+            SegmentOptions(labels="warm", batch_size=BATCH, progress=False, device="cpu"),
+        )
         local_s, tiles = timed_segment(work, "local")
         one, two = on_cluster(work, 1), on_cluster(work, 2)
     report = {
-        "mode": "quick" if args.quick else "full", "arch": args.arch, "tile": TILE, "batch_size": BATCH, "tiles": tiles,
+        "mode": "quick" if args.quick else "full",
+        "arch": args.arch,
+        "tile": TILE,
+        "batch_size": BATCH,
+        "tiles": tiles,
         "in_process": {"segment_s": round(local_s, 2), "torch_threads": torch.get_num_threads()},
-        "workers_1": one, "workers_2": two,
+        "workers_1": one,
+        "workers_2": two,
         "speedup_2_workers": round(one["segment_s"] / two["segment_s"], 3),
         "two_workers_over_in_process": round(local_s / two["segment_s"], 3),
         "bench_seconds": round(time.perf_counter() - started, 1),

@@ -42,10 +42,9 @@ import torch
 
 from sebre_ij.allocator import kept_heap
 from sebre_ij.infer import best_classes, class_evidence, read_tile
-from sebre_ij.model import ModelCard, detect, load_checkpoint, save_checkpoint
+from sebre_ij.model import ModelCard, detect, load_checkpoint, random_model, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import inference_level, open_slide
-from sebre_ij.model import random_model
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import CLASSES, synth_slide
 from sebre_ij.tiles import tile_grid
@@ -70,7 +69,9 @@ def make_inputs(work: Path, quick: bool, arch: str) -> None:
     write_sparse_slide(work / "small.zarr", image, 1, **pixel_size)
     write_sparse_slide(work / "100x.zarr", image, 10, **pixel_size)
     names = [n for n, _ in CLASSES]
-    card = ModelCard(arch, names, [c for _, c in CLASSES], MODEL_PIXEL_SIZE, list("RGB"), [0.8] * 3, [0.2] * 3, TILE, OVERLAP)
+    card = ModelCard(
+        arch, names, [c for _, c in CLASSES], MODEL_PIXEL_SIZE, list("RGB"), [0.8] * 3, [0.2] * 3, TILE, OVERLAP
+    )
     save_checkpoint(work / "model.safetensors", random_model(card), card)  # finds regions: labels are written
 
 
@@ -97,7 +98,7 @@ def model_only(model, images: list[torch.Tensor], plain_heap: bool, boxed: bool 
     start = time.perf_counter()
     with heap(plain_heap), torch.inference_mode():
         for i in range(0, len(images), BATCH):
-            detect(model, images[i:i + BATCH], paste_masks=not boxed)
+            detect(model, images[i : i + BATCH], paste_masks=not boxed)
     return time.perf_counter() - start
 
 
@@ -126,16 +127,28 @@ def run_ours(work: Path, name: str, repeats: int, plain_heap: bool) -> dict:
     model, card = load_checkpoint(work / "model.safetensors", "cpu")
     images, grid_tiles = tissue_tiles(slide, card)
     assert len(images) == result.tiles
-    segment_runs, model_runs, boxed_runs = [seconds], [model_only(model, images, plain_heap)], [model_only(model, images, plain_heap, True)]
+    segment_runs, model_runs, boxed_runs = (
+        [seconds],
+        [model_only(model, images, plain_heap)],
+        [model_only(model, images, plain_heap, True)],
+    )
     for repeat in range(1, repeats):
         segment_runs.append(run_segment(work, slide, repeat, plain_heap)[1])
         model_runs.append(model_only(model, images, plain_heap))
         boxed_runs.append(model_only(model, images, plain_heap, boxed=True))
-    return {"segment_s": round(min(segment_runs), 2), "model_only_s": round(min(model_runs), 2),
-            "model_boxed_s": round(min(boxed_runs), 2), "segment_runs_s": [round(s, 2) for s in segment_runs],
-            "model_only_runs_s": [round(s, 2) for s in model_runs], "model_boxed_runs_s": [round(s, 2) for s in boxed_runs],
-            "tiles": result.tiles, "grid_tiles": grid_tiles, "tissue_fraction": round(result.tiles / grid_tiles, 4),
-            "sections": result.sections, "peak_rss_mb": round(rss, 1)}
+    return {
+        "segment_s": round(min(segment_runs), 2),
+        "model_only_s": round(min(model_runs), 2),
+        "model_boxed_s": round(min(boxed_runs), 2),
+        "segment_runs_s": [round(s, 2) for s in segment_runs],
+        "model_only_runs_s": [round(s, 2) for s in model_runs],
+        "model_boxed_runs_s": [round(s, 2) for s in boxed_runs],
+        "tiles": result.tiles,
+        "grid_tiles": grid_tiles,
+        "tissue_fraction": round(result.tiles / grid_tiles, 4),
+        "sections": result.sections,
+        "peak_rss_mb": round(rss, 1),
+    }
 
 
 def run_naive(work: Path, name: str) -> dict:
@@ -149,18 +162,40 @@ def run_naive(work: Path, name: str) -> dict:
     tiles = tile_grid(labels.shape, card.tile_size, card.overlap)
     with torch.inference_mode():
         for i in range(0, len(tiles), BATCH):
-            batch = tiles[i:i + BATCH]
-            crops = [torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch]  # a tile may start before the level
+            batch = tiles[i : i + BATCH]
+            crops = [
+                torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch
+            ]  # a tile may start before the level
             for t, out in zip(batch, model(crops)):
                 classes, _ = best_classes(class_evidence(out, len(card.classes), 0.3))
                 ys, xs = t.core
-                labels[ys, xs] = classes[ys.start - t.y:ys.stop - t.y, xs.start - t.x:xs.stop - t.x]
-    return {"naive_s": round(time.perf_counter() - start, 2), "naive_tiles": len(tiles), "naive_peak_rss_mb": round(peak_rss_mb(), 1)}
+                labels[ys, xs] = classes[ys.start - t.y : ys.stop - t.y, xs.start - t.x : xs.stop - t.x]
+    return {
+        "naive_s": round(time.perf_counter() - start, 2),
+        "naive_tiles": len(tiles),
+        "naive_peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def child(work: Path, kind: str, name: str, repeats: int, plain_heap: bool) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--slide", name, "--work", str(work), "--repeats", str(repeats),
-                           *(["--plain-heap"] if plain_heap else [])], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--slide",
+            name,
+            "--work",
+            str(work),
+            "--repeats",
+            str(repeats),
+            *(["--plain-heap"] if plain_heap else []),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {kind} {name} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -170,8 +205,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller slides: under 3 minutes on 2 cores")
     parser.add_argument("--arch", default="tiny_fpn", help="random-weight model: tiny_fpn or mobilenet_v3_fpn")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of `segment` and of the model alone on each slide (the fastest counts)")
-    parser.add_argument("--plain-heap", action="store_true", help="glibc's usual allocator for both (not allocator.kept_heap)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of `segment` and of the model alone on each slide (the fastest counts)",
+    )
+    parser.add_argument(
+        "--plain-heap", action="store_true", help="glibc's usual allocator for both (not allocator.kept_heap)"
+    )
     parser.add_argument("--child", choices=["make", "ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -182,21 +224,47 @@ def main() -> None:
         return
     if args.child:
         work = Path(args.work)
-        print(json.dumps(run_ours(work, args.slide, args.repeats, args.plain_heap) if args.child == "ours" else run_naive(work, args.slide)))
+        print(
+            json.dumps(
+                run_ours(work, args.slide, args.repeats, args.plain_heap)
+                if args.child == "ours"
+                else run_naive(work, args.slide)
+            )
+        )
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
         work = Path(tmp)
         # in a child too: a child's peak RSS starts from its parent's (getrusage keeps it across exec)
-        subprocess.run([sys.executable, __file__, "--child", "make", "--slide", "quick" if args.quick else "full", "--arch", args.arch,
-                        "--work", str(work)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "make",
+                "--slide",
+                "quick" if args.quick else "full",
+                "--arch",
+                args.arch,
+                "--work",
+                str(work),
+            ],
+            check=True,
+        )
         small = child(work, "ours", "small", args.repeats, args.plain_heap)
         big = child(work, "ours", "100x", args.repeats, args.plain_heap)
         naive = child(work, "naive", "small", 1, args.plain_heap)
     report = {
-        "mode": "quick" if args.quick else "full", "arch": args.arch, "batch_size": BATCH, "tile": TILE, "repeats": args.repeats,
+        "mode": "quick" if args.quick else "full",
+        "arch": args.arch,
+        "batch_size": BATCH,
+        "tile": TILE,
+        "repeats": args.repeats,
         "kept_heap": not args.plain_heap,
-        "torch_threads": torch.get_num_threads(), "small": small, "100x": big, "naive_small": naive,
+        "torch_threads": torch.get_num_threads(),
+        "small": small,
+        "100x": big,
+        "naive_small": naive,
         "overhead_ratio": round(small["segment_s"] / small["model_only_s"], 3),
         "overhead_ratio_boxed": round(small["segment_s"] / small["model_boxed_s"], 3),
         "overhead_ratio_100x": round(big["segment_s"] / big["model_only_s"], 3),

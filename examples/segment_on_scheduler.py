@@ -1,7 +1,8 @@
 """Segment a slide on a Dask cluster that already runs (any deployment: dask-gateway, Kubernetes,
 `dask scheduler` + `dask worker` by hand).
 
-    python examples/segment_on_scheduler.py tcp://head-node:8786 /shared/slides/brain01.zarr /shared/models/model.safetensors
+    python examples/segment_on_scheduler.py tcp://head-node:8786 /shared/slides/brain01.zarr \
+        /shared/models/model.safetensors
 
 The same as `sebre segment SLIDE --model MODEL --scheduler tcp://head-node:8786`. The workers need
 sebre-ij installed and must reach the slide and the model by the same paths or URLs.

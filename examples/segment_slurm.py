@@ -23,8 +23,21 @@ parser.add_argument("--jobs", type=int, default=4)
 parser.add_argument("--walltime", default="02:00:00")
 args = parser.parse_args()
 
-spec = ClusterSpec(cluster="slurm", queue=args.queue, cores=args.cores, memory=args.memory, gpus=args.gpus,
-                   jobs=args.jobs, walltime=args.walltime)
-result = segment(args.slide, args.model, labels="sebre", rois=f"{args.slide.rstrip('/')}-RoiSet.zip",
-                 batch_size="auto" if args.gpus else 4, cluster=spec)
+spec = ClusterSpec(
+    cluster="slurm",
+    queue=args.queue,
+    cores=args.cores,
+    memory=args.memory,
+    gpus=args.gpus,
+    jobs=args.jobs,
+    walltime=args.walltime,
+)
+result = segment(
+    args.slide,
+    args.model,
+    labels="sebre",
+    rois=f"{args.slide.rstrip('/')}-RoiSet.zip",
+    batch_size="auto" if args.gpus else 4,
+    cluster=spec,
+)
 print(f"{result.tiles} tiles, {len(result.regions)} regions in {result.seconds:.0f} s")

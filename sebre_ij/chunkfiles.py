@@ -31,8 +31,11 @@ def _v3_compressor(codec) -> numcodecs.abc.Codec | None:
     if isinstance(codec, ZstdCodec):
         return numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
     if isinstance(codec, BloscCodec):
-        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                   "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[codec.shuffle.value]
+        shuffle = {
+            "noshuffle": numcodecs.Blosc.NOSHUFFLE,
+            "shuffle": numcodecs.Blosc.SHUFFLE,
+            "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
+        }[codec.shuffle.value]
         return numcodecs.Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle, blocksize=codec.blocksize)
     return None
 
@@ -45,7 +48,11 @@ def _codec(array: zarr.Array) -> tuple[numcodecs.abc.Codec, np.dtype] | None:
             return None
         return meta.compressor, meta.dtype.to_native_dtype()
     codecs = meta.codecs
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or (codecs[0].endian and codecs[0].endian.value != "little"):
+    if (
+        len(codecs) != 2
+        or not isinstance(codecs[0], BytesCodec)
+        or (codecs[0].endian and codecs[0].endian.value != "little")
+    ):
         return None
     compressor = _v3_compressor(codecs[1])
     return None if compressor is None else (compressor, meta.data_type.to_native_dtype().newbyteorder("<"))
@@ -91,7 +98,9 @@ class ChunkFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(path.parent)
         data = self.compressor.encode(np.ascontiguousarray(values, self.dtype))
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")  # as zarr's LocalStore: readers never see half a chunk
+        partial = path.with_name(
+            f"{path.name}.{uuid.uuid4().hex}.partial"
+        )  # as zarr's LocalStore: readers never see half a chunk
         try:
             partial.write_bytes(data)
             os.replace(partial, path)
@@ -102,7 +111,7 @@ class ChunkFiles:
 
     def _window(self, index: Index) -> tuple[list[slice], tuple[int, ...]]:
         """Slices of every axis, and the shape of the selection with integer axes dropped."""
-        index = (index if isinstance(index, tuple) else (index,))
+        index = index if isinstance(index, tuple) else (index,)
         index += (slice(None),) * (len(self.shape) - len(index))  # `a[:]`, `a[z]`: the rest whole
         window = []
         for i, n in zip(index, self.shape):
@@ -118,7 +127,10 @@ class ChunkFiles:
 
     def _parts(self, window: list[slice]):
         """(chunk coordinates, part of the chunk, part of the window) of every chunk under a window."""
-        ranges = [range(w.start // c, (w.stop - 1) // c + 1) if w.stop > w.start else range(0) for w, c in zip(window, self.chunks)]
+        ranges = [
+            range(w.start // c, (w.stop - 1) // c + 1) if w.stop > w.start else range(0)
+            for w, c in zip(window, self.chunks)
+        ]
         for coords in itertools.product(*ranges):
             lo = [max(w.start, k * c) for w, k, c in zip(window, coords, self.chunks)]
             hi = [min(w.stop, (k + 1) * c) for w, k, c in zip(window, coords, self.chunks)]
@@ -141,7 +153,9 @@ class ChunkFiles:
             if part.shape == self.chunks:  # the whole chunk: written as it is
                 self.write_chunk(coords, part)
                 continue
-            covers = all(p.stop - p.start == min(c, n - k * c) for p, c, n, k in zip(in_chunk, self.chunks, self.shape, coords))
+            covers = all(
+                p.stop - p.start == min(c, n - k * c) for p, c, n, k in zip(in_chunk, self.chunks, self.shape, coords)
+            )
             chunk = np.full(self.chunks, self.fill, self.dtype) if covers else self.read_chunk(coords)
             chunk[in_chunk] = part
             self.write_chunk(coords, chunk)

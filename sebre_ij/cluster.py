@@ -61,14 +61,19 @@ class ClusterOptions:
         return bool(self.workers or self.scheduler or self.cluster)
 
     def check(self) -> None:
-        chosen = [f"{name}={value!r}" for name, value in (("workers", self.workers), ("scheduler", self.scheduler),
-                                                          ("cluster", self.cluster)) if value]
+        chosen = [
+            f"{name}={value!r}"
+            for name, value in (("workers", self.workers), ("scheduler", self.scheduler), ("cluster", self.cluster))
+            if value
+        ]
         if len(chosen) > 1:
             raise UserError(f"{' and '.join(chosen)} contradict each other; pass one way of running")
         if self.workers < 0:
             raise UserError(f"workers={self.workers}: give a number of worker processes, 1 or more")
         if self.cluster and self.cluster not in CLUSTERS:
-            raise UserError(f"cluster={self.cluster!r} is not one of {', '.join(CLUSTERS)}; use scheduler=ADDRESS for others")
+            raise UserError(
+                f"cluster={self.cluster!r} is not one of {', '.join(CLUSTERS)}; use scheduler=ADDRESS for others"
+            )
         if self.cluster and (self.jobs < 1 or self.cores < 1):
             raise UserError("jobs= and cores= must be 1 or more")
 
@@ -80,8 +85,15 @@ def slurm_cluster(spec: ClusterOptions):
     except ImportError as exc:
         raise UserError("cluster='slurm' needs dask-jobqueue; pip install dask-jobqueue") from exc
     extra = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
-    return SLURMCluster(queue=spec.queue, cores=spec.cores, processes=1, memory=spec.memory, walltime=spec.walltime,
-                        job_extra_directives=extra, scheduler_options={"dashboard_address": ":0"})
+    return SLURMCluster(
+        queue=spec.queue,
+        cores=spec.cores,
+        processes=1,
+        memory=spec.memory,
+        walltime=spec.walltime,
+        job_extra_directives=extra,
+        scheduler_options={"dashboard_address": ":0"},
+    )
 
 
 def local_cluster(workers: int):
@@ -92,7 +104,9 @@ def local_cluster(workers: int):
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=WORKER_ENV)
+        return LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=WORKER_ENV
+        )
 
 
 @contextlib.contextmanager
@@ -111,8 +125,10 @@ def connect(spec: ClusterOptions) -> Iterator[object | None]:
             try:
                 client = stack.enter_context(Client(spec.scheduler, timeout="10s"))
             except (OSError, TimeoutError) as exc:
-                raise UserError(f"scheduler={spec.scheduler!r}: no Dask scheduler answers there ({exc}); check the address "
-                                "(tcp://HOST:8786) and that the scheduler runs") from exc
+                raise UserError(
+                    f"scheduler={spec.scheduler!r}: no Dask scheduler answers there ({exc}); check the address "
+                    "(tcp://HOST:8786) and that the scheduler runs"
+                ) from exc
         else:
             if spec.workers:
                 cluster = local_cluster(spec.workers)
@@ -189,8 +205,9 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     read = tile_reader(ChunkCache(slide.pixels(job.level)), slide.axes, job.plane.z, job.view, job.factor)
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []
-    predicted = predict_tiles(model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score,
-                              flips=job.tta)
+    predicted = predict_tiles(
+        model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score, flips=job.tta
+    )
     for i, result in enumerate(predicted, start=1):
         results.append(result)
         if i % job.batch_size == 0 or i == len(tiles):
@@ -206,7 +223,9 @@ def task_batches(n_batches: int, n_workers: int) -> int:
     return max(1, min(8, n_batches // max(1, 4 * n_workers)))
 
 
-def run_tiles_on(client, spec: ClusterOptions, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None) -> TileRun:
+def run_tiles_on(
+    client, spec: ClusterOptions, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None
+) -> TileRun:
     """On the client: submit every plane's unfinished batches as tasks, merge their region stats in
     batch order and save progress as the longest finished prefix."""
     from distributed import as_completed
@@ -224,8 +243,10 @@ def run_tiles_on(client, spec: ClusterOptions, layer, job_of, planes: list, tile
         todo = len(tiles) - first
         per_task = task_batches(-(-todo // batch_size), n_workers) * batch_size
         job = client.scatter(job_of(plane, tissue, threads), broadcast=True)
-        futures = {client.submit(run_task, job, i, min(i + per_task, len(tiles)), pure=False): k
-                   for k, i in enumerate(range(first, len(tiles), per_task))}
+        futures = {
+            client.submit(run_task, job, i, min(i + per_task, len(tiles)), pure=False): k
+            for k, i in enumerate(range(first, len(tiles), per_task))
+        }
         finished: dict[int, list[dict]] = {}
         task = bar.add_task("tiles", total=len(tiles), completed=done * batch_size, rate=0.0) if bar else None
         next_task, ran, start = 0, 0, time.perf_counter()

@@ -11,13 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+from .datasets import TrainingData
 from .evaluate import compare_layers
-from .model import read_card
 from .exports import Exports
+from .model import read_card
 from .segment import SegmentOptions, segment
 from .slide import open_slide
 from .stores import make_slide_store
-from .datasets import TrainingData
 from .train import TrainOptions, train
 
 DEMO_SLIDE = {"sections": 4, "size": (4096, 4096), "pixel_size": 4.0}
@@ -30,7 +30,9 @@ STEPS = 1000
 
 def cache_dir() -> Path:
     """Where the demo model lives between runs: $SEBRE_CACHE, else the user's cache folder."""
-    root = os.environ.get("SEBRE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sebre-ij")
+    root = os.environ.get("SEBRE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sebre-ij"
+    )
     return Path(root)
 
 
@@ -58,12 +60,25 @@ def run_demo(out: str | Path = "sebre-demo", steps: int = STEPS, retrain: bool =
     out.mkdir(parents=True, exist_ok=True)
     model = demo_model(steps, retrain, out)
     slide = Path(fresh_slide(out / "demo.zarr", DEMO_SEED))
-    exports = Exports(rois=out / "RoiSet.zip", geojson=out / "regions.geojson", measurements=out / "measurements.csv",
-                      preview=out / "preview.png")
+    exports = Exports(
+        rois=out / "RoiSet.zip",
+        geojson=out / "regions.geojson",
+        measurements=out / "measurements.csv",
+        preview=out / "preview.png",
+    )
     result = segment(slide, model, SegmentOptions(labels="sebre", tta=True), exports)
     card = read_card(model)
     dice = compare_layers(open_slide(slide), "sebre", "truth", card.classes, result.level)
-    return {"model": str(model), "slide": str(slide), "regions": result.regions, "dice": dice, "card": card,
-            "level": result.level, "pixel_size_um": result.pixel_size_um, "tiles": result.tiles,
-            "dice_by_region": {r["name"]: dice.get(r["name"], float("nan")) for r in result.regions},
-            "outputs": {"labels": f"{slide}/labels/sebre", "model": str(model), **result.outputs}, "seconds": result.seconds}
+    return {
+        "model": str(model),
+        "slide": str(slide),
+        "regions": result.regions,
+        "dice": dice,
+        "card": card,
+        "level": result.level,
+        "pixel_size_um": result.pixel_size_um,
+        "tiles": result.tiles,
+        "dice_by_region": {r["name"]: dice.get(r["name"], float("nan")) for r in result.regions},
+        "outputs": {"labels": f"{slide}/labels/sebre", "model": str(model), **result.outputs},
+        "seconds": result.seconds,
+    }

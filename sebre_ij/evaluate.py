@@ -47,8 +47,14 @@ def class_plane(slide: Slide, name: str, level: int, z: int = 0) -> np.ndarray:
 def compare_layers(slide: Slide, pred: str, truth: str, class_names: list[str], level: int) -> dict[str, float]:
     """Dice per foreground class present in either layer, pooled over planes, plus their mean."""
     n = len(class_names)
-    matrix = sum(confusion(np.minimum(class_plane(slide, pred, level, z), n - 1), np.minimum(class_plane(slide, truth, level, z), n - 1), n)
-                 for z in range(slide.n_planes))
+    matrix = sum(
+        confusion(
+            np.minimum(class_plane(slide, pred, level, z), n - 1),
+            np.minimum(class_plane(slide, truth, level, z), n - 1),
+            n,
+        )
+        for z in range(slide.n_planes)
+    )
     dice, _ = dice_iou(matrix)
     scores = {class_names[c]: round(float(dice[c]), 4) for c in range(1, n) if not np.isnan(dice[c])}
     scores["mean"] = round(float(np.mean(list(scores.values()))), 4) if scores else float("nan")
@@ -92,8 +98,10 @@ def open_layer(path: str, name: str | None) -> tuple[Slide, LabelInfo]:
     if name is None:
         names = slide.label_names()
         if len(names) != 1:
-            raise UserError(f"{path}: {len(names)} label layers ({', '.join(names) or 'none'}); name one with "
-                            "pred_labels=NAME or truth_labels=NAME, or give slide.zarr/labels/NAME")
+            raise UserError(
+                f"{path}: {len(names)} label layers ({', '.join(names) or 'none'}); name one with "
+                "pred_labels=NAME or truth_labels=NAME, or give slide.zarr/labels/NAME"
+            )
         name = names[0]
     return slide, open_labels(slide, name)
 
@@ -112,11 +120,16 @@ def layer_source(slide: Slide, info: LabelInfo, pixel_size: float | None) -> Lab
     planes = []
     for z in range(slide.n_planes):
         name = Path(slide.url.rstrip("/")).stem + (f"_z{z}" if slide.n_planes > 1 else "")
-        planes.append(LabelPlane(name, read_plane(info, slide, level, z),
-                                 {v: int(p["class"]) for v, p in props.items() if "class" in p},
-                                 {v: int(p.get("section", 0)) for v, p in props.items()} if numbered else None,
-                                 {v: float(p["score"]) for v, p in props.items() if "score" in p},
-                                 to_unit(np.asarray(slide.plane(level, z)))))
+        planes.append(
+            LabelPlane(
+                name,
+                read_plane(info, slide, level, z),
+                {v: int(p["class"]) for v, p in props.items() if "class" in p},
+                {v: int(p.get("section", 0)) for v, p in props.items()} if numbered else None,
+                {v: float(p["score"]) for v, p in props.items() if "score" in p},
+                to_unit(np.asarray(slide.plane(level, z))),
+            )
+        )
     return LabelSource(slide.url, planes, class_table_of(info), [slide.yx_shape(0)] * slide.n_planes)
 
 
@@ -143,8 +156,16 @@ def image_source(path: Path, table: ClassTable | None) -> LabelSource:
         values = read_labels(f, len(table.names))
         picture = next(iter(sorted(f.parent.parent.glob(f"images/{f.stem}.*"))), None)
         image = read_image(picture).pixels if picture is not None else None
-        planes.append(LabelPlane(f.stem, values, {v: v for v in range(len(table.names))}, None, {},
-                                 image if image is not None and image.shape[1:] == values.shape else None))
+        planes.append(
+            LabelPlane(
+                f.stem,
+                values,
+                {v: v for v in range(len(table.names))},
+                None,
+                {},
+                image if image is not None and image.shape[1:] == values.shape else None,
+            )
+        )
     return LabelSource(str(path), planes, table, [p.values.shape for p in planes])
 
 
@@ -164,19 +185,35 @@ def roi_source(path: Path, frame: LabelSource) -> LabelSource:
         sec = rasterise_rois([rois[i] for i in here], [numbers[i] for i in here], shape, scale)
         values = sec.astype(np.int64) * base + cls
         present = np.unique(values[cls > 0]).tolist()
-        planes.append(LabelPlane(plane.name, values, {v: v % base for v in present},
-                                 {v: v // base for v in present} if any(numbers) else None, {}, plane.image))
+        planes.append(
+            LabelPlane(
+                plane.name,
+                values,
+                {v: v % base for v in present},
+                {v: v // base for v in present} if any(numbers) else None,
+                {},
+                plane.image,
+            )
+        )
     return LabelSource(str(path), planes, table, frame.level0)
 
 
-def open_sources(pred: str, truth: str, pred_labels: str | None, truth_labels: str | None,
-                 classes: ClassTable | None, pixel_size: float | None) -> tuple[LabelSource, LabelSource]:
+def open_sources(
+    pred: str,
+    truth: str,
+    pred_labels: str | None,
+    truth_labels: str | None,
+    classes: ClassTable | None,
+    pixel_size: float | None,
+) -> tuple[LabelSource, LabelSource]:
     """Both sides; ROIs last, on the other side's planes. Zarr layers share one pixel size: the
     one asked for, else the level the prediction (or truth) was inferred at."""
     specs = [split_layer_path(pred, pred_labels), split_layer_path(truth, truth_labels)]
     kinds = [source_kind(p) for p, _ in specs]
     if kinds == ["roi", "roi"]:
-        raise UserError(f"{pred} and {truth}: two RoiSets give no image frame; compare one with a label layer or label image")
+        raise UserError(
+            f"{pred} and {truth}: two RoiSets give no image frame; compare one with a label layer or label image"
+        )
     layers = {i: open_layer(*specs[i]) for i in (0, 1) if kinds[i] == "zarr"}
     pixel_size = pixel_size or next((s for s in (recorded_pixel_size(*layers[i]) for i in sorted(layers)) if s), None)
     sources: list[LabelSource | None] = [None, None]
@@ -220,8 +257,10 @@ def pair_planes(pred: LabelSource, truth: LabelSource) -> list[tuple[LabelPlane,
         return named
     if len(pred.planes) == len(truth.planes):
         return list(zip(pred.planes, truth.planes))
-    raise UserError(f"{pred.path}: {len(pred.planes)} planes/sections named unlike the {len(truth.planes)} of {truth.path}; "
-                    "give label images named as the truth's (same file stems)")
+    raise UserError(
+        f"{pred.path}: {len(pred.planes)} planes/sections named unlike the {len(truth.planes)} of {truth.path}; "
+        "give label images named as the truth's (same file stems)"
+    )
 
 
 def _lut(mapping: dict[int, float], values: np.ndarray, default: float = 0) -> np.ndarray:
@@ -238,8 +277,10 @@ def on_one_grid(pred: LabelPlane, truth: LabelPlane, source: str) -> tuple[tuple
     """The coarser of the two shapes, and both planes' values on it (nearest neighbour)."""
     (ph, pw), (th, tw) = pred.values.shape, truth.values.shape
     if abs(ph * tw - th * pw) > 0.02 * th * pw:
-        raise UserError(f"{source}: {truth.name} is {ph} x {pw} px predicted but {th} x {tw} px true, not the same "
-                        "field of view; compare labels of the same image")
+        raise UserError(
+            f"{source}: {truth.name} is {ph} x {pw} px predicted but {th} x {tw} px true, not the same "
+            "field of view; compare labels of the same image"
+        )
     shape = min((ph, pw), (th, tw), key=lambda s: s[0] * s[1])
     return shape, _to_grid(pred.values, shape), _to_grid(truth.values, shape)
 
@@ -270,17 +311,27 @@ def instances(classes: np.ndarray, sections: np.ndarray, scores: np.ndarray, bas
     ids = np.where(classes > 0, sections * base + classes, 0)
     present, inverse = np.unique(ids, return_inverse=True)
     mean = np.bincount(inverse.ravel(), weights=scores.ravel()) / np.bincount(inverse.ravel())
-    return Instances(ids, {int(v): int(v % base) for v in present if v},
-                     {int(v): float(m) for v, m in zip(present, mean) if v})
+    return Instances(
+        ids, {int(v): int(v % base) for v in present if v}, {int(v): float(m) for v, m in zip(present, mean) if v}
+    )
 
 
 def _region_rows(section: str, matrix: np.ndarray, names: list[str]) -> list[dict]:
     """Dice, IoU and pixel counts of each class present on either side."""
     dice, iou = dice_iou(matrix)
     truth_px, pred_px = matrix.sum(axis=1), matrix.sum(axis=0)
-    return [{"section": section, "region": names[c], "dice": _num(dice[c]), "iou": _num(iou[c]),
-             "truth_px": int(truth_px[c]), "pred_px": int(pred_px[c])}
-            for c in range(1, len(names)) if truth_px[c] or pred_px[c]]
+    return [
+        {
+            "section": section,
+            "region": names[c],
+            "dice": _num(dice[c]),
+            "iou": _num(iou[c]),
+            "truth_px": int(truth_px[c]),
+            "pred_px": int(pred_px[c]),
+        }
+        for c in range(1, len(names))
+        if truth_px[c] or pred_px[c]
+    ]
 
 
 def _num(value: float) -> float | None:
@@ -292,9 +343,16 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def evaluate(pred: str, truth: str, out: str | Path | None = None, *, pred_labels: str | None = None,
-             truth_labels: str | None = None, classes: str | Path | None = None,
-             pixel_size: float | None = None) -> dict:
+def evaluate(
+    pred: str,
+    truth: str,
+    out: str | Path | None = None,
+    *,
+    pred_labels: str | None = None,
+    truth_labels: str | None = None,
+    classes: str | Path | None = None,
+    pixel_size: float | None = None,
+) -> dict:
     """Score predicted regions against true ones (label layers, label images or RoiSets, in any
     pairing): Dice and IoU per region and per section, mask mAP, the confusion table. With `out`,
     also writes metrics.json, metrics.csv, confusion.csv and one outline PNG per section."""
@@ -305,11 +363,17 @@ def evaluate(pred: str, truth: str, out: str | Path | None = None, *, pred_label
     total, sections_rows, pairs, pictures = np.zeros((n, n), np.int64), [], [], []
     for p_plane, t_plane in pair_planes(p_src, t_src):
         shape, p_values, t_values = on_one_grid(p_plane, t_plane, p_src.path)
-        pc, tc = (to_common[src.path][np.minimum(_lut(plane.classes, v).astype(int), len(src.table.names) - 1)]
-                  for src, plane, v in ((p_src, p_plane, p_values), (t_src, t_plane, t_values)))
+        pc, tc = (
+            to_common[src.path][np.minimum(_lut(plane.classes, v).astype(int), len(src.table.names) - 1)]
+            for src, plane, v in ((p_src, p_plane, p_values), (t_src, t_plane, t_values))
+        )
         sections = section_map(t_plane, t_values, p_plane, p_values)
-        pairs.append((instances(pc, sections, _lut(p_plane.scores, p_values, 1.0), base),
-                      instances(tc, sections, np.ones(shape), base)))
+        pairs.append(
+            (
+                instances(pc, sections, _lut(p_plane.scores, p_values, 1.0), base),
+                instances(tc, sections, np.ones(shape), base),
+            )
+        )
         total += confusion(pc, tc, n)
         image = next((_to_grid(p.image, shape) for p in (t_plane, p_plane) if p.image is not None), None)
         numbers = np.unique(sections[(pc > 0) | (tc > 0)]).tolist()
@@ -324,11 +388,17 @@ def evaluate(pred: str, truth: str, out: str | Path | None = None, *, pred_label
         c = table.names.index(row["region"])
         row.update({"ap50": _num(ap[c, 0]), "ap": _num(np.nanmean(ap[c])) if not np.isnan(ap[c, 0]) else None})
     scored = [r for r in regions if r["truth_px"]]
-    report = {"pred": str(pred), "truth": str(truth), "classes": table.names, "regions": regions,
-              "mean_dice": _num(np.mean([r["dice"] for r in scored])) if scored else None,
-              "mean_iou": _num(np.mean([r["iou"] for r in scored])) if scored else None,
-              **{k: _num(v) for k, v in mean_ap(ap).items()},
-              "sections": sections_rows, "confusion": total.tolist()}
+    report = {
+        "pred": str(pred),
+        "truth": str(truth),
+        "classes": table.names,
+        "regions": regions,
+        "mean_dice": _num(np.mean([r["dice"] for r in scored])) if scored else None,
+        "mean_iou": _num(np.mean([r["iou"] for r in scored])) if scored else None,
+        **{k: _num(v) for k, v in mean_ap(ap).items()},
+        "sections": sections_rows,
+        "confusion": total.tolist(),
+    }
     if out is not None:
         write_report(Path(out), report, pictures, table)
     return report

@@ -15,8 +15,8 @@ import numpy as np
 from .errors import UserError
 from .labels import LabelInfo, open_labels, read_plane
 from .measure import measure_regions, write_csv
-from .preview import write_preview
 from .outlines import Region, regions_from_labels
+from .preview import write_preview
 from .rois import write_geojson, write_roiset
 from .slide import Slide
 from .tiles import resample_nearest
@@ -63,7 +63,9 @@ def region_properties(info: LabelInfo) -> dict[int, dict]:
     return {v: {**p, "color": info.colors.get(v, (255, 255, 0))} for v, p in info.properties.items()}
 
 
-def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None, frame: int = 0) -> list[Region]:
+def layer_regions(
+    slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None, frame: int = 0
+) -> list[Region]:
     """Every plane's regions traced at `level`, in the pixel coordinates of level `frame` (0: full
     resolution), each at its 1-based stack position (0 for one plane). Off level 0, every ROI says
     which level and µm/px its coordinates are in."""
@@ -72,7 +74,9 @@ def layer_regions(slide: Slide, info: LabelInfo, level: int, tolerance: float | 
     extra = {"coordinate_level": frame, "um_per_px": slide.pixel_size(frame)} if frame else {}
     regions = []
     for z in range(slide.n_planes):
-        plane = regions_from_labels(read_plane(info, slide, level, z), props, scale=(hf / h, wf / w), tolerance=tolerance)
+        plane = regions_from_labels(
+            read_plane(info, slide, level, z), props, scale=(hf / h, wf / w), tolerance=tolerance
+        )
         for r in plane:
             r.position = z + 1 if slide.n_planes > 1 else 0
             area = props.get(r.value, {}).get("area_um2")
@@ -88,20 +92,26 @@ def push_regions(slide: Slide, labels: str, *, fiji: str | Path | None = None, g
     from . import imagej
 
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        raise UserError(f"{slide.url}: no display for the ImageJ ROI Manager (DISPLAY is unset); run under a virtual "
-                        "display (`xvfb-run -a sebre segment ...`), or write rois=RoiSet.zip and open it in Fiji instead")
+        raise UserError(
+            f"{slide.url}: no display for the ImageJ ROI Manager (DISPLAY is unset); run under a virtual "
+            "display (`xvfb-run -a sebre segment ...`), or write rois=RoiSet.zip and open it in Fiji instead"
+        )
     try:
         imagej.start_imagej(fiji=fiji, headless=False)
         info = open_labels(slide, labels)
         return imagej.push_to_roi_manager(layer_regions(slide, info, roi_level(slide, info)), groups=groups)
     except RuntimeError as exc:  # a JVM already started headless, or no ImageJ classes
-        raise UserError(f"{slide.url}: cannot reach the ImageJ ROI Manager ({str(exc).splitlines()[0]}); "
-                        "write rois=RoiSet.zip and open it in Fiji") from None
+        raise UserError(
+            f"{slide.url}: cannot reach the ImageJ ROI Manager ({str(exc).splitlines()[0]}); "
+            "write rois=RoiSet.zip and open it in Fiji"
+        ) from None
 
 
 def check_roi_level(slide: Slide, level: int) -> None:
     if not 0 <= level < len(slide.levels):
-        raise UserError(f"{slide.url}: roi_level={level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}")
+        raise UserError(
+            f"{slide.url}: roi_level={level} does not exist; the slide has levels 0 to {len(slide.levels) - 1}"
+        )
 
 
 def export_regions(slide: Slide, labels: str, exports: Exports, level: int | None = None) -> dict[str, str]:
@@ -114,17 +124,27 @@ def export_regions(slide: Slide, labels: str, exports: Exports, level: int | Non
     written: dict[str, str] = {}
     planes = range(slide.n_planes)
     if exports.rois:
-        write_roiset(exports.rois, layer_regions(slide, info, level, exports.roi_tolerance, exports.roi_level),
-                     groups=exports.roi_groups)
+        write_roiset(
+            exports.rois,
+            layer_regions(slide, info, level, exports.roi_tolerance, exports.roi_level),
+            groups=exports.roi_groups,
+        )
         written["rois"] = str(exports.rois)
     if exports.geojson:
-        write_geojson(exports.geojson, layer_regions(slide, info, level, exports.roi_tolerance), pixel_size_um=slide.pixel_size(0))
+        write_geojson(
+            exports.geojson, layer_regions(slide, info, level, exports.roi_tolerance), pixel_size_um=slide.pixel_size(0)
+        )
         written["geojson"] = str(exports.geojson)
     if exports.measurements:
         rows = []
         for z in planes:
-            rows += measure_regions(read_plane(info, slide, level, z), np.asarray(slide.plane(level, z)), props,
-                                    slide.pixel_size(level), slide.channels)
+            rows += measure_regions(
+                read_plane(info, slide, level, z),
+                np.asarray(slide.plane(level, z)),
+                props,
+                slide.pixel_size(level),
+                slide.channels,
+            )
         write_csv(exports.measurements, rows)
         written["measurements"] = str(exports.measurements)
     if exports.preview:

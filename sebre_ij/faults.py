@@ -19,13 +19,14 @@ def edge_piece(tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     edge = np.argwhere(tissue & ~ndi.binary_erosion(tissue))
     cy, cx = edge[rng.integers(len(edge))]
     radius = rng.uniform(0.04, 0.15) * max(tissue.shape)
-    yy, xx = np.ogrid[:tissue.shape[0], :tissue.shape[1]]
+    yy, xx = np.ogrid[: tissue.shape[0], : tissue.shape[1]]
     distance = np.hypot(yy - cy, (xx - cx) * rng.uniform(0.6, 1.6))
     return distance < radius * (1 + 0.3 * smooth_noise(tissue.shape, max(radius / 2, 1.0), rng))
 
 
-def curve(shape: tuple[int, int], start: np.ndarray, end: np.ndarray, width: float,
-          rng: np.random.Generator) -> np.ndarray:
+def curve(
+    shape: tuple[int, int], start: np.ndarray, end: np.ndarray, width: float, rng: np.random.Generator
+) -> np.ndarray:
     """A gently bent line from `start` to `end` (row, col), `width` pixels wide."""
     t = np.linspace(0.0, 1.0, 2 * int(np.abs(end - start).max()) + 2)[:, None]
     bend = rng.normal(0.0, 0.1 * np.abs(end - start).max(), 2)
@@ -63,7 +64,7 @@ def specks(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 def bubble(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """An air bubble under the coverslip: its inside and its dark rim."""
     centre = rng.uniform(0, 1, 2) * shape
-    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
     distance = np.hypot(yy - centre[0], xx - centre[1])
     radius = rng.uniform(0.03, 0.12) * max(shape)
     return distance < radius, np.abs(distance - radius) < rng.uniform(0.7, 1.5)

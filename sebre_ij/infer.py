@@ -27,7 +27,9 @@ EVIDENCE_THRESHOLD = 0.15
 
 
 def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
-    return tuple(z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
+    return tuple(
+        z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in axes
+    )
 
 
 def read_tile(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float = 1.0) -> np.ndarray:
@@ -44,12 +46,13 @@ def read_tile(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: f
     out[:] = glass[:, None, None]
     if y0 < y1 and x0 < x1:
         data = to_unit(np.asarray(array[_window(axes, z, slice(y0, y1), slice(x0, x1))]))
-        out[:, y0 - tile.y: y1 - tile.y, x0 - tile.x: x1 - tile.x] = data if "c" in axes else data[None]
+        out[:, y0 - tile.y : y1 - tile.y, x0 - tile.x : x1 - tile.x] = data if "c" in axes else data[None]
     return out
 
 
 def tile_reader(array, axes: str, z: int, view: InputMap, factor: float) -> Callable[[Tile], np.ndarray]:
     """Model input of a tile: its pixels read (glass past the edge), then turned as `view` says."""
+
     def read(tile: Tile) -> np.ndarray:
         return view.apply(read_tile(array, axes, tile, z, view.fill, factor))
 
@@ -64,14 +67,20 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, fac
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
     # the tile's pixels whose centre lies inside the level: [first, last) per axis
     first = [max(0, -origin) for origin in (tile.y, tile.x)]
-    last = [min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin))) for n, origin in ((height, tile.y), (width, tile.x))]
+    last = [
+        min(tile.size, max(0, math.ceil(n / factor - 0.5 - origin)))
+        for n, origin in ((height, tile.y), (width, tile.x))
+    ]
     out = np.empty((len(glass), tile.size, tile.size), np.float32)
     out[:] = glass[:, None, None]
     if first[0] >= last[0] or first[1] >= last[1]:
         return out
     starts = [o + a for o, a in zip((tile.y, tile.x), first)]  # inference coordinates of the first pixels inside
     lo = [max(0, int((o + 0.5) * factor - factor) // stride * stride) for o in starts]
-    hi = [min(n, math.ceil((o + v + 0.5) * factor + factor) + stride) for n, o, v in zip((height, width), (tile.y, tile.x), last)]
+    hi = [
+        min(n, math.ceil((o + v + 0.5) * factor + factor) + stride)
+        for n, o, v in zip((height, width), (tile.y, tile.x), last)
+    ]
     data = to_unit(np.asarray(array[_window(axes, z, slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))]))
     if "c" not in axes:
         data = data[None]
@@ -80,8 +89,9 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, fac
     # inference pixel i has its centre at source coordinate (i + 0.5) * factor - 0.5
     offset = [0.0] + [((o + 0.5) * factor - 0.5 - start) / stride for o, start in zip(starts, lo)]
     shape = (data.shape[0], last[0] - first[0], last[1] - first[1])
-    out[:, first[0]:last[0], first[1]:last[1]] = ndimage.affine_transform(data, [1.0, f, f], offset=offset, output_shape=shape,
-                                                                          order=1, mode="nearest")
+    out[:, first[0] : last[0], first[1] : last[1]] = ndimage.affine_transform(
+        data, [1.0, f, f], offset=offset, output_shape=shape, order=1, mode="nearest"
+    )
     return out
 
 
@@ -95,7 +105,9 @@ def class_evidence(output: dict, n_classes: int, min_score: float) -> torch.Tens
     masks = output["masks"][:, 0]
     height, width = masks.shape[-2:]
     evidence = torch.zeros((n_classes, height, width), dtype=torch.float32, device=masks.device)
-    for mask, score, cls, box in zip(masks, output["scores"].tolist(), output["labels"].tolist(), output["boxes"].tolist()):
+    for mask, score, cls, box in zip(
+        masks, output["scores"].tolist(), output["labels"].tolist(), output["boxes"].tolist()
+    ):
         if score >= min_score:  # one in-place maximum per instance, over its box: no (instances, H, W) temporary
             ys, xs = _pasted(box, height, width)
             here = evidence[cls, ys, xs]
@@ -109,20 +121,22 @@ def _pasted(box: list[float], height: int, width: int) -> tuple[slice, slice]:
     2 px each way hold that with room to spare. Elsewhere the mask is 0."""
     x0, y0, x1, y1 = box
     my, mx = 0.1 * (y1 - y0) + 2, 0.1 * (x1 - x0) + 2
-    return (slice(max(0, math.floor(y0 - my)), min(height, math.ceil(y1 + my) + 1)),
-            slice(max(0, math.floor(x0 - mx)), min(width, math.ceil(x1 + mx) + 1)))
+    return (
+        slice(max(0, math.floor(y0 - my)), min(height, math.ceil(y1 + my) + 1)),
+        slice(max(0, math.floor(x0 - mx)), min(width, math.ceil(x1 + mx) + 1)),
+    )
 
 
 def best_classes(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel class (0 where no class reaches `threshold`) and its evidence."""
     best, classes = evidence.max(0)
     inside = (best > threshold) & (classes > 0)  # a semantic branch's background (row 0) can win
-    return (torch.where(inside, classes, 0).to(torch.uint8).cpu().numpy(),
-            torch.where(inside, best, 0).cpu().numpy())
+    return (torch.where(inside, classes, 0).to(torch.uint8).cpu().numpy(), torch.where(inside, best, 0).cpu().numpy())
 
 
-def instance_map(output: dict, min_score: float, shape: tuple[int, int],
-                 threshold: float = EVIDENCE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+def instance_map(
+    output: dict, min_score: float, shape: tuple[int, int], threshold: float = EVIDENCE_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
     """best_classes(class_evidence(output)) of one view on the CPU, made straight from its instances'
     masks left in their boxes (model.detect without pasting): each is resized into its box as torchvision pastes
     it, and only the box is visited. No tile-sized canvas per instance, no (classes, H, W) evidence.
@@ -139,9 +153,10 @@ def instance_map(output: dict, min_score: float, shape: tuple[int, int],
         xa, xb, ya, yb = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
         if scores[k] < min_score or xa >= xb or ya >= yb:
             continue
-        mask = torch.nn.functional.interpolate(masks[k:k + 1], size=(max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1)),
-                                               mode="bilinear", align_corners=False)[0, 0]
-        value = mask[ya - y0:yb - y0, xa - x0:xb - x0].numpy() * np.float32(scores[k])
+        mask = torch.nn.functional.interpolate(
+            masks[k : k + 1], size=(max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1)), mode="bilinear", align_corners=False
+        )[0, 0]
+        value = mask[ya - y0 : yb - y0, xa - x0 : xb - x0].numpy() * np.float32(scores[k])
         here = best[ya:yb, xa:xb]
         better = value > here
         np.copyto(here, value, where=better)
@@ -150,8 +165,16 @@ def instance_map(output: dict, min_score: float, shape: tuple[int, int],
     return np.where(inside, classes, 0).astype(np.uint8), np.where(inside, best, 0).astype(np.float32)
 
 
-def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *, device: torch.device,
-                  batch_size: int = 4, min_score: float = 0.3, flips: bool = False) -> np.ndarray:
+def predict_image(
+    model: torch.nn.Module,
+    card: ModelCard,
+    image: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int = 4,
+    min_score: float = 0.3,
+    flips: bool = False,
+) -> np.ndarray:
     """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
     `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
     overlapping tiles whose cores are written, nothing outside the sections. For validation and
@@ -160,11 +183,12 @@ def predict_image(model: torch.nn.Module, card: ModelCard, image: np.ndarray, *,
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
     read = tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0)
-    for tile, classes, _ in predict_tiles(model, card, tiles, read, device=device, batch_size=batch_size,
-                                          min_score=min_score, flips=flips):
+    for tile, classes, _ in predict_tiles(
+        model, card, tiles, read, device=device, batch_size=batch_size, min_score=min_score, flips=flips
+    ):
         ys, xs = tile.core
         own = tile.owns(sections[ys, xs])
-        out[ys, xs][own] = classes[ys.start - tile.y: ys.stop - tile.y, xs.start - tile.x: xs.stop - tile.x][own]
+        out[ys, xs][own] = classes[ys.start - tile.y : ys.stop - tile.y, xs.start - tile.x : xs.stop - tile.x][own]
     return out
 
 
@@ -191,8 +215,9 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def auto_batch_size(model: torch.nn.Module, card: ModelCard, device: torch.device, cpu_default: int = 4,
-                    most: int = 64) -> int:
+def auto_batch_size(
+    model: torch.nn.Module, card: ModelCard, device: torch.device, cpu_default: int = 4, most: int = 64
+) -> int:
     """Tiles per model call: on CUDA as many as half the free memory holds, from the peak memory of
     one probe tile; on the CPU `cpu_default` (bigger batches there only add latency)."""
     if device.type != "cuda":
@@ -212,9 +237,17 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], read: Callable[[Tile], np.ndarray], *,
-                  device: torch.device, batch_size: int = 4, min_score: float = 0.3,
-                  flips: bool = False) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
+def predict_tiles(
+    model: torch.nn.Module,
+    card: ModelCard,
+    tiles: list[Tile],
+    read: Callable[[Tile], np.ndarray],
+    *,
+    device: torch.device,
+    batch_size: int = 4,
+    min_score: float = 0.3,
+    flips: bool = False,
+) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
     """Yield (tile, classes, scores) for every tile. Beside the model's work on batch i, threads read
     batch i+1 and turn batch i-1's instances into class maps, so the model waits for neither.
 
@@ -226,7 +259,10 @@ def predict_tiles(model: torch.nn.Module, card: ModelCard, tiles: list[Tile], re
     paste = not (device.type == "cpu" and len(dims) == 1)
     # the helper threads' torch work runs on one core each: a second OpenMP team per thread
     # would fight the model's for the same cores
-    with ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool, torch.inference_mode():
+    with (
+        ThreadPoolExecutor(max_workers=2, initializer=torch.set_num_threads, initargs=(1,)) as pool,
+        torch.inference_mode(),
+    ):
         pending = pool.submit(lambda b: [read(t) for t in b], batches[0]) if batches else None
         maps = None
         for i, batch in enumerate(batches):
@@ -252,8 +288,9 @@ def run_model(model: torch.nn.Module, images: list[torch.Tensor], *, paste_masks
     return model(images)
 
 
-def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int,
-                min_score: float) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+def _class_maps(
+    batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int, min_score: float
+) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
     """(tile, classes, scores) of a batch from the model's outputs for all its views: straight from the
     instances where their masks were left in their boxes (one view on the CPU), else
     by each view's class evidence, averaged."""
@@ -264,6 +301,8 @@ def _class_maps(batch: list[Tile], outputs: list[dict], dims: list[tuple], n_cla
             if "box_masks" in views[0] and "semantic" not in views[0]:
                 out.append((tile, *instance_map(views[0], min_score, (tile.size, tile.size))))
                 continue
-            evidence = sum(_unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)) / len(dims)
+            evidence = sum(
+                _unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)
+            ) / len(dims)
             out.append((tile, *best_classes(evidence)))
         return out

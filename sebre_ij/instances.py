@@ -35,8 +35,13 @@ def _chunk_windows(shape: tuple[int, int], chunks: tuple[int, int], ran: np.ndar
     ny, nx = -(-shape[0] // chunks[0]), -(-shape[1] // chunks[1])
     for i, j in itertools.product(range(ny), range(nx)):
         if ran is None or ran[i, j]:
-            yield (i, j), (slice(i * chunks[0], min((i + 1) * chunks[0], shape[0])),
-                           slice(j * chunks[1], min((j + 1) * chunks[1], shape[1])))
+            yield (
+                (i, j),
+                (
+                    slice(i * chunks[0], min((i + 1) * chunks[0], shape[0])),
+                    slice(j * chunks[1], min((j + 1) * chunks[1], shape[1])),
+                ),
+            )
 
 
 def _pieces(block: np.ndarray, offset: int) -> tuple[np.ndarray, Piece]:
@@ -75,8 +80,9 @@ def _join(parent: np.ndarray, values: np.ndarray, a: np.ndarray, b: np.ndarray) 
             parent[max(rx, ry)] = min(rx, ry)
 
 
-def number_instances(read, write, shape: tuple[int, int], chunks: tuple[int, int],
-                     ran: np.ndarray | None) -> list[tuple[int, int]]:
+def number_instances(
+    read, write, shape: tuple[int, int], chunks: tuple[int, int], ran: np.ndarray | None
+) -> list[tuple[int, int]]:
     """Relabel region values (read(window)) into instance numbers 1..N (write(window, ids)).
 
     Returns (region value, pixel count) per instance, in instance order: instances are numbered
@@ -90,8 +96,8 @@ def number_instances(read, write, shape: tuple[int, int], chunks: tuple[int, int
     values = np.zeros(total + 1, np.int64)
     counts = np.zeros(total + 1, np.int64)
     for p in pieces.values():
-        values[p.offset + 1:p.offset + len(p.values)] = p.values[1:]
-        counts[p.offset + 1:p.offset + len(p.values)] = p.counts[1:]
+        values[p.offset + 1 : p.offset + len(p.values)] = p.values[1:]
+        counts[p.offset + 1 : p.offset + len(p.values)] = p.counts[1:]
     parent = np.arange(total + 1)
     for (i, j), p in pieces.items():
         if (i, j + 1) in pieces:

@@ -67,16 +67,20 @@ def open_labels(slide: Slide, name: str) -> LabelInfo:
     group = node(slide.url, slide.group, f"labels/{name}")
     if name not in slide.label_names():
         if group is not None:
-            raise UserError(f"{slide.url}: label layer {name!r} is unfinished (its run was killed or is still "
-                            "running); run the same `sebre segment` command again to resume it, or pass --overwrite "
-                            "to start over")
+            raise UserError(
+                f"{slide.url}: label layer {name!r} is unfinished (its run was killed or is still "
+                "running); run the same `sebre segment` command again to resume it, or pass --overwrite "
+                "to start over"
+            )
         have = ", ".join(slide.label_names()) or "none"
-        raise UserError(f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or "
-                        "pass --labels NAME")
+        raise UserError(
+            f"{slide.url}: no finished label layer {name!r} (layers: {have}); run `sebre segment` or pass --labels NAME"
+        )
     where = f"{slide.url}/labels/{name}"
     if not isinstance(group, zarr.Group):
-        raise UserError(f"{where}: listed in labels/ but not a label layer group; remove it from the list or "
-                        "re-export it")
+        raise UserError(
+            f"{where}: listed in labels/ but not a label layer group; remove it from the list or re-export it"
+        )
     attrs = ome_attrs(group)
     levels = read_levels(where, group, read_multiscale(where, attrs), label_axes(slide))
     props, colors = _image_label(where, attrs)
@@ -88,15 +92,21 @@ def _integer(value) -> bool:
 
 
 def _valid_property(p: dict) -> bool:
-    return (_integer(p["label-value"])
-            and all(_integer(p[k]) for k in ("class", "section", "instance") if p.get(k) is not None)
-            and (p.get("score") is None or (isinstance(p["score"], (int, float)) and not isinstance(p["score"], bool))))
+    return (
+        _integer(p["label-value"])
+        and all(_integer(p[k]) for k in ("class", "section", "instance") if p.get(k) is not None)
+        and (p.get("score") is None or (isinstance(p["score"], (int, float)) and not isinstance(p["score"], bool)))
+    )
 
 
 def _valid_color(c: dict) -> bool:
     rgba = c.get("rgba")
-    return (_integer(c["label-value"]) and isinstance(rgba, list) and len(rgba) >= 3
-            and all(_integer(v) and 0 <= v <= 255 for v in rgba[:3]))
+    return (
+        _integer(c["label-value"])
+        and isinstance(rgba, list)
+        and len(rgba) >= 3
+        and all(_integer(v) and 0 <= v <= 255 for v in rgba[:3])
+    )
 
 
 def _image_label(where: str, attrs: dict) -> tuple[dict[int, dict], dict[int, tuple[int, int, int]]]:
@@ -110,8 +120,10 @@ def _image_label(where: str, attrs: dict) -> tuple[dict[int, dict], dict[int, tu
         colors = [c for c in colors if isinstance(c, dict) and "label-value" in c]
         if all(map(_valid_property, props)) and all(map(_valid_color, colors)):
             return {p["label-value"]: dict(p) for p in props}, {c["label-value"]: tuple(c["rgba"][:3]) for c in colors}
-    raise UserError(f"{where}: malformed image-label metadata (properties and colors: lists of objects with an integer "
-                    "label-value, integer class and section, RGB values 0-255); fix or re-export the label layer")
+    raise UserError(
+        f"{where}: malformed image-label metadata (properties and colors: lists of objects with an integer "
+        "label-value, integer class and section, RGB values 0-255); fix or re-export the label layer"
+    )
 
 
 def class_lut(info: LabelInfo, max_value: int) -> np.ndarray:

@@ -40,8 +40,10 @@ PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <k
 def check_name(name: str) -> str:
     """`name` if it is a valid layer name (one path segment, as NAME_PATTERN says); else a UserError."""
     if not NAME_PATTERN.match(name):
-        raise UserError(f"label name {name!r} is not a valid path segment; use letters, digits, '.', '_' or '-' "
-                        "(for example 'sebre')")
+        raise UserError(
+            f"label name {name!r} is not a valid path segment; use letters, digits, '.', '_' or '-' "
+            "(for example 'sebre')"
+        )
     return name
 
 
@@ -57,8 +59,10 @@ def check_writable(slide: Slide, name: str) -> None:
         return
     for path in (folder.parent, folder, folder / name):
         if path.exists() and not os.access(path, os.W_OK):
-            raise UserError(f"{slide.url}: the store is read-only ({path} is not writable) and labels are written "
-                            "inside it; copy the slide somewhere writable, or ask for write access")
+            raise UserError(
+                f"{slide.url}: the store is read-only ({path} is not writable) and labels are written "
+                "inside it; copy the slide somewhere writable, or ask for write access"
+            )
 
 
 @contextlib.contextmanager
@@ -102,12 +106,14 @@ def open_writable(slide: Slide) -> zarr.Group:
     """The slide's root group opened for writing; the image arrays themselves are never written."""
     url = str(slide.url)
     # fsspec's local file system makes no folders for new arrays; zarr's own local store does
-    url = url[len("file://"):] if url.startswith("file://") else url
+    url = url[len("file://") :] if url.startswith("file://") else url
     try:
         return zarr.open_group(url, mode="r+")
     except Exception as exc:
-        raise UserError(f"{slide.url}: the store cannot be opened for writing ({exc}); check permissions or copy "
-                        "the slide somewhere writable") from exc
+        raise UserError(
+            f"{slide.url}: the store cannot be opened for writing ({exc}); check permissions or copy "
+            "the slide somewhere writable"
+        ) from exc
 
 
 def _drop_channel(slide: Slide, values: tuple) -> tuple:
@@ -150,8 +156,11 @@ class LabelLayer:
     def chunks_under(self, window: tuple[slice, slice]) -> list[tuple[int, int]]:
         """(row, column) of the inference level's chunks that a window touches."""
         (ys, xs), (cy, cx) = window, self.chunks
-        return [(r, c) for r in range(ys.start // cy, (ys.stop - 1) // cy + 1)
-                for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)]
+        return [
+            (r, c)
+            for r in range(ys.start // cy, (ys.stop - 1) // cy + 1)
+            for c in range(xs.start // cx, (xs.stop - 1) // cx + 1)
+        ]
 
     def mark_tiled(self, core: tuple[slice, slice]) -> None:
         """Note a tile's core, so the pyramid is built only where tiles ran."""
@@ -160,12 +169,12 @@ class LabelLayer:
             h, w = self.slide.yx_shape(self.level)
             self.tiled_chunks = np.zeros((-(-h // cy), -(-w // cx)), bool)
         ys, xs = core
-        self.tiled_chunks[ys.start // cy:(ys.stop - 1) // cy + 1, xs.start // cx:(xs.stop - 1) // cx + 1] = True
+        self.tiled_chunks[ys.start // cy : (ys.stop - 1) // cy + 1, xs.start // cx : (xs.stop - 1) // cx + 1] = True
 
     def any_tiled(self, ends: list[tuple[int, int]]) -> bool:
         """Did any tile run under these inference-level rows and columns (first and last of each)?"""
         (y0, y1), (x0, x1), (cy, cx) = *ends, self.chunks
-        return bool(self.tiled_chunks[y0 // cy:y1 // cy + 1, x0 // cx:x1 // cx + 1].any())
+        return bool(self.tiled_chunks[y0 // cy : y1 // cy + 1, x0 // cx : x1 // cx + 1].any())
 
     def save_progress(self, plane: int, batches: int, stats: dict) -> None:
         """Record, after a batch's tiles are written, how far the run got: a killed run resumes here."""
@@ -188,8 +197,9 @@ class LabelLayer:
 
     def _plane_index(self, z: int, window: tuple[slice, slice]) -> tuple:
         """The index of a (y, x) window of plane z in a label array (time point 0)."""
-        return tuple(z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1]
-                     for a in label_axes(self.slide))
+        return tuple(
+            z if a == "z" else 0 if a == "t" else window[0] if a == "y" else window[1] for a in label_axes(self.slide)
+        )
 
     def write(self, z: int, window: tuple[slice, slice], values: np.ndarray, path: str | None = None) -> None:
         """Write `values` into plane z of the array at `path`: by default where tiles go (`target`)."""
@@ -214,8 +224,10 @@ class LabelLayer:
 
     def level_window(self, level: int, key: tuple[int, int]) -> tuple[slice, slice]:
         """The window of chunk (row, column) of a level."""
-        return tuple(slice(k * c, min((k + 1) * c, n))
-                     for k, c, n in zip(key, self.level_chunks(level), self.slide.yx_shape(level)))
+        return tuple(
+            slice(k * c, min((k + 1) * c, n))
+            for k, c, n in zip(key, self.level_chunks(level), self.slide.yx_shape(level))
+        )
 
     def drop_scratch(self) -> None:
         """Delete the scratch array of instance mode (once the layer is finished)."""
@@ -224,8 +236,15 @@ class LabelLayer:
             self.opened.pop(SCRATCH, None)
 
 
-def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, run_key: str = "",
-                 resume: bool = False, scratch: bool = False) -> LabelLayer:
+def create_layer(
+    slide: Slide,
+    name: str,
+    level: int,
+    overwrite: bool = False,
+    run_key: str = "",
+    resume: bool = False,
+    scratch: bool = False,
+) -> LabelLayer:
     """Make empty arrays for every level, chunked like the image, after checking the name is free.
 
     An unfinished layer left by a killed run with the same `run_key` (same model, slide level and
@@ -242,13 +261,17 @@ def create_layer(slide: Slide, name: str, level: int, overwrite: bool = False, r
             _sweep_partials(slide, name)
             return LabelLayer(slide, name, labels[name], level, progress)
         if resume:
-            raise UserError(f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this "
-                            "command (finished, or other model or settings); rerun without --resume (add "
-                            "--overwrite to replace it)")
+            raise UserError(
+                f"{slide.url}: --resume, but label layer {name!r} is not an interrupted run of this "
+                "command (finished, or other model or settings); rerun without --resume (add "
+                "--overwrite to replace it)"
+            )
         if not overwrite:
             state = "exists" if finished else "exists, unfinished, from a run with other settings"
-            raise UserError(f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or "
-                            "--labels NAME for another")
+            raise UserError(
+                f"{slide.url}: label layer {name!r} {state}; pass --overwrite to replace it or "
+                "--labels NAME for another"
+            )
         _edit_list(slide, root.store, lambda names: [n for n in names if n != name])
         del labels[name]
     if resume:
@@ -276,8 +299,14 @@ def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> 
     wanted = [(lv.path, lv) for lv in slide.levels] + ([(SCRATCH, slide.levels[level])] if scratch else [])
     for path, lv in wanted:
         if path not in group:
-            group.create_array(path, shape=_drop_channel(slide, lv.shape), chunks=_drop_channel(slide, lv.chunks),
-                               dtype=LABEL_DTYPE, fill_value=0, **options)
+            group.create_array(
+                path,
+                shape=_drop_channel(slide, lv.shape),
+                chunks=_drop_channel(slide, lv.chunks),
+                dtype=LABEL_DTYPE,
+                fill_value=0,
+                **options,
+            )
 
 
 def reopen_layer(slide: Slide, name: str, level: int) -> LabelLayer:
@@ -287,8 +316,12 @@ def reopen_layer(slide: Slide, name: str, level: int) -> LabelLayer:
 
 def _axes_meta(slide: Slide) -> list[dict]:
     """The layer's NGFF axes: the image's less the channel, space in micrometres."""
-    kinds = {"t": ("time", None), "z": ("space", "micrometer"), "y": ("space", "micrometer"),
-             "x": ("space", "micrometer")}
+    kinds = {
+        "t": ("time", None),
+        "z": ("space", "micrometer"),
+        "y": ("space", "micrometer"),
+        "x": ("space", "micrometer"),
+    }
     out = []
     for a in label_axes(slide):
         kind, unit = kinds[a]

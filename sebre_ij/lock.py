@@ -23,8 +23,12 @@ from .errors import UserError
 
 
 def _owner() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)[:300]}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv)[:300],
+    }
 
 
 def _read(path: Path) -> dict | None:
@@ -84,9 +88,14 @@ def _take_over(path: Path, dead: dict) -> None:
 
 def _refusal(path: Path, owner: dict) -> str:
     if not owner:
-        return f"{path}: lock file of unknown owner; if no other run writes this label layer, delete {path} and run again"
-    return (f"{path}: label layer is being written by pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}; "
-            f"wait for that run to end, or if it is gone (killed on another machine), delete {path} and run again")
+        return (
+            f"{path}: lock file of unknown owner; if no other run writes this label layer, delete {path} and run again"
+        )
+    return (
+        f"{path}: label layer is being written by pid {owner.get('pid')} on {owner.get('host')} since "
+        f"{owner.get('started')}; "
+        f"wait for that run to end, or if it is gone (killed on another machine), delete {path} and run again"
+    )
 
 
 def acquire(path: Path, wait: float = 0.0) -> dict:

@@ -96,8 +96,10 @@ def mask_ap(pairs: list[tuple[Instances, Instances]], n_classes: int) -> np.ndar
     for pred, truth in pairs:
         p_ids, t_ids, iou = overlaps(pred.ids, truth.ids)
         for c in range(1, n_classes):
-            rows = sorted((i for i, v in enumerate(p_ids) if pred.classes.get(int(v)) == c),
-                          key=lambda i: -pred.scores.get(int(p_ids[i]), 1.0))
+            rows = sorted(
+                (i for i, v in enumerate(p_ids) if pred.classes.get(int(v)) == c),
+                key=lambda i: -pred.scores.get(int(p_ids[i]), 1.0),
+            )
             cols = [j for j, v in enumerate(t_ids) if truth.classes.get(int(v)) == c]
             n_truth[c] += len(cols)
             hits[c].append(match(iou[np.ix_(np.asarray(rows, int), np.asarray(cols, int))]))

@@ -23,7 +23,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours
 
-
 DEFAULT_COLOR = (255, 255, 0)  # a region whose layer gives it no colour
 DEFAULT_TOLERANCE = 0.4
 
@@ -110,6 +109,7 @@ def regions_from_labels(
     rings = _simplify_rings(chains, tol)  # one vectorised pass over all regions
     regions = []
     for value, origin, parts in outlines:
+
         def level0(i, origin=origin):
             return _to_level0(rings[i], origin, scale, offset)
 

@@ -14,7 +14,9 @@ from .tissue import to_unit
 PANEL_HEIGHT = 360
 
 
-def overlay(image: np.ndarray, values: np.ndarray, colors: dict[int, tuple[int, int, int]], alpha: float = 0.4) -> np.ndarray:
+def overlay(
+    image: np.ndarray, values: np.ndarray, colors: dict[int, tuple[int, int, int]], alpha: float = 0.4
+) -> np.ndarray:
     """RGB uint8 of a (C, H, W) image with label values filled at `alpha` and outlined."""
     grey_or_rgb = to_unit(image)
     rgb = np.repeat(grey_or_rgb[:1], 3, axis=0) if grey_or_rgb.shape[0] != 3 else grey_or_rgb
@@ -35,8 +37,13 @@ def section_boxes(sections: np.ndarray) -> list[tuple[int, slice, slice]]:
     return [(i + 1, s[0], s[1]) for i, s in enumerate(ndi.find_objects(sections)) if s is not None]
 
 
-def write_preview(path: str | Path, image: np.ndarray, values: np.ndarray, sections: np.ndarray,
-                  colors: dict[int, tuple[int, int, int]]) -> None:
+def write_preview(
+    path: str | Path,
+    image: np.ndarray,
+    values: np.ndarray,
+    sections: np.ndarray,
+    colors: dict[int, tuple[int, int, int]],
+) -> None:
     """One panel per section (its bounding box on this level), scaled to a common height."""
     rgb = overlay(image, values, colors)
     boxes = section_boxes(sections) or [(0, slice(0, rgb.shape[0]), slice(0, rgb.shape[1]))]
@@ -64,13 +71,25 @@ def save_sheet(path: str | Path, panels: list[Image.Image]) -> None:
     sheet.save(path)
 
 
-def write_comparison(path: str | Path, image: np.ndarray | None, truth: np.ndarray, pred: np.ndarray, where: np.ndarray,
-                     colors: dict[int, tuple[int, int, int]], title: str) -> None:
+def write_comparison(
+    path: str | Path,
+    image: np.ndarray | None,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    where: np.ndarray,
+    colors: dict[int, tuple[int, int, int]],
+    title: str,
+) -> None:
     """Truth (left) and prediction (right) class outlines over one section's box (`where`), on
     the image when there is one, for a person to see where the two disagree."""
     ys, xs = np.nonzero(where)
     box = (slice(max(ys.min() - 4, 0), ys.max() + 5), slice(max(xs.min() - 4, 0), xs.max() + 5))
     keep = where[box]
     under = np.ones((1, *keep.shape), np.float32) if image is None else image[(slice(None), *box)]
-    save_sheet(path, [panel(overlay(under, np.where(keep, classes[box], 0), colors, alpha=0.15), f"{title}: {label}")
-                      for label, classes in (("truth", truth), ("prediction", pred))])
+    save_sheet(
+        path,
+        [
+            panel(overlay(under, np.where(keep, classes[box], 0), colors, alpha=0.15), f"{title}: {label}")
+            for label, classes in (("truth", truth), ("prediction", pred))
+        ],
+    )

@@ -48,8 +48,10 @@ def source_index(block: Block, src_shape: tuple[int, ...], dst_shape: tuple[int,
     pixel ``min(int((i + 0.5) * s / d), s - 1)``, computed in float64. `tiles.resample_nearest`
     repeats this formula for the readers of finished layers; a test holds the two equal.
     """
-    return [np.minimum(((np.arange(b.start, b.stop) + 0.5) * s / d).astype(np.int64), s - 1)
-            for b, s, d in zip(block, src_shape, dst_shape)]
+    return [
+        np.minimum(((np.arange(b.start, b.stop) + 0.5) * s / d).astype(np.int64), s - 1)
+        for b, s, d in zip(block, src_shape, dst_shape)
+    ]
 
 
 def sampled_from(window: slice, src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +88,10 @@ def source_ends(block: Block, src_shape: tuple[int, ...], dst_shape: tuple[int, 
     Equals ``[(i[0], i[-1]) for i in source_index(block, src_shape, dst_shape)]`` (the index never
     decreases), by the same float64 arithmetic, without an array per block.
     """
-    return [(min(int((b.start + 0.5) * s / d), s - 1), min(int((b.stop - 1 + 0.5) * s / d), s - 1))
-            for b, s, d in zip(block, src_shape, dst_shape)]
+    return [
+        (min(int((b.start + 0.5) * s / d), s - 1), min(int((b.stop - 1 + 0.5) * s / d), s - 1))
+        for b, s, d in zip(block, src_shape, dst_shape)
+    ]
 
 
 class FinerLevels:
@@ -171,8 +175,9 @@ class CoarserLevels:
             for axis, (w, t) in enumerate(zip(window, target)):
                 pixels, source = self._sampled(level + 1, axis, w)
                 keep = (pixels >= t.start) & (pixels < t.stop)
-                part.append((slice(int(pixels[keep][0]) - t.start, int(pixels[keep][-1]) + 1 - t.start),
-                             source[keep] - w.start))
+                part.append(
+                    (slice(int(pixels[keep][0]) - t.start, int(pixels[keep][-1]) + 1 - t.start), source[keep] - w.start)
+                )
             buffer[part[0][0], part[1][0]] = values.take(part[0][1], 0).take(part[1][1], 1)
             self.waiting[(level + 1, above)] -= 1
             if not self.waiting[(level + 1, above)]:
@@ -233,8 +238,11 @@ def build_pyramid(layer: LabelLayer) -> None:
         if layer.tiled_chunks is None:
             blocks = _blocks(dst)
         else:
-            blocks = (b for b in _tiled_blocks(layer, dst)
-                      if layer.any_tiled(source_ends(b[-2:], inference.shape[-2:], dst.shape[-2:])))
+            blocks = (
+                b
+                for b in _tiled_blocks(layer, dst)
+                if layer.any_tiled(source_ends(b[-2:], inference.shape[-2:], dst.shape[-2:]))
+            )
         # plane by plane, row by row: neighbours in a row meet (_row_runs)
         blocks = sorted(blocks, key=lambda b: [s.start for s in b])
         if i < layer.level and layer.finer_done:
@@ -250,15 +258,20 @@ def _finer_by_stitcher(layer: LabelLayer, block: Block, dst: LabelArray) -> bool
     """Does a finer level's chunk lie over inference chunks whose finer levels are written already (FinerLevels)?"""
     cy, cx = layer.chunks
     rows, cols = source_ends(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
-    return all((z, r, c) in layer.finer_done for z in _planes(layer, block)
-               for r in range(rows[0] // cy, rows[1] // cy + 1) for c in range(cols[0] // cx, cols[1] // cx + 1))
+    return all(
+        (z, r, c) in layer.finer_done
+        for z in _planes(layer, block)
+        for r in range(rows[0] // cy, rows[1] // cy + 1)
+        for c in range(cols[0] // cx, cols[1] // cx + 1)
+    )
 
 
 def _coarser_by_stitcher(layer: LabelLayer, level: int, block: Block, dst: LabelArray) -> bool:
     """Is a coarser level's chunk written already, for every plane it holds (CoarserLevels)?"""
     cy, cx = dst.chunks[-2:]
-    return all((level, z, block[-2].start // cy, block[-1].start // cx) in layer.coarser_done
-               for z in _planes(layer, block))
+    return all(
+        (level, z, block[-2].start // cy, block[-1].start // cx) in layer.coarser_done for z in _planes(layer, block)
+    )
 
 
 def _planes(layer: LabelLayer, block: Block) -> range:

@@ -24,7 +24,6 @@ from .errors import UserError
 from .rois import read_roiset
 from .tissue import to_unit
 
-
 SECTION_PREFIX = re.compile(r"^s\d+-")  # "s1-cortex" -> "cortex", as `sebre segment` names ROIs
 
 
@@ -34,8 +33,20 @@ IMAGEJ_DEFAULT_NAME = re.compile(r"^\d{4}(-\d{4,5}){1,2}$")  # what the ROI Mana
 MICRON_UNITS = {"micron", "microns", "um", "µm", "\\u00B5m"}  # ImageJ may write µ escaped
 
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 MAX_JSON_BYTES = 16 << 20
@@ -46,7 +57,9 @@ def read_json(path: str | Path):
     path = Path(path)
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
-            raise UserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; a class table or section list is far smaller")
+            raise UserError(
+                f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; a class table or section list is far smaller"
+            )
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: cannot read this JSON file ({exc}); fix or replace it") from None
@@ -79,14 +92,22 @@ def class_table(data, source) -> ClassTable:
         raise UserError(f"{source}: no class table; {fix}")
     names, colors = {0: "background"}, {0: (0, 0, 0)}
     for e in entries:
-        ok = isinstance(e, dict) and isinstance(e.get("index"), int) and 0 <= e["index"] < 256 and isinstance(e.get("name"), str)
+        ok = (
+            isinstance(e, dict)
+            and isinstance(e.get("index"), int)
+            and 0 <= e["index"] < 256
+            and isinstance(e.get("name"), str)
+        )
         rgb = e.get("rgb", PALETTE[0]) if ok else None
-        if not ok or not (isinstance(rgb, list | tuple) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in rgb)):
+        if not ok or not (
+            isinstance(rgb, list | tuple) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in rgb)
+        ):
             raise UserError(f"{source}: bad class entry {str(e)[:80]}; {fix}")
         names[e["index"]], colors[e["index"]] = e["name"], tuple(rgb)
     n = max(names) + 1
-    return ClassTable([names.get(i, f"class{i}") for i in range(n)],
-                      [colors.get(i, PALETTE[i % len(PALETTE)]) for i in range(n)])
+    return ClassTable(
+        [names.get(i, f"class{i}") for i in range(n)], [colors.get(i, PALETTE[i % len(PALETTE)]) for i in range(n)]
+    )
 
 
 def load_class_table(path: str | Path | None) -> ClassTable | None:
@@ -148,19 +169,24 @@ def is_zarr(path: str | Path) -> bool:
 def read_labels(path: str | Path, n_classes: int | None = None) -> np.ndarray:
     """A single-channel label image (PNG or TIFF) as a uint8 class map."""
 
-
     path = Path(path)
     try:
         with Image.open(path) as im:
             values = np.asarray(im)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read this label image ({exc}); give a single-channel PNG or TIFF of class indices") from None
+        raise UserError(
+            f"{path}: cannot read this label image ({exc}); give a single-channel PNG or TIFF of class indices"
+        ) from None
     if values.ndim != 2 or values.dtype.kind not in "ui" or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-        raise UserError(f"{path}: a label image must be one channel of class indices 0-255 (got {values.dtype} "
-                        f"{values.shape}); save the class map as an 8-bit grey PNG")
+        raise UserError(
+            f"{path}: a label image must be one channel of class indices 0-255 (got {values.dtype} "
+            f"{values.shape}); save the class map as an 8-bit grey PNG"
+        )
     if n_classes is not None and values.max(initial=0) >= n_classes:
-        raise UserError(f"{path}: class {int(values.max())} is not in the class table ({n_classes - 1} classes); "
-                        "add it to the table or fix the labels")
+        raise UserError(
+            f"{path}: class {int(values.max())} is not in the class table ({n_classes - 1} classes); "
+            "add it to the table or fix the labels"
+        )
     return values.astype(np.uint8)
 
 
@@ -171,8 +197,12 @@ def load_class_map(path: str | Path | None) -> dict[str, str] | None:
     try:
         mapping = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the class map ({exc}); give a JSON object like {{\"s1-ctx\": \"cortex\"}}") from None
-    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items()):
+        raise UserError(
+            f'{path}: cannot read the class map ({exc}); give a JSON object like {{"s1-ctx": "cortex"}}'
+        ) from None
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items()
+    ):
         raise UserError(f"{path}: the class map must be a JSON object of ROI name -> class name strings; fix the file")
     return mapping
 
@@ -184,10 +214,15 @@ def roi_class(name: str, class_map: dict[str, str] | None, source) -> str:
     if class_map is not None:
         if name in class_map or bare in class_map:
             return class_map.get(name, class_map.get(bare))
-        raise UserError(f"{source}: ROI {name!r} is not in the class map; add it to the class map (class_map=FILE.json) or rename the ROI")
+        raise UserError(
+            f"{source}: ROI {name!r} is not in the class map; add it to the class map (class_map=FILE.json) or rename "
+            "the ROI"
+        )
     if not bare or bare == "background" or IMAGEJ_DEFAULT_NAME.match(bare):
-        raise UserError(f"{source}: ROI {name!r} names no class; rename it in the ROI Manager to its region "
-                        "(e.g. cortex or s1-cortex) or map it with class_map=FILE.json")
+        raise UserError(
+            f"{source}: ROI {name!r} names no class; rename it in the ROI Manager to its region "
+            "(e.g. cortex or s1-cortex) or map it with class_map=FILE.json"
+        )
     return bare
 
 
@@ -208,8 +243,9 @@ def rings_mask(rings: list[np.ndarray], shape: tuple[int, int], scale: tuple[flo
     return mask
 
 
-def rasterise_rois(rois: list[ImagejRoi], classes: list[int], shape: tuple[int, int],
-                   scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+def rasterise_rois(
+    rois: list[ImagejRoi], classes: list[int], shape: tuple[int, int], scale: tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
     """A class map from ROIs (later ROIs paint over earlier ones, as in the ROI Manager's list)."""
     out = np.zeros(shape, np.uint8)
     for roi, cls in zip(rois, classes):
@@ -227,8 +263,9 @@ def roi_class_table(rois: list[ImagejRoi], class_map: dict[str, str] | None, sou
         argb = roi.stroke_color or b""
         if len(argb) == 4 and any(argb[1:]):
             colors.setdefault(cls, tuple(argb[1:]))
-    return ClassTable(["background", *names],
-                      [(0, 0, 0), *(colors.get(n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names))])
+    return ClassTable(
+        ["background", *names], [(0, 0, 0), *(colors.get(n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names))]
+    )
 
 
 @dataclass(frozen=True)
@@ -247,7 +284,9 @@ def roi_annotations(roiset_path: str | Path, class_map: dict[str, str] | None = 
     except ValueError as exc:  # names the file, the problem and the fix
         raise UserError(str(exc)) from None
     except OSError as exc:
-        raise UserError(f"{roiset_path}: cannot read the ROIs ({exc}); export them again from the ROI Manager") from None
+        raise UserError(
+            f"{roiset_path}: cannot read the ROIs ({exc}); export them again from the ROI Manager"
+        ) from None
     if not rois:
         raise UserError(f"{roiset_path}: no ROIs; outline the regions in the ROI Manager and save them again")
     table = roi_class_table(rois, class_map, roiset_path)

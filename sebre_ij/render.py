@@ -139,8 +139,9 @@ class Look:
     noise: float = 0.03
     gamma: float = 0.3
     white_glass: float = 0.5
-    stains: dict = field(default_factory=lambda: {"dab": 0.35, "cresyl_violet": 0.2, "haematoxylin": 0.15, "eosin": 0.1,
-                                                  "grey": 0.2})
+    stains: dict = field(
+        default_factory=lambda: {"dab": 0.35, "cresyl_violet": 0.2, "haematoxylin": 0.15, "eosin": 0.1, "grey": 0.2}
+    )
 
 
 def smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -155,6 +156,7 @@ def smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator)
     if scale < 8:
         field = ndi.gaussian_filter(rng.standard_normal(shape), scale)
     else:
+
         def bumps(n: int) -> np.ndarray:
             centres = np.arange(-2, n / scale + 3) * scale
             return np.exp(-0.5 * ((np.arange(n)[:, None] - centres[None]) / scale) ** 2)
@@ -202,8 +204,14 @@ def _median_one(density: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return np.where(tissue, density / max(scale, 1e-6), 0.0).astype(np.float32)
 
 
-def tissue_density(structures: np.ndarray, tissue: np.ndarray, template: Callable[[], np.ndarray], tree: StructureTree,
-                   look: Look, rng: np.random.Generator) -> np.ndarray:
+def tissue_density(
+    structures: np.ndarray,
+    tissue: np.ndarray,
+    template: Callable[[], np.ndarray],
+    tree: StructureTree,
+    look: Look,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Stain density of every pixel before texture, median 1 in the tissue and 0 on glass."""
     if rng.random() >= look.template:
         return _median_one(structure_densities(tree, look, rng)[structures], tissue)
@@ -222,8 +230,14 @@ def _blur_within(image: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarra
     return np.where(mask, blurred / np.maximum(weight, 1e-3), image).astype(np.float32)
 
 
-def _laminae(structures: np.ndarray, tissue: np.ndarray, tree: StructureTree, pixel_um: float, look: Look,
-             rng: np.random.Generator) -> np.ndarray:
+def _laminae(
+    structures: np.ndarray,
+    tissue: np.ndarray,
+    tree: StructureTree,
+    pixel_um: float,
+    look: Look,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Density factors of a band along the tissue's edge and one along the fibre tracts, per class.
 
     Notes
@@ -235,13 +249,20 @@ def _laminae(structures: np.ndarray, tissue: np.ndarray, tree: StructureTree, pi
     a = rng.uniform(*look.rim) + rng.normal(0.0, look.laminae, n) * tree.grey
     b = rng.normal(0.0, look.laminae, n) * tree.grey
     glass = ndi.gaussian_filter((~tissue).astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um)
-    tracts = ndi.gaussian_filter(tree.of_class(FIBRE_TRACTS)[structures].astype(np.float32),
-                                 rng.uniform(*look.lamina_um) / pixel_um)
+    tracts = ndi.gaussian_filter(
+        tree.of_class(FIBRE_TRACTS)[structures].astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um
+    )
     return np.exp(2.0 * (a.astype(np.float32)[pixel_class] * glass + b.astype(np.float32)[pixel_class] * tracts))
 
 
-def _specks(density: np.ndarray, structures: np.ndarray, tree: StructureTree, pixel_um: float, look: Look,
-            rng: np.random.Generator) -> np.ndarray:
+def _specks(
+    density: np.ndarray,
+    structures: np.ndarray,
+    tree: StructureTree,
+    pixel_um: float,
+    look: Look,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Pale or dark specks in random structures, and the caudoputamen's fibre bundles."""
     specked = (rng.random(len(tree.ids)) < look.speckle)[structures]
     if specked.any():
@@ -256,8 +277,15 @@ def _specks(density: np.ndarray, structures: np.ndarray, tree: StructureTree, pi
     return density
 
 
-def _texture(density: np.ndarray, structures: np.ndarray, tissue: np.ndarray, tree: StructureTree, pixel_um: float,
-             look: Look, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    density: np.ndarray,
+    structures: np.ndarray,
+    tissue: np.ndarray,
+    tree: StructureTree,
+    pixel_um: float,
+    look: Look,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Soft boundaries, fine grain and specks per structure, layers, a rim at the cut edge, uneven thickness."""
     shape, n = density.shape, len(tree.ids)
     density = _blur_within(density, tissue, rng.uniform(*look.edge_um) / pixel_um)
@@ -318,8 +346,9 @@ def brightfield(density: np.ndarray, second: np.ndarray | None, look: Look, rng:
     if second is not None:
         optical = optical + rng.uniform(0.1, 0.5) * strength * second[None] * _stain(look.stains, rng)[:, None, None]
     glass = np.ones(3) if rng.random() < look.white_glass else rng.uniform(0.8, 1.0) * rng.uniform(0.96, 1.0, 3)
-    light = glass[:, None, None].astype(np.float32) * np.exp(rng.uniform(0, look.bias) * smooth_noise(
-        density.shape, max(density.shape) / 3, rng))
+    light = glass[:, None, None].astype(np.float32) * np.exp(
+        rng.uniform(0, look.bias) * smooth_noise(density.shape, max(density.shape) / 3, rng)
+    )
     return _finish(light * np.exp(-optical), look, rng)
 
 
@@ -337,8 +366,16 @@ def _finish(image: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarr
     return (np.clip(image, 0.0, 1.0) ** math.exp(rng.uniform(-look.gamma, look.gamma))).astype(np.float32)
 
 
-def render(structures: np.ndarray, tissue: np.ndarray, template: Callable[[], np.ndarray], overlay: dict,
-           tree: StructureTree, pixel_um: float, look: Look, rng: np.random.Generator) -> np.ndarray:
+def render(
+    structures: np.ndarray,
+    tissue: np.ndarray,
+    template: Callable[[], np.ndarray],
+    overlay: dict,
+    tree: StructureTree,
+    pixel_um: float,
+    look: Look,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """A section's picture in [0, 1]: (3, H, W) brightfield RGB or (1, H, W) fluorescence.
 
     `structures` holds structure indices of `tree`, `tissue` where tissue is seen, `template()` the

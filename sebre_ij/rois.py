@@ -15,9 +15,8 @@ import os
 import struct
 import uuid
 import zipfile
-
-from pathlib import Path, PureWindowsPath
 from collections.abc import Iterator
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
@@ -110,7 +109,10 @@ def _polygon_roi(ring: np.ndarray) -> ImagejRoi:
     return ImagejRoi(
         roitype=ROI_TYPE.POLYGON,
         options=ROI_OPTIONS.SUB_PIXEL_RESOLUTION,
-        left=int(left), top=int(top), right=int(right), bottom=int(bottom),
+        left=int(left),
+        top=int(top),
+        right=int(right),
+        bottom=int(bottom),
         n_coordinates=len(xy),
         integer_coordinates=ints - (left, top),
         subpixel_coordinates=xy.astype(np.float32),
@@ -132,7 +134,10 @@ def _composite_roi(rings: list[np.ndarray]) -> ImagejRoi:
     right, bottom = np.ceil(xy.max(axis=0)).astype(int)
     return ImagejRoi(
         roitype=ROI_TYPE.RECT,
-        left=int(left), top=int(top), right=int(right), bottom=int(bottom),
+        left=int(left),
+        top=int(top),
+        right=int(right),
+        bottom=int(bottom),
         shape_roi_size=len(coords),
         multi_coordinates=coords,
     )
@@ -165,7 +170,7 @@ def write_roiset(
 
 def _entry_name(name: str, used: set[str]) -> str:
     """A unique, flat ``<name>.roi`` zip entry (no folders, no traversal)."""
-    stem = "".join("_" if ch in '/\\:' else ch for ch in name).lstrip(".") or "roi"
+    stem = "".join("_" if ch in "/\\:" else ch for ch in name).lstrip(".") or "roi"
     entry, k = f"{stem}.roi", 1
     while entry.lower() in used:
         k += 1
@@ -191,8 +196,10 @@ def read_roiset(
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if len(infos) > max_members:
-                raise ValueError(f"{path}: {len(infos)} members, over the limit of {max_members} (a zip bomb or not a RoiSet); "
-                                 "save the ROIs again from the ROI Manager")
+                raise ValueError(
+                    f"{path}: {len(infos)} members, over the limit of {max_members} (a zip bomb or not a RoiSet); "
+                    "save the ROIs again from the ROI Manager"
+                )
             _check_members(path, infos, max_member_bytes, max_total_bytes)
             return [_read_member(path, zf, info, max_member_bytes) for info in infos]
     except zipfile.BadZipFile as exc:
@@ -204,7 +211,9 @@ def _check_members(path, infos, max_member_bytes: int, max_total_bytes: int) -> 
         name = info.filename
         member = PureWindowsPath(name)  # splits on both / and \
         if member.drive or member.root or ".." in member.parts:
-            raise ValueError(f"{path}: unsafe member name {name!r} (a path out of the zip); save the ROIs again from the ROI Manager")
+            raise ValueError(
+                f"{path}: unsafe member name {name!r} (a path out of the zip); save the ROIs again from the ROI Manager"
+            )
         if not name.lower().endswith(".roi"):
             raise ValueError(f"{path}: member {name!r} is not an ImageJ .roi file; remove it from the zip")
         if info.file_size > max_member_bytes:
@@ -222,7 +231,10 @@ def _read_member(path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_member_by
     try:
         return ImagejRoi.frombytes(data)
     except (ValueError, TypeError, struct.error) as exc:
-        raise ValueError(f"{path}: member {info.filename!r} is not a valid ImageJ ROI ({exc}); save the ROIs again from the ROI Manager") from None
+        raise ValueError(
+            f"{path}: member {info.filename!r} is not a valid ImageJ ROI ({exc}); save the ROIs again from the ROI "
+            "Manager"
+        ) from None
 
 
 def _too_big(path, name: str, size: int, limit: int) -> str:

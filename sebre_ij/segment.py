@@ -28,9 +28,9 @@ from .infer import auto_batch_size, predict_tiles, tile_reader
 from .instances import number_instances
 from .labels import class_base
 from .layer import LabelLayer, check_name, check_writable, create_layer, finish_layer, hold_layer
-from .pyramid import build_pyramid
 from .model import ModelCard, load_checkpoint, pick_device
 from .model_input import input_map
+from .pyramid import build_pyramid
 from .slide import ChunkCache, Slide, inference_level, open_slide
 from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result, TileRun
 from .tiles import Grid, Tile, tile_grid
@@ -104,17 +104,22 @@ class Inputs:
 def check_channels(slide: Slide, card: ModelCard) -> None:
     """A channels-mode model needs the channels it was trained on; a luminance model takes any."""
     if card.input == "channels" and len(slide.channels) != len(card.channels):
-        raise UserError(f"{slide.url}: {len(slide.channels)} channel(s) {slide.channels} but the model expects "
-                        f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide")
+        raise UserError(
+            f"{slide.url}: {len(slide.channels)} channel(s) {slide.channels} but the model expects "
+            f"{len(card.channels)} {card.channels}; use a model trained on this kind of slide"
+        )
 
 
 def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
     """A slide that fits in less than one tile is not a slide the model can place regions on."""
     height, width = Grid(slide.yx_shape(level), factor).shape
     if height < card.tile_size and width < card.tile_size:
-        raise UserError(f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller than "
-                        f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or "
-                        f"tile_size={max(32, max(height, width) // 32 * 32)}")
+        raise UserError(
+            f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller "
+            "than "
+            f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or "
+            f"tile_size={max(32, max(height, width) // 32 * 32)}"
+        )
 
 
 def open_inputs(slide_url: str | Path, model_path: str | Path, options: SegmentOptions, exports: Exports) -> Inputs:
@@ -145,8 +150,16 @@ def run_key(model_path: str | Path, settings: dict) -> str:
 
 def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
     """The settings a resumed run must share with the killed one."""
-    return {"grid": TILE_GRID, "level": inputs.level, "factor": inputs.factor, "batch_size": inputs.batch_size,
-            "min_score": options.min_score, "tta": options.tta, "mode": options.mode, "card": inputs.card.to_json()}
+    return {
+        "grid": TILE_GRID,
+        "level": inputs.level,
+        "factor": inputs.factor,
+        "batch_size": inputs.batch_size,
+        "min_score": options.min_score,
+        "tta": options.tta,
+        "mode": options.mode,
+        "card": inputs.card.to_json(),
+    }
 
 
 def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
@@ -155,13 +168,22 @@ def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> 
     rows = []
     for value in sorted(stats.count):
         section, cls = divmod(value, base)
-        rows.append({"label-value": value, "name": card.classes[cls], "class": cls, "section": section,
-                     "score": round(stats.score[value] / stats.count[value], 4),
-                     "area_um2": round(stats.count[value] * pixel_area_um2, 1)})
+        rows.append(
+            {
+                "label-value": value,
+                "name": card.classes[cls],
+                "class": cls,
+                "section": section,
+                "score": round(stats.score[value] / stats.count[value], 4),
+                "area_um2": round(stats.count[value] * pixel_area_um2, 1),
+            }
+        )
     return rows
 
 
-def instance_table(found: list[tuple[int, int, int]], stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
+def instance_table(
+    found: list[tuple[int, int, int]], stats: RegionStats, card: ModelCard, pixel_area_um2: float
+) -> list[dict]:
     """One row per instance (id, region value, pixels): its region's class, section and mean score."""
     base = class_base(len(card.classes))
     rows, seen = [], {}
@@ -169,8 +191,17 @@ def instance_table(found: list[tuple[int, int, int]], stats: RegionStats, card: 
         section, cls = divmod(value, base)
         seen[value] = seen.get(value, 0) + 1
         score = stats.score.get(value, 0.0) / max(stats.count.get(value, 1), 1)
-        rows.append({"label-value": label, "name": card.classes[cls], "class": cls, "section": section,
-                     "instance": seen[value], "score": round(score, 4), "area_um2": round(pixels * pixel_area_um2, 1)})
+        rows.append(
+            {
+                "label-value": label,
+                "name": card.classes[cls],
+                "class": cls,
+                "section": section,
+                "instance": seen[value],
+                "score": round(score, 4),
+                "area_um2": round(pixels * pixel_area_um2, 1),
+            }
+        )
     return rows
 
 
@@ -185,15 +216,28 @@ def number_layer(layer: LabelLayer) -> list[tuple[int, int, int]]:
         def write(window, ids, z=z, start=start):
             layer.write(z, window, np.where(ids > 0, ids + start, 0).astype(ids.dtype), path)
 
-        plane = number_instances(lambda window, z=z: layer.read(z, window), write, slide.yx_shape(layer.level),
-                                 layer.chunks, layer.tiled_chunks)
+        plane = number_instances(
+            lambda window, z=z: layer.read(z, window),
+            write,
+            slide.yx_shape(layer.level),
+            layer.chunks,
+            layer.tiled_chunks,
+        )
         found += [(start + k, value, pixels) for k, (value, pixels) in enumerate(plane, 1)]
     return found
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]segment"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                    TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(), disable=not enabled, transient=True)
+    return Progress(
+        TextColumn("[bold]segment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TextColumn("{task.fields[rate]:.1f}/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections) -> PlaneTiles:
@@ -204,8 +248,16 @@ def plane_tiles(layer: LabelLayer, z: int, grid: Grid, card: ModelCard, sections
     return PlaneTiles(z, grid, sections, class_base(len(card.classes)), tuple(tiles))
 
 
-def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predictor, batch_size: int = 4,
-              progress: bool = False, planes: list[PlaneTissue] | None = None, factor: float = 1.0) -> TileRun:
+def run_tiles(
+    slide: Slide,
+    layer: LabelLayer,
+    card: ModelCard,
+    predict: Predictor,
+    batch_size: int = 4,
+    progress: bool = False,
+    planes: list[PlaneTissue] | None = None,
+    factor: float = 1.0,
+) -> TileRun:
     """Step 3, in this process: segment every plane's tissue tiles into the layer's level (the
     source of a `factor` Grid).
 
@@ -252,26 +304,56 @@ def run_tiles(slide: Slide, layer: LabelLayer, card: ModelCard, predict: Predict
 
 def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -> TileRun:
     """Step 3 in this process, with the model."""
-    predict = functools.partial(predict_tiles, inputs.model, inputs.card, device=inputs.device, batch_size=inputs.batch_size,
-                                min_score=options.min_score, flips=options.tta)
-    return run_tiles(inputs.slide, layer, inputs.card, predict, inputs.batch_size, options.progress, inputs.planes, inputs.factor)
+    predict = functools.partial(
+        predict_tiles,
+        inputs.model,
+        inputs.card,
+        device=inputs.device,
+        batch_size=inputs.batch_size,
+        min_score=options.min_score,
+        flips=options.tta,
+    )
+    return run_tiles(
+        inputs.slide, layer, inputs.card, predict, inputs.batch_size, options.progress, inputs.planes, inputs.factor
+    )
 
 
-def run_tiles_on_cluster(client, cluster: ClusterOptions, inputs: Inputs, layer: LabelLayer, slide_url, model_path,
-                         options: SegmentOptions) -> TileRun:
+def run_tiles_on_cluster(
+    client, cluster: ClusterOptions, inputs: Inputs, layer: LabelLayer, slide_url, model_path, options: SegmentOptions
+) -> TileRun:
     """Step 3 on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), inputs.factor)
 
     def job_of(plane: PlaneTiles, tissue: PlaneTissue, threads: dict[str, int]) -> TileJob:
-        return TileJob(slide_url=str(slide_url), pixel_size=options.pixel_size, model_path=str(Path(model_path).resolve()),
-                       tile_size=inputs.card.tile_size, overlap=inputs.card.overlap, device=options.device, labels=layer.name,
-                       level=layer.level, factor=inputs.factor,
-                       view=input_map(inputs.card.input, tissue.image, tissue.coarse), plane=plane, batch_size=inputs.batch_size,
-                       min_score=options.min_score, tta=options.tta, threads=threads)
+        return TileJob(
+            slide_url=str(slide_url),
+            pixel_size=options.pixel_size,
+            model_path=str(Path(model_path).resolve()),
+            tile_size=inputs.card.tile_size,
+            overlap=inputs.card.overlap,
+            device=options.device,
+            labels=layer.name,
+            level=layer.level,
+            factor=inputs.factor,
+            view=input_map(inputs.card.input, tissue.image, tissue.coarse),
+            plane=plane,
+            batch_size=inputs.batch_size,
+            min_score=options.min_score,
+            tta=options.tta,
+            threads=threads,
+        )
 
     with _progress(options.progress) as bar:
-        return run_tiles_on(client, cluster, layer, job_of, inputs.planes,
-                            lambda z, sections: plane_tiles(layer, z, grid, inputs.card, sections), inputs.batch_size, bar)
+        return run_tiles_on(
+            client,
+            cluster,
+            layer,
+            job_of,
+            inputs.planes,
+            lambda z, sections: plane_tiles(layer, z, grid, inputs.card, sections),
+            inputs.batch_size,
+            bar,
+        )
 
 
 def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict) -> list[dict]:
@@ -289,8 +371,13 @@ def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, pr
     return rows
 
 
-def segment(slide_url: str | Path, model_path: str | Path, options: SegmentOptions = SegmentOptions(),
-            exports: Exports = Exports(), cluster: ClusterOptions = ClusterOptions()) -> SegmentResult:
+def segment(
+    slide_url: str | Path,
+    model_path: str | Path,
+    options: SegmentOptions = SegmentOptions(),
+    exports: Exports = Exports(),
+    cluster: ClusterOptions = ClusterOptions(),
+) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<options.labels>/` and write the asked-for exports.
 
     1. `open_inputs`: the slide, the model, the level at the card's µm/px and the tissue, all
@@ -304,9 +391,15 @@ def segment(slide_url: str | Path, model_path: str | Path, options: SegmentOptio
     inputs = open_inputs(slide_url, model_path, options, exports)
     slide, card, name = inputs.slide, inputs.card, options.labels
     with hold_layer(slide, name):
-        layer = create_layer(slide, name, inputs.level, overwrite=options.overwrite,
-                             run_key=run_key(model_path, run_settings(inputs, options)), resume=options.resume,
-                             scratch=options.mode == "instance")
+        layer = create_layer(
+            slide,
+            name,
+            inputs.level,
+            overwrite=options.overwrite,
+            run_key=run_key(model_path, run_settings(inputs, options)),
+            resume=options.resume,
+            scratch=options.mode == "instance",
+        )
         resumed = sum(layer.done(z) for z in range(slide.n_planes)) * inputs.batch_size
         with connect(cluster) as client:
             try:
@@ -315,13 +408,34 @@ def segment(slide_url: str | Path, model_path: str | Path, options: SegmentOptio
                 else:
                     run = run_tiles_on_cluster(client, cluster, inputs, layer, slide_url, model_path, options)
             except UserError as exc:
-                raise UserError(f"{exc}; the tiles done so far are kept in labels/{name}, and running the same again resumes") from exc
+                raise UserError(
+                    f"{exc}; the tiles done so far are kept in labels/{name}, and running the same again resumes"
+                ) from exc
             # inside `connect`: the pyramid is built by the cluster's workers when there is one
-            rows = finish(layer, card, run.stats, options.mode,
-                          {"model": str(model_path), "architecture": card.architecture, "pixel_size_um": card.pixel_size_um,
-                           "resampling_factor": inputs.factor, "mode": options.mode})
-    result = SegmentResult(str(slide_url), name, inputs.level, card.pixel_size_um if inputs.factor != 1.0 else slide.pixel_size(inputs.level),
-                           run.sections, run.tiles, rows, resumed_tiles=min(resumed, run.tiles), batch_size=inputs.batch_size)
+            rows = finish(
+                layer,
+                card,
+                run.stats,
+                options.mode,
+                {
+                    "model": str(model_path),
+                    "architecture": card.architecture,
+                    "pixel_size_um": card.pixel_size_um,
+                    "resampling_factor": inputs.factor,
+                    "mode": options.mode,
+                },
+            )
+    result = SegmentResult(
+        str(slide_url),
+        name,
+        inputs.level,
+        card.pixel_size_um if inputs.factor != 1.0 else slide.pixel_size(inputs.level),
+        run.sections,
+        run.tiles,
+        rows,
+        resumed_tiles=min(resumed, run.tiles),
+        batch_size=inputs.batch_size,
+    )
     result.outputs = export_regions(open_slide(slide_url, options.pixel_size), name, exports)
     result.seconds = time.perf_counter() - started
     return result

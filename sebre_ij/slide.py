@@ -75,7 +75,9 @@ class Slide:
     def plane(self, level: int, z: int = 0, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
         """(C, Y, X) pixels of one plane, or of a window of it (`ys`, `xs` may step, to read a level
         far larger than memory at a stride): t (always 1) dropped, z selected, c added when absent."""
-        index = tuple(z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in self.axes)
+        index = tuple(
+            z if a == "z" else 0 if a == "t" else ys if a == "y" else xs if a == "x" else slice(None) for a in self.axes
+        )
         data = self.pixels(level)[index]
         return data if "c" in self.axes else data[None]
 
@@ -94,12 +96,16 @@ def node(url: str, group: zarr.Group, path: str) -> zarr.Group | zarr.Array | No
     except KeyError:
         return None
     except Exception as exc:
-        raise UserError(f"{url}/{path}: damaged zarr metadata ({type(exc).__name__}: {exc}); re-export the slide") from exc
+        raise UserError(
+            f"{url}/{path}: damaged zarr metadata ({type(exc).__name__}: {exc}); re-export the slide"
+        ) from exc
 
 
 def strided(index) -> bool:
     """Does an index step over pixels (a level read at a stride)?"""
-    return any(isinstance(i, slice) and i.step not in (None, 1) for i in (index if isinstance(index, tuple) else (index,)))
+    return any(
+        isinstance(i, slice) and i.step not in (None, 1) for i in (index if isinstance(index, tuple) else (index,))
+    )
 
 
 class Pixels:
@@ -116,13 +122,17 @@ class Pixels:
         try:
             data = np.asarray((self.array if strided(index) or self.files is None else self.files)[index])
         except Exception as exc:  # codecs and stores raise many types for a bad chunk
-            raise UserError(f"{self.url}: cannot read level {self.path!r} at {_index_text(index)} "
-                            f"({type(exc).__name__}: {exc}); a chunk there is corrupt or truncated: "
-                            "restore it or convert the slide again") from exc
+            raise UserError(
+                f"{self.url}: cannot read level {self.path!r} at {_index_text(index)} "
+                f"({type(exc).__name__}: {exc}); a chunk there is corrupt or truncated: "
+                "restore it or convert the slide again"
+            ) from exc
         if data.dtype.kind == "f" and not np.isfinite(data).all():
-            raise UserError(f"{self.url}: level {self.path!r} has NaN or inf pixels at {_index_text(index)}; "
-                            "replace them (for example with the glass value, numpy.nan_to_num) "
-                            "and write the slide again")
+            raise UserError(
+                f"{self.url}: level {self.path!r} has NaN or inf pixels at {_index_text(index)}; "
+                "replace them (for example with the glass value, numpy.nan_to_num) "
+                "and write the slide again"
+            )
         return data
 
 
@@ -141,8 +151,10 @@ class ChunkCache:
     def __getitem__(self, index: tuple) -> np.ndarray:
         if strided(index):
             return self.pixels[index]
-        spans = [(i, i + 1) if isinstance(i, int) else (i.start or 0, n if i.stop is None else min(i.stop, n))
-                 for i, n in zip(index, self.shape)]
+        spans = [
+            (i, i + 1) if isinstance(i, int) else (i.start or 0, n if i.stop is None else min(i.stop, n))
+            for i, n in zip(index, self.shape)
+        ]
         keys = list(itertools.product(*[range(lo // c, (hi - 1) // c + 1) for (lo, hi), c in zip(spans, self.chunks)]))
         out = np.empty([hi - lo for lo, hi in spans], self.dtype)
         with self.lock:
@@ -152,26 +164,34 @@ class ChunkCache:
             for key in keys:
                 self.held.move_to_end(key)
                 part = [slice(max(lo, k * c), min(hi, (k + 1) * c)) for (lo, hi), k, c in zip(spans, key, self.chunks)]
-                out[tuple(slice(p.start - lo, p.stop - lo) for p, (lo, _) in zip(part, spans))] = \
-                    self.held[key][tuple(slice(p.start - k * c, p.stop - k * c) for p, k, c in zip(part, key, self.chunks))]
+                out[tuple(slice(p.start - lo, p.stop - lo) for p, (lo, _) in zip(part, spans))] = self.held[key][
+                    tuple(slice(p.start - k * c, p.stop - k * c) for p, k, c in zip(part, key, self.chunks))
+                ]
             while len(self.held) > self.capacity:
                 self.held.popitem(last=False)
         return out[tuple(0 if isinstance(i, int) else slice(None) for i in index)]
 
     def _fetch(self, keys: list[tuple[int, ...]]) -> None:
-        """Read the chunks' bounding box in one call (one zarr call, however many chunks) and keep each of its chunks."""
+        """Read the chunks' bounding box in one zarr call, however many chunks, and keep each of its chunks."""
         lo = [min(axis) for axis in zip(*keys)]
         hi = [max(axis) + 1 for axis in zip(*keys)]
         box = self.pixels[tuple(slice(a * c, min(b * c, n)) for a, b, c, n in zip(lo, hi, self.chunks, self.shape))]
         for key in itertools.product(*map(range, lo, hi)):
-            self.held[key] = box[tuple(slice((k - a) * c, (k - a + 1) * c) for k, a, c in zip(key, lo, self.chunks))].copy()
+            self.held[key] = box[
+                tuple(slice((k - a) * c, (k - a + 1) * c) for k, a, c in zip(key, lo, self.chunks))
+            ].copy()
 
 
 def _index_text(index) -> str:
     """An index as the user reads it: [0:3, 256:512, 0:256]."""
     parts = index if isinstance(index, tuple) else (index,)
-    return "[" + ", ".join(f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p)
-                           for p in parts) + "]"
+    return (
+        "["
+        + ", ".join(
+            f"{p.start or 0}:{'' if p.stop is None else p.stop}" if isinstance(p, slice) else str(p) for p in parts
+        )
+        + "]"
+    )
 
 
 def _open_group(url: str) -> zarr.Group:
@@ -180,7 +200,10 @@ def _open_group(url: str) -> zarr.Group:
     try:
         node = zarr.open(url, mode="r")
     except Exception as exc:  # zarr raises many types for "not a store"
-        raise UserError(f"{url}: not a zarr store ({type(exc).__name__}: {exc}); pass an OME-Zarr image (convert with bioformats2raw)") from exc
+        raise UserError(
+            f"{url}: not a zarr store ({type(exc).__name__}: {exc}); pass an OME-Zarr image (convert with "
+            "bioformats2raw)"
+        ) from exc
     if not isinstance(node, zarr.Group):
         raise UserError(f"{url}: is a single zarr array, not an OME-Zarr image group; pass the image's root folder")
     return node
@@ -191,14 +214,20 @@ def read_multiscale(url: str, attrs: dict) -> dict:
     a UserError naming `url` when there is none."""
     ms = attrs.get("multiscales")
     if not ms or not isinstance(ms, list) or not isinstance(ms[0], dict):
-        raise UserError(f"{url}: zarr group without OME-NGFF 'multiscales' metadata; pass the image group (the folder with .zattrs/zarr.json naming its levels)")
+        raise UserError(
+            f"{url}: zarr group without OME-NGFF 'multiscales' metadata; pass the image group (the folder with "
+            ".zattrs/zarr.json naming its levels)"
+        )
     return ms[0]
 
 
 def _version(url: str, attrs: dict, ms: dict) -> str:
     version = str(attrs.get("version") or ms.get("version") or "")
     if version not in VERSIONS:
-        raise UserError(f"{url}: OME-NGFF version {version or 'unknown'!r} is not supported; convert the slide to NGFF 0.4 or 0.5 (ome-zarr-py, bioformats2raw)")
+        raise UserError(
+            f"{url}: OME-NGFF version {version or 'unknown'!r} is not supported; convert the slide to NGFF 0.4 or 0.5 "
+            "(ome-zarr-py, bioformats2raw)"
+        )
     return version
 
 
@@ -207,14 +236,19 @@ def _axes(url: str, ms: dict) -> str:
     names = [a.get("name") if isinstance(a, dict) else a for a in raw] if isinstance(raw, list) else []
     axes = "".join(names) if all(isinstance(n, str) and len(n) == 1 for n in names) else repr(names)
     if axes not in SUPPORTED_AXES:
-        raise UserError(f"{url}: axes {axes or 'missing'!r} are not supported; expected one of {', '.join(SUPPORTED_AXES)}")
+        raise UserError(
+            f"{url}: axes {axes or 'missing'!r} are not supported; expected one of {', '.join(SUPPORTED_AXES)}"
+        )
     return axes
 
 
 def _stored_transforms(url: str, path: str, ds: dict) -> list[dict]:
     transforms = ds.get("coordinateTransformations", [])
     if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
-        raise UserError(f"{url}: level {path!r} has malformed coordinateTransformations (not a list of objects); fix the metadata or re-export")
+        raise UserError(
+            f"{url}: level {path!r} has malformed coordinateTransformations (not a list of objects); fix the metadata "
+            "or re-export"
+        )
     return transforms
 
 
@@ -223,9 +257,17 @@ def _scale(url: str, path: str, transforms: list[dict], ndim: int) -> tuple[floa
     for t in transforms:
         if t.get("type") == "scale":
             scale = t.get("scale")
-    if (not isinstance(scale, list) or len(scale) != ndim
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scale)):
-        raise UserError(f"{url}: level {path!r} has an invalid scale {scale!r} (one positive number per axis); fix coordinateTransformations")
+    if (
+        not isinstance(scale, list)
+        or len(scale) != ndim
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in scale
+        )
+    ):
+        raise UserError(
+            f"{url}: level {path!r} has an invalid scale {scale!r} (one positive number per axis); fix "
+            "coordinateTransformations"
+        )
     return tuple(float(v) for v in scale)
 
 
@@ -233,7 +275,10 @@ def _dataset_path(url: str, ds) -> str:
     """A level's path: plain segments only, so metadata cannot point outside the store."""
     path = ds.get("path") if isinstance(ds, dict) else None
     if not isinstance(path, str) or any(part in ("", ".", "..") for part in path.split("/")):
-        raise UserError(f"{url}: multiscales dataset {ds!r:.80} has no valid path (plain names like 's0'); fix the metadata or re-export")
+        raise UserError(
+            f"{url}: multiscales dataset {ds!r:.80} has no valid path (plain names like 's0'); fix the metadata or "
+            "re-export"
+        )
     return path
 
 
@@ -274,14 +319,27 @@ def read_levels(url: str, group: zarr.Group, ms: dict, axes: str) -> list[Level]
         path = _dataset_path(url, ds)
         arr = _array(url, group, path)
         if arr.ndim != len(axes):
-            raise UserError(f"{url}: level {path!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or re-export")
+            raise UserError(
+                f"{url}: level {path!r} has {arr.ndim} dimensions but the axes are {axes!r}; fix the metadata or "
+                "re-export"
+            )
         if 0 in arr.shape:
             raise UserError(f"{url}: level {path!r} is empty (shape {arr.shape}); re-export the slide")
         transforms = _stored_transforms(url, path, ds)
-        levels.append(Level(path, tuple(arr.shape), tuple(arr.chunks), _scale(url, path, transforms, arr.ndim), str(arr.dtype),
-                            tuple(transforms)))
+        levels.append(
+            Level(
+                path,
+                tuple(arr.shape),
+                tuple(arr.chunks),
+                _scale(url, path, transforms, arr.ndim),
+                str(arr.dtype),
+                tuple(transforms),
+            )
+        )
     if "t" in axes and levels[0].shape[0] != 1:
-        raise UserError(f"{url}: time axis of length {levels[0].shape[0]}; sebre segments one time point: export a single one")
+        raise UserError(
+            f"{url}: time axis of length {levels[0].shape[0]}; sebre segments one time point: export a single one"
+        )
     return levels
 
 
@@ -308,7 +366,9 @@ def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     axes = _axes(url, ms)
     levels = read_levels(url, group, ms, axes)
     name = ms.get("name")
-    slide = Slide(url, group, version, axes, levels, _channels(attrs, axes, levels), name if isinstance(name, str) else "")
+    slide = Slide(
+        url, group, version, axes, levels, _channels(attrs, axes, levels), name if isinstance(name, str) else ""
+    )
     if pixel_size is not None:
         if not math.isfinite(pixel_size) or pixel_size <= 0:
             raise UserError(f"{url}: --pixel-size {pixel_size} is not a positive number of µm per pixel")

@@ -38,7 +38,10 @@ class RegionStats:
         self.score: dict[int, float] = {}
 
     def to_dict(self) -> dict:
-        return {"count": {str(k): v for k, v in self.count.items()}, "score": {str(k): v for k, v in self.score.items()}}
+        return {
+            "count": {str(k): v for k, v in self.count.items()},
+            "score": {str(k): v for k, v in self.score.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> RegionStats:
@@ -48,7 +51,9 @@ class RegionStats:
         return stats
 
     def add(self, values: np.ndarray, scores: np.ndarray) -> None:
-        values = values.ravel().astype(np.intp)  # label values are small (section x class base + class): counted, not sorted
+        values = values.ravel().astype(
+            np.intp
+        )  # label values are small (section x class base + class): counted, not sorted
         counts = np.bincount(values)
         sums = np.bincount(values, weights=scores.ravel())
         for v in np.flatnonzero(counts[1:]) + 1:
@@ -119,8 +124,16 @@ class ChunkWriter:
     as soon as it is final, and the coarser levels as their chunks' chunks are: beside the model
     instead of after it."""
 
-    def __init__(self, layer: LabelLayer, plane: PlaneTiles, start: int = 0, stop: int | None = None,
-                 lock: Callable = no_lock, max_open_bytes: int = MAX_OPEN_BYTES, pyramid: bool = False):
+    def __init__(
+        self,
+        layer: LabelLayer,
+        plane: PlaneTiles,
+        start: int = 0,
+        stop: int | None = None,
+        lock: Callable = no_lock,
+        max_open_bytes: int = MAX_OPEN_BYTES,
+        pyramid: bool = False,
+    ):
         self.layer, self.plane, self.lock = layer, plane, lock
         self.level_shape = plane.grid.source
         stop = len(plane.tiles) if stop is None else stop
@@ -150,7 +163,10 @@ class ChunkWriter:
             i, self.next = self.next, self.next + 1
             ys, xs = window = self._window(tile)
             grid = self.plane.grid
-            local = _as_slice(grid.tile_index(ys, 0, tile.y, tile.size)), _as_slice(grid.tile_index(xs, 1, tile.x, tile.size))
+            local = (
+                _as_slice(grid.tile_index(ys, 0, tile.y, tile.size)),
+                _as_slice(grid.tile_index(xs, 1, tile.x, tile.size)),
+            )
             sections = self.plane.sections.sample(ys, xs, self.level_shape)
             own = tile.owns(sections)
             values = encode(np.where(own, sections, 0), _gather(classes, local), self.plane.class_base)

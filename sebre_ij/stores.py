@@ -60,14 +60,31 @@ def write_slide(
     scale = {"y": float(pixel_size), "x": float(pixel_size)}
     group = zarr.open_group(path, mode="w-", zarr_format=store_format.zarr_format)
     write_image(
-        image, group, scale_factors=factors, method=Methods.LOCAL_MEAN, fmt=fmt,
-        axes=["c", "y", "x"], axes_units=units, scale={"c": 1.0, **scale},
-        storage_options={"chunks": (3, chunk, chunk)}, name="synthetic", omero=_omero(),
+        image,
+        group,
+        scale_factors=factors,
+        method=Methods.LOCAL_MEAN,
+        fmt=fmt,
+        axes=["c", "y", "x"],
+        axes_units=units,
+        scale={"c": 1.0, **scale},
+        storage_options={"chunks": (3, chunk, chunk)},
+        name="synthetic",
+        omero=_omero(),
     )
     write_labels(
-        labels, group, name="truth", scaler=None, scale_factors=factors, method=Methods.NEAREST,
-        fmt=fmt, axes=["y", "x"], axes_units=units, scale=scale,
-        storage_options={"chunks": (chunk, chunk)}, label_metadata=_label_metadata(labels),
+        labels,
+        group,
+        name="truth",
+        scaler=None,
+        scale_factors=factors,
+        method=Methods.NEAREST,
+        fmt=fmt,
+        axes=["y", "x"],
+        axes_units=units,
+        scale=scale,
+        storage_options={"chunks": (chunk, chunk)},
+        label_metadata=_label_metadata(labels),
     )
     labels_group = group["labels"]
     store_format.set_attrs(labels_group, store_format.labels_attrs(ome_attrs(labels_group)))
@@ -126,8 +143,9 @@ def _mean_pyramid(level0: np.ndarray, n: int) -> list[np.ndarray]:
     return levels
 
 
-def write_sparse_slide(path, image: np.ndarray, scale: int, pixel_size: float, *, chunk: int = 256,
-                       min_pixel_size: float = 0.0) -> None:
+def write_sparse_slide(
+    path, image: np.ndarray, scale: int, pixel_size: float, *, chunk: int = 256, min_pixel_size: float = 0.0
+) -> None:
     """A slide `scale` times the image's side, mostly glass, as a scanner's sparse store: NGFF 0.4,
     the (3, H, W) uint8 image at a chunk-aligned spot near the middle, and glass (zarr's fill value,
     the image's border colour) elsewhere, so only the tissue's chunks exist on disk.
@@ -145,11 +163,27 @@ def write_sparse_slide(path, image: np.ndarray, scale: int, pixel_size: float, *
     datasets = []
     for k, content in enumerate(_mean_pyramid(image, n)):
         f = 2**k
-        arr = root.create_array(str(k), shape=(3, -(-shape[0] // f), -(-shape[1] // f)), chunks=(3, chunk, chunk),
-                                dtype="uint8", fill_value=int(np.median(border)), **v04.array_options("cyx"))
-        arr[:, offset[0] // f:offset[0] // f + content.shape[1], offset[1] // f:offset[1] // f + content.shape[2]] = content
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]}]})
-    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
-            {"name": "x", "type": "space", "unit": "micrometer"}]
+        arr = root.create_array(
+            str(k),
+            shape=(3, -(-shape[0] // f), -(-shape[1] // f)),
+            chunks=(3, chunk, chunk),
+            dtype="uint8",
+            fill_value=int(np.median(border)),
+            **v04.array_options("cyx"),
+        )
+        arr[
+            :, offset[0] // f : offset[0] // f + content.shape[1], offset[1] // f : offset[1] // f + content.shape[2]
+        ] = content
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [{"type": "scale", "scale": [1.0, pixel_size * f, pixel_size * f]}],
+            }
+        )
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
     multiscales = [{"version": v04.version, "name": "sparse", "axes": axes, "datasets": datasets}]
     v04.set_attrs(root, {"multiscales": multiscales, "omero": _omero()})

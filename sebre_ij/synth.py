@@ -17,7 +17,6 @@ from scipy import ndimage as ndi
 from scipy.special import ndtri
 from skimage.measure import label as connected
 
-
 CLASSES: list[tuple[str, tuple[int, int, int]]] = [
     ("background", (0, 0, 0)),
     ("cortex", (230, 90, 60)),

@@ -61,8 +61,9 @@ def tile_grid(shape: tuple[int, int], size: int, overlap: int, sections: Section
     return tiles
 
 
-def resample_nearest(src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int,
-                     dst_shape: tuple[int, int]) -> np.ndarray:
+def resample_nearest(
+    src: np.ndarray, src_shape: tuple[int, int], y0: int, y1: int, x0: int, x1: int, dst_shape: tuple[int, int]
+) -> np.ndarray:
     """Pixels [y0:y1, x0:x1] of a level of `dst_shape`, taken by nearest neighbour from `src` (a whole
     level of `src_shape`). Label-safe in both directions; pixel centres are matched."""
     rows = np.minimum(((np.arange(y0, y1) + 0.5) * src_shape[0] / dst_shape[0]).astype(np.int64), src_shape[0] - 1)
@@ -97,4 +98,7 @@ class Grid:
     def tile_index(self, window: slice, axis: int, origin: int, size: int) -> np.ndarray:
         """For each source pixel of `window`, the tile pixel (tile starting at `origin`) holding its centre."""
         centres = (np.arange(window.start, window.stop) + 0.5) / self.factor
-        return np.clip(np.floor(centres).astype(np.int64), 0, self.shape[axis] - 1).clip(origin, origin + size - 1) - origin
+        return (
+            np.clip(np.floor(centres).astype(np.int64), 0, self.shape[axis] - 1).clip(origin, origin + size - 1)
+            - origin
+        )

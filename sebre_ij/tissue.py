@@ -68,7 +68,9 @@ def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarra
     if grey.max() - grey.min() < 0.05:
         return np.zeros(grey.shape, bool)
     mask = grey > filters.threshold_otsu(grey)
-    mask = ndi.binary_closing(np.pad(mask, 3, mode="edge"), morphology.disk(3))[3:-3, 3:-3]  # edge padding: as skimage's closing
+    mask = ndi.binary_closing(np.pad(mask, 3, mode="edge"), morphology.disk(3))[
+        3:-3, 3:-3
+    ]  # edge padding: as skimage's closing
     return fill_holes(mask)
 
 
@@ -100,8 +102,9 @@ def reading_order(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def find_sections(image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = MARGIN_PX,
-                  brightfield: bool | None = None) -> np.ndarray:
+def find_sections(
+    image: np.ndarray, min_area_fraction: float = 0.05, margin_px: int = MARGIN_PX, brightfield: bool | None = None
+) -> np.ndarray:
     """Section labels (1..N in reading order) of a coarse (C, Y, X) image, grown by a small margin.
 
     Pieces smaller than `min_area_fraction` of the largest are dust, not sections.
@@ -122,13 +125,17 @@ def grow(labels: np.ndarray, margin_px: int) -> np.ndarray:
     if margin_px <= 0 or not labels.any():
         return labels
     if not _boxes_meet(labels, margin_px):
-        return np.where(labels > 0, labels, ndi.grey_dilation(labels, footprint=morphology.disk(margin_px).astype(bool)))
+        return np.where(
+            labels > 0, labels, ndi.grey_dilation(labels, footprint=morphology.disk(margin_px).astype(bool))
+        )
     return segmentation.expand_labels(labels, margin_px)
 
 
 def _boxes_meet(labels: np.ndarray, margin: int) -> bool:
     """Do any two sections' bounding boxes, each grown by `margin`, overlap?"""
-    boxes = np.array([(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndi.find_objects(labels) if s is not None])
+    boxes = np.array(
+        [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndi.find_objects(labels) if s is not None]
+    )
     y0, y1, x0, x1 = (boxes + [-margin, margin, -margin, margin]).T
     meet = (y0[:, None] < y1) & (y0 < y1[:, None]) & (x0[:, None] < x1) & (x0 < x1[:, None])
     return int(meet.sum()) > len(boxes)  # each box meets itself
@@ -161,12 +168,17 @@ class SectionMap:
         return int(self.labels.max(initial=0))
 
     def _index(self, lo: int, hi: int, length: int, axis: int) -> np.ndarray:
-        grid = np.minimum(((np.arange(lo, hi) + 0.5) * self.shape[axis] / length).astype(np.int64), self.shape[axis] - 1)
+        grid = np.minimum(
+            ((np.arange(lo, hi) + 0.5) * self.shape[axis] / length).astype(np.int64), self.shape[axis] - 1
+        )
         return grid - self.origin[axis]
 
     def sample(self, ys: slice, xs: slice, level_shape: tuple[int, int]) -> np.ndarray:
         """Section of every pixel of a window of a level of `level_shape` (nearest), 0 off the map."""
-        rows, cols = self._index(ys.start, ys.stop, level_shape[0], 0), self._index(xs.start, xs.stop, level_shape[1], 1)
+        rows, cols = (
+            self._index(ys.start, ys.stop, level_shape[0], 0),
+            self._index(xs.start, xs.stop, level_shape[1], 1),
+        )
         ok_r = (rows >= 0) & (rows < self.labels.shape[0])
         ok_c = (cols >= 0) & (cols < self.labels.shape[1])
         if ok_r.all() and ok_c.all():
@@ -176,7 +188,7 @@ class SectionMap:
         return out
 
     def touches(self, ys: slice, xs: slice, level_shape: tuple[int, int], section: int = 0) -> bool:
-        """Any section (or this `section`) under a window of a level (the tissue pixels covering it, rounded outwards)."""
+        """Any section (or this `section`) under a window of a level (its tissue pixels, rounded outwards)."""
         window = []
         for axis, s in enumerate((ys, xs)):
             f = self.shape[axis] / level_shape[axis]
@@ -236,6 +248,7 @@ def _finer_window(slide: Slide, tissue, padded) -> tuple[int, int, tuple[slice, 
     """The finest level showing the tissue's box within COARSE_MAX_SIDE pixels (with a stride if
     none does): the level a slide of just this tissue would be seen at, so its sections come out
     as on such a slide. And the padded box in that level's strided grid."""
+
     def extent(level):
         h, w = slide.yx_shape(level)
         return max((tissue[0][1] - tissue[0][0]) * h, (tissue[1][1] - tissue[1][0]) * w)
@@ -244,7 +257,10 @@ def _finer_window(slide: Slide, tissue, padded) -> tuple[int, int, tuple[slice, 
     level = fits[0] if fits else len(slide.levels) - 1
     stride = max(1, math.ceil(extent(level) / COARSE_MAX_SIDE))
     h, w = (-(-n // stride) for n in slide.yx_shape(level))
-    window = (slice(int(padded[0][0] * h), math.ceil(padded[0][1] * h)), slice(int(padded[1][0] * w), math.ceil(padded[1][1] * w)))
+    window = (
+        slice(int(padded[0][0] * h), math.ceil(padded[0][1] * h)),
+        slice(int(padded[1][0] * w), math.ceil(padded[1][1] * w)),
+    )
     return level, stride, window
 
 
@@ -275,6 +291,8 @@ def find_tissue(slide: Slide) -> list[PlaneTissue]:
         image, coarse, sections = tissue_sections(slide, z)
         planes.append(PlaneTissue(image, coarse, sections, glass_colour(image, coarse)))
     if not any(plane.sections.count for plane in planes):
-        raise UserError(f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
-                        "right slide and that its pixels are not all one value")
+        raise UserError(
+            f"{slide.url}: no tissue found (the coarse level looks like blank glass); check that this is the "
+            "right slide and that its pixels are not all one value"
+        )
     return planes

@@ -52,10 +52,34 @@ def trained_slide(tmp_path_factory):
     work = tmp_path_factory.mktemp("trained")
     slide, model = work / "slide.zarr", work / "model.safetensors"
     cli = [sys.executable, "-m", "sebre_ij.cli"]
-    subprocess.run([*cli, "synth", str(slide), "--sections", "2", "--size", "1024", "1536", "--pixel-size", "8", "--seed", "3"],
-                   check=True, capture_output=True, timeout=600)
-    subprocess.run([*cli, "train", str(slide), "--out", str(model), "--steps", "120", "--pixel-size", "16",
-                    "--tile-size", "128", "--overlap", "32", "--batch-size", "2"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [*cli, "synth", str(slide), "--sections", "2", "--size", "1024", "1536", "--pixel-size", "8", "--seed", "3"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [
+            *cli,
+            "train",
+            str(slide),
+            "--out",
+            str(model),
+            "--steps",
+            "120",
+            "--pixel-size",
+            "16",
+            "--tile-size",
+            "128",
+            "--overlap",
+            "32",
+            "--batch-size",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return slide, model
 
 
@@ -69,13 +93,15 @@ def copy_slide(slide, folder):
 def oracle(truth):
     """A predictor that returns, for each tile, the true classes inside it (zero past the level's
     edges): stitching is then checked apart from any network."""
+
     def predict(tiles, read):
         for t in tiles:
             classes = np.zeros((t.size, t.size), np.uint8)
             y0, x0 = max(t.y, 0), max(t.x, 0)  # a tile centred on a section may start before the level
-            window = truth[y0:t.y + t.size, x0:t.x + t.size]
-            classes[y0 - t.y: y0 - t.y + window.shape[0], x0 - t.x: x0 - t.x + window.shape[1]] = window
+            window = truth[y0 : t.y + t.size, x0 : t.x + t.size]
+            classes[y0 - t.y : y0 - t.y + window.shape[0], x0 - t.x : x0 - t.x + window.shape[1]] = window
             yield t, classes, np.ones(classes.shape, np.float32)
+
     return predict
 
 

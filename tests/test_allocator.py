@@ -9,14 +9,27 @@ import threading
 import numpy as np
 import pytest
 
-from sebre_ij.allocator import kept_heap, starting_values, M_MMAP_MAX, M_TRIM_THRESHOLD, DEFAULTS
+from sebre_ij.allocator import DEFAULTS, M_MMAP_MAX, M_TRIM_THRESHOLD, kept_heap, starting_values
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
 
 
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 LIBC = ctypes.CDLL(None)

@@ -34,7 +34,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[name] = "open"
         for nxt in sorted(graph[name]):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
                 return cycle
         state[name] = "done"
@@ -61,5 +61,7 @@ def test_the_cycle_check_finds_a_cycle_made_by_an_import_inside_a_function(tmp_p
 
 
 def test_no_module_is_longer_than_a_reader_takes_in():
-    long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -11,8 +11,8 @@ from ome_zarr.writer import write_image
 from sebre_ij.exports import Exports, export_regions
 from sebre_ij.labels import open_labels, read_plane
 from sebre_ij.layer import create_layer, finish_layer
-from sebre_ij.pyramid import build_pyramid
 from sebre_ij.model import ModelCard, build_model, save_checkpoint
+from sebre_ij.pyramid import build_pyramid
 from sebre_ij.rois import read_roiset
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
@@ -29,15 +29,25 @@ def write_stack(path, axes: str, ngff: str) -> np.ndarray:
     store = parse_url(str(path), mode="w", fmt=fmt).store
     root = zarr.open_group(store, mode="w", zarr_format=fmt.zarr_format)
     scale = {"z": 1.0, "y": 16.0, "x": 16.0}
-    write_image(data, root, axes=axes, fmt=fmt, scale_factors=(2,), scale=scale,
-                axes_units={a: "micrometer" for a in "zyx"}, storage_options={"chunks": (1,) * (len(axes) - 2) + (128, 128)})
+    write_image(
+        data,
+        root,
+        axes=axes,
+        fmt=fmt,
+        scale_factors=(2,),
+        scale=scale,
+        axes_units={a: "micrometer" for a in "zyx"},
+        storage_options={"chunks": (1,) * (len(axes) - 2) + (128, 128)},
+    )
     return data
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     names = [n for n, _ in CLASSES]
-    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["C0", "C1", "C2"], [0.8] * 3, [0.2] * 3, 128, 32)
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["C0", "C1", "C2"], [0.8] * 3, [0.2] * 3, 128, 32
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "random.safetensors"
     save_checkpoint(path, build_model(card), card)
@@ -64,12 +74,17 @@ def test_rois_carry_their_plane(tmp_path):
     layer = create_layer(slide, "hand", level=0)
     for z, value in enumerate((101, 205)):
         plane = np.zeros(slide.yx_shape(0), np.uint32)
-        plane[50 + 40 * z: 150, 60:200] = value
+        plane[50 + 40 * z : 150, 60:200] = value
         layer.write(z, (slice(None), slice(None)), plane)
     build_pyramid(layer)
-    finish_layer(layer, [{"label-value": 101, "name": "cortex", "class": 1, "section": 1},
-                         {"label-value": 205, "name": "thalamus", "class": 5, "section": 2}],
-                 [{"label-value": 101, "rgba": [230, 90, 60, 255]}, {"label-value": 205, "rgba": [0, 120, 60, 255]}])
+    finish_layer(
+        layer,
+        [
+            {"label-value": 101, "name": "cortex", "class": 1, "section": 1},
+            {"label-value": 205, "name": "thalamus", "class": 5, "section": 2},
+        ],
+        [{"label-value": 101, "rgba": [230, 90, 60, 255]}, {"label-value": 205, "rgba": [0, 120, 60, 255]}],
+    )
     slide = open_slide(path)
     np.testing.assert_array_equal(np.unique(read_plane(open_labels(slide, "hand"), slide, 0, z=1)), [0, 205])
     export_regions(slide, "hand", Exports(rois=tmp_path / "r.zip"))

@@ -46,7 +46,17 @@ def base(tmp_path_factory):
     """A one-section 512 x 512 slide at 8 µm/px and a random tiny model at 16 µm/px (64 px tiles)."""
     work = tmp_path_factory.mktemp("bad_input")
     make_slide_store(work / "slide.zarr", sections=1, size=(512, 512), pixel_size=8.0, seed=1)
-    card = ModelCard("tiny_fpn", [n for n, _ in CLASSES], [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
+    card = ModelCard(
+        "tiny_fpn",
+        [n for n, _ in CLASSES],
+        [c for _, c in CLASSES],
+        16.0,
+        ["R", "G", "B"],
+        [0.8] * 3,
+        [0.2] * 3,
+        64,
+        16,
+    )
     torch.manual_seed(0)
     save_checkpoint(work / "model.safetensors", build_model(card), card)
     return work
@@ -71,8 +81,16 @@ def write_image_store(path: Path, image: np.ndarray, axes: str = "cyx") -> Path:
     """An NGFF 0.4 image of any dtype and axes (no labels), two levels, 16 µm/px at level 0."""
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     scale = {a: 16.0 for a in "yx"} | {a: 1.0 for a in "tcz"}
-    write_image(image, root, axes=axes, fmt=FormatV04(), scale_factors=(2,), scale={a: scale[a] for a in axes},
-                axes_units={a: "micrometer" for a in axes if a in "zyx"}, storage_options={"chunks": image.shape[:-2] + (64, 64)})
+    write_image(
+        image,
+        root,
+        axes=axes,
+        fmt=FormatV04(),
+        scale_factors=(2,),
+        scale={a: scale[a] for a in axes},
+        axes_units={a: "micrometer" for a in axes if a in "zyx"},
+        storage_options={"chunks": image.shape[:-2] + (64, 64)},
+    )
     return path
 
 
@@ -199,14 +217,21 @@ def unfinished_layer_export(tmp, base):
     store = copy(base, tmp)
     slide = open_slide(store)
     create_layer(slide, "sebre", 1, run_key="killed")
-    return ["rois", str(store), "--labels", "sebre", "--out", str(tmp / "rois.zip")], store, ["'sebre'", "unfinished", "resume"]
+    return (
+        ["rois", str(store), "--labels", "sebre", "--out", str(tmp / "rois.zip")],
+        store,
+        ["'sebre'", "unfinished", "resume"],
+    )
 
 
 def unfinished_layer_evaluate(tmp, base):
     store = copy(base, tmp)
     create_layer(open_slide(store), "sebre", 1, run_key="killed")
-    return (["evaluate", str(store), str(store), "--pred-labels", "sebre", "--truth-labels", "truth"], store,
-            ["'sebre'", "unfinished"])
+    return (
+        ["evaluate", str(store), str(store), "--pred-labels", "sebre", "--truth-labels", "truth"],
+        store,
+        ["'sebre'", "unfinished"],
+    )
 
 
 def bad_pixel_size(tmp, base):
@@ -216,7 +241,11 @@ def bad_pixel_size(tmp, base):
 
 def overlap_too_big(tmp, base):
     store = copy(base, tmp)
-    return segment(store, base, "--tile-size", "64", "--overlap", "64"), store, ["overlap 64", "smaller than the tile size"]
+    return (
+        segment(store, base, "--tile-size", "64", "--overlap", "64"),
+        store,
+        ["overlap 64", "smaller than the tile size"],
+    )
 
 
 def missing_roi_level(tmp, base):
@@ -246,8 +275,14 @@ def safetensors_without_card(tmp, base):
 
 def card_of_other_version(tmp, base):
     model = tmp / "future.safetensors"
-    card = json.loads(ModelCard("tiny_fpn", ["background", "a"], [(0, 0, 0), (1, 2, 3)], 16.0, ["R"], [0.5], [0.2]).to_json())
-    save_file({"w": torch.zeros(3)}, str(model), metadata={"sebre_card": json.dumps({**card, "format": "sebre-ij-checkpoint/9"})})
+    card = json.loads(
+        ModelCard("tiny_fpn", ["background", "a"], [(0, 0, 0), (1, 2, 3)], 16.0, ["R"], [0.5], [0.2]).to_json()
+    )
+    save_file(
+        {"w": torch.zeros(3)},
+        str(model),
+        metadata={"sebre_card": json.dumps({**card, "format": "sebre-ij-checkpoint/9"})},
+    )
     return with_model(tmp, base, model, ["sebre-ij-checkpoint/9", "not 'sebre-ij-checkpoint/1'"])
 
 
@@ -260,7 +295,9 @@ def card_with_bad_fields(tmp, base):
 
 def weights_of_other_model(tmp, base):
     model = tmp / "mismatch.safetensors"
-    card = ModelCard("tiny_fpn", ["background", "a"], [(0, 0, 0), (1, 2, 3)], 16.0, ["R", "G", "B"], [0.5] * 3, [0.2] * 3)
+    card = ModelCard(
+        "tiny_fpn", ["background", "a"], [(0, 0, 0), (1, 2, 3)], 16.0, ["R", "G", "B"], [0.5] * 3, [0.2] * 3
+    )
     save_file({"w": torch.zeros(3)}, str(model), metadata={"sebre_card": card.to_json()})
     return with_model(tmp, base, model, ["weights do not fit", "re-train"])
 
@@ -306,13 +343,26 @@ def train_with(tmp, members: dict[str, bytes] | bytes, words: list[str], *flags)
         with zipfile.ZipFile(folder / "RoiSet.zip", "w", zipfile.ZIP_DEFLATED) as zf:
             for name, data in members.items():
                 zf.writestr(name, data)
-    args = ["train", str(folder / "section.png"), "--rois", str(folder / "RoiSet.zip"), "--out", str(tmp / "out.safetensors"),
-            "--pixel-size-in", "16", "--steps", "1", *flags]
+    args = [
+        "train",
+        str(folder / "section.png"),
+        "--rois",
+        str(folder / "RoiSet.zip"),
+        "--out",
+        str(tmp / "out.safetensors"),
+        "--pixel-size-in",
+        "16",
+        "--steps",
+        "1",
+        *flags,
+    ]
     return args, folder, ["RoiSet.zip", *words]
 
 
 def roiset_with_other_files(tmp, base):
-    return train_with(tmp, {"cortex.roi": roi_bytes(), "macro.ijm": b"run('Quit');"}, ["'macro.ijm'", "not an ImageJ .roi"])
+    return train_with(
+        tmp, {"cortex.roi": roi_bytes(), "macro.ijm": b"run('Quit');"}, ["'macro.ijm'", "not an ImageJ .roi"]
+    )
 
 
 def roiset_with_traversal(tmp, base):
@@ -337,16 +387,50 @@ def roi_names_without_class(tmp, base):
 
 def roi_names_not_in_class_map(tmp, base):
     (tmp / "map.json").write_text(json.dumps({"hippocampus": "hippocampus"}))
-    return train_with(tmp, {"cortex.roi": roi_bytes()}, ["'cortex'", "not in the class map"], "--class-map", str(tmp / "map.json"))
+    return train_with(
+        tmp, {"cortex.roi": roi_bytes()}, ["'cortex'", "not in the class map"], "--class-map", str(tmp / "map.json")
+    )
 
 
-CASES = [not_a_zarr, missing_path, a_tiff_file, no_multiscales, unknown_version, missing_axes, contradictory_axes, repeated_axes,
-         time_series, float_with_nan, float_with_inf, blank_slide, smaller_than_a_tile, wrong_channels, corrupt_chunk,
-         existing_layer, bad_label_name, layer_locked, unfinished_layer_export, unfinished_layer_evaluate, bad_pixel_size,
-         overlap_too_big, missing_roi_level, random_bytes_model, safetensors_without_card, card_of_other_version,
-         card_with_bad_fields, weights_of_other_model, pickle_model, torch_zip_model, roiset_with_other_files,
-         roiset_with_traversal, roiset_zip_bomb, roiset_not_a_zip, roiset_garbage_member, roi_names_without_class,
-         roi_names_not_in_class_map]
+CASES = [
+    not_a_zarr,
+    missing_path,
+    a_tiff_file,
+    no_multiscales,
+    unknown_version,
+    missing_axes,
+    contradictory_axes,
+    repeated_axes,
+    time_series,
+    float_with_nan,
+    float_with_inf,
+    blank_slide,
+    smaller_than_a_tile,
+    wrong_channels,
+    corrupt_chunk,
+    existing_layer,
+    bad_label_name,
+    layer_locked,
+    unfinished_layer_export,
+    unfinished_layer_evaluate,
+    bad_pixel_size,
+    overlap_too_big,
+    missing_roi_level,
+    random_bytes_model,
+    safetensors_without_card,
+    card_of_other_version,
+    card_with_bad_fields,
+    weights_of_other_model,
+    pickle_model,
+    torch_zip_model,
+    roiset_with_other_files,
+    roiset_with_traversal,
+    roiset_zip_bomb,
+    roiset_not_a_zip,
+    roiset_garbage_member,
+    roi_names_without_class,
+    roi_names_not_in_class_map,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
@@ -382,8 +466,13 @@ def test_read_only_store_is_refused_before_anything_runs(base, tmp_path):
     try:
         before = checksum(store)
         cmd = [sys.executable, "-m", "sebre_ij.cli", *segment(store, base)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              preexec_fn=root_obeys_permissions if os.geteuid() == 0 else None)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=root_obeys_permissions if os.geteuid() == 0 else None,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "slide.zarr" in proc.stderr and "read-only" in proc.stderr and "copy the slide" in proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -427,4 +516,3 @@ def test_zip_limits_hold_whatever_the_directory_says(tmp_path):
         rois.read_roiset(path, max_total_bytes=3 * len(roi_bytes()))
     assert len(rois.read_roiset(path)) == 5
     assert not any(p.suffix == ".roi" for p in tmp_path.rglob("*")), "a member was extracted to disk"
-

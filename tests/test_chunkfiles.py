@@ -19,20 +19,34 @@ SHAPE, CHUNKS = (2, 37, 53), (1, 8, 16)  # edge chunks on both axes
 
 def _pair(tmp_path, zarr_format: int, compressors):
     """Two empty arrays alike: one written through chunk files, one through zarr."""
-    extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2 else {"dimension_names": ["z", "y", "x"]}
+    extra = (
+        {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+        if zarr_format == 2
+        else {"dimension_names": ["z", "y", "x"]}
+    )
     if compressors is not None:
         extra["compressors"] = compressors
-    return [zarr.create_array(tmp_path / name, shape=SHAPE, chunks=CHUNKS, dtype="u4", fill_value=0, zarr_format=zarr_format, **extra)
-            for name in ("ours.zarr", "zarr.zarr")]
+    return [
+        zarr.create_array(
+            tmp_path / name, shape=SHAPE, chunks=CHUNKS, dtype="u4", fill_value=0, zarr_format=zarr_format, **extra
+        )
+        for name in ("ours.zarr", "zarr.zarr")
+    ]
 
 
 def _files(root) -> dict[str, bytes]:
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs if not f.startswith((".z", "zarr.json"))}
+    return {
+        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if not f.startswith((".z", "zarr.json"))
+    }
 
 
-@pytest.mark.parametrize("zarr_format, compressors", [(2, None), (3, None), (2, numcodecs.Blosc(cname="lz4")),
-                                                      (3, BloscCodec(cname="zstd", shuffle="bitshuffle"))])
+@pytest.mark.parametrize(
+    "zarr_format, compressors",
+    [(2, None), (3, None), (2, numcodecs.Blosc(cname="lz4")), (3, BloscCodec(cname="zstd", shuffle="bitshuffle"))],
+)
 def test_writes_and_reads_as_zarr_does(tmp_path, zarr_format, compressors):
     ours, theirs = _pair(tmp_path, zarr_format, compressors)
     files = chunk_files(ours)
@@ -62,10 +76,12 @@ def test_reads_what_zarr_wrote(tmp_path):
 
 def test_arrays_zarr_must_handle(tmp_path):
     """Arrays whose chunks are not bytes then one known compressor stay with zarr."""
-    kinds = {"in memory": dict(store=MemoryStore()),
-             "sharded": dict(store=tmp_path / "sharded.zarr", serializer=ShardingCodec(chunk_shape=(1, 4, 8))),
-             "filtered": dict(store=tmp_path / "filtered.zarr", zarr_format=2, filters=[numcodecs.Delta("u4")]),
-             "gzip": dict(store=tmp_path / "gzip.zarr", compressors=GzipCodec())}
+    kinds = {
+        "in memory": dict(store=MemoryStore()),
+        "sharded": dict(store=tmp_path / "sharded.zarr", serializer=ShardingCodec(chunk_shape=(1, 4, 8))),
+        "filtered": dict(store=tmp_path / "filtered.zarr", zarr_format=2, filters=[numcodecs.Delta("u4")]),
+        "gzip": dict(store=tmp_path / "gzip.zarr", compressors=GzipCodec()),
+    }
     for kind, extra in kinds.items():
         array = zarr.create_array(shape=SHAPE, chunks=CHUNKS, dtype="u4", fill_value=0, **extra)
         assert chunk_files(array) is None, kind

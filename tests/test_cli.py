@@ -11,16 +11,22 @@ from sebre_ij.cli import app, as_flags
 from sebre_ij.errors import UserError
 
 
-@pytest.mark.parametrize("message, said", [
-    ("pass overwrite=True to replace it or labels=NAME for another", "pass --overwrite to replace it or --labels NAME for another"),
-    ("resume=True and overwrite=True contradict each other", "--resume and --overwrite contradict each other"),
-    ("jobs= and cores= must be 1 or more", "--jobs and --cores must be 1 or more"),
-    ("or tile_size=256", "or --tile-size 256"),
-    ("mode='cells' is not one of region, instance", "--mode 'cells' is not one of region, instance"),
-    ("pass pixel_size_in=UM (µm per pixel)", "pass --pixel-size-in UM (µm per pixel)"),
-    ("roi_groups=False", "--no-roi-groups"),
-    ("slide.zarr/labels/sebre: the label-value of x=1", "slide.zarr/labels/sebre: the label-value of x=1"),
-])
+@pytest.mark.parametrize(
+    "message, said",
+    [
+        (
+            "pass overwrite=True to replace it or labels=NAME for another",
+            "pass --overwrite to replace it or --labels NAME for another",
+        ),
+        ("resume=True and overwrite=True contradict each other", "--resume and --overwrite contradict each other"),
+        ("jobs= and cores= must be 1 or more", "--jobs and --cores must be 1 or more"),
+        ("or tile_size=256", "or --tile-size 256"),
+        ("mode='cells' is not one of region, instance", "--mode 'cells' is not one of region, instance"),
+        ("pass pixel_size_in=UM (µm per pixel)", "pass --pixel-size-in UM (µm per pixel)"),
+        ("roi_groups=False", "--no-roi-groups"),
+        ("slide.zarr/labels/sebre: the label-value of x=1", "slide.zarr/labels/sebre: the label-value of x=1"),
+    ],
+)
 def test_library_parameters_are_said_as_flags(message, said):
     assert as_flags(message) == said
 
@@ -43,8 +49,29 @@ def test_flags_reach_the_api_as_options(monkeypatch):
         raise UserError("stop here")
 
     monkeypatch.setattr("sebre_ij.segment.segment", record)
-    CliRunner().invoke(app, ["segment", "s.zarr", "--model", "m.safetensors", "--labels", "mine", "--tta", "--batch-size", "auto",
-                             "--rois", "r.zip", "--roi-level", "2", "--no-roi-groups", "--workers", "2", "--mode", "instance"])
+    CliRunner().invoke(
+        app,
+        [
+            "segment",
+            "s.zarr",
+            "--model",
+            "m.safetensors",
+            "--labels",
+            "mine",
+            "--tta",
+            "--batch-size",
+            "auto",
+            "--rois",
+            "r.zip",
+            "--roi-level",
+            "2",
+            "--no-roi-groups",
+            "--workers",
+            "2",
+            "--mode",
+            "instance",
+        ],
+    )
     options, exports, cluster = seen["options"], seen["exports"], seen["cluster"]
     assert (options.labels, options.tta, options.batch_size, options.mode) == ("mine", True, "auto", "instance")
     assert (str(exports.rois), exports.roi_level, exports.roi_groups, exports.geojson) == ("r.zip", 2, False, None)

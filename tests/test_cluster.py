@@ -13,13 +13,11 @@ from distributed import LocalCluster
 
 from sebre_ij.cluster import ClusterOptions, connect, task_batches
 from sebre_ij.errors import UserError
-from sebre_ij.model import ModelCard, save_checkpoint
+from sebre_ij.model import ModelCard, random_model, save_checkpoint
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
-from sebre_ij.model import random_model
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES
-
 
 DISTRIBUTED_MARKS = {"PYTHONHASHSEED", "__DASK_PARENT_PID"}  # distributed's own, set when unset: not ours to undo
 
@@ -40,8 +38,11 @@ def test_a_local_cluster_gets_its_environment_without_changing_ours():
 def label_arrays(store, name):
     """Hashes of every chunk of every array of a label layer (not its metadata)."""
     root = store / "labels" / name
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith((".z", "zarr.json"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith((".z", "zarr.json"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,14 @@ def work(tmp_path_factory):
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
     save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
     shutil.copytree(work / "slide.zarr", work / "local.zarr")
-    results = {mode: segment(work / "local.zarr", work / "m.safetensors",
-                             SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False))
-               for mode in ("region", "instance")}
+    results = {
+        mode: segment(
+            work / "local.zarr",
+            work / "m.safetensors",
+            SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False),
+        )
+        for mode in ("region", "instance")
+    }
     return work, results
 
 
@@ -65,8 +71,12 @@ def test_local_cluster_of_two_workers_gives_the_in_process_labels(work, tmp_path
     work, local = work
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "slide.zarr", store)
-    result = segment(store, work / "m.safetensors", SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2,
-                                                                   progress=False), cluster=ClusterOptions(workers=2))
+    result = segment(
+        store,
+        work / "m.safetensors",
+        SegmentOptions(labels=mode, mode=mode, min_score=0.0, batch_size=2, progress=False),
+        cluster=ClusterOptions(workers=2),
+    )
     assert result.tiles == local[mode].tiles > 8 and len(local[mode].regions) > 2
     assert label_arrays(store, mode) == label_arrays(work / "local.zarr", mode)
     assert result.regions == local[mode].regions
@@ -80,20 +90,42 @@ def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
     store = tmp_path / "slide.zarr"
     shutil.copytree(work / "slide.zarr", store)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", f"file://{store}", "--model", str(work / "m.safetensors"),
-                              "--labels", "region", "--min-score", "0", "--batch-size", "2", "--scheduler", cluster.scheduler_address],
-                             capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sebre_ij.cli",
+                "segment",
+                f"file://{store}",
+                "--model",
+                str(work / "m.safetensors"),
+                "--labels",
+                "region",
+                "--min-score",
+                "0",
+                "--batch-size",
+                "2",
+                "--scheduler",
+                cluster.scheduler_address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert run.returncode == 0, run.stderr
     assert "Dask dashboard: http" in run.stderr
     assert label_arrays(store, "region") == label_arrays(work / "local.zarr", "region")
 
 
-@pytest.mark.parametrize("spec, words", [
-    (ClusterOptions(workers=2, scheduler="tcp://x:1"), "contradict"),
-    (ClusterOptions(cluster="pbs"), "not one of"),
-    (ClusterOptions(workers=-1), "workers=-1"),
-    (ClusterOptions(scheduler="tcp://127.0.0.1:9"), "no Dask scheduler answers"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        (ClusterOptions(workers=2, scheduler="tcp://x:1"), "contradict"),
+        (ClusterOptions(cluster="pbs"), "not one of"),
+        (ClusterOptions(workers=-1), "workers=-1"),
+        (ClusterOptions(scheduler="tcp://127.0.0.1:9"), "no Dask scheduler answers"),
+    ],
+)
 def test_bad_cluster_choices_are_one_line_errors(spec, words):
     with pytest.raises(UserError, match=words), connect(spec):
         pass
@@ -113,8 +145,22 @@ def test_batch_size_auto_on_the_cpu_and_bad_values(work):
     model, card = load_checkpoint(work / "m.safetensors", "cpu")
     assert auto_batch_size(model, card, torch.device("cpu")) == 4
     before = sorted((work / "slide.zarr").rglob("*"))
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(work / "slide.zarr"), "--model",
-                          str(work / "m.safetensors"), "--batch-size", "0"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "segment",
+            str(work / "slide.zarr"),
+            "--model",
+            str(work / "m.safetensors"),
+            "--batch-size",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2 and "--batch-size '0'" in run.stderr
     assert sorted((work / "slide.zarr").rglob("*")) == before
 
@@ -125,6 +171,12 @@ def test_slurm_job_script_asks_for_the_queue_cores_memory_and_gpus():
     spec = ClusterOptions(cluster="slurm", queue="gpu", cores=8, memory="32GB", gpus=2, jobs=3, walltime="02:00:00")
     with slurm_cluster(spec) as cluster:
         script = cluster.job_script()
-    for line in ["#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:2"]:
+    for line in [
+        "#SBATCH -p gpu",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=30G",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --gres=gpu:2",
+    ]:
         assert line in script, script
     assert "--nthreads 8" in script and "--nworkers" not in script  # one worker per job

@@ -28,8 +28,11 @@ from sebre_ij.readers import load_class_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEBRE_DATA", ROOT.parent / "shared" / "data"))
-CLASSES = [{"index": 0, "name": "background", "rgb": [0, 0, 0]}, {"index": 1, "name": "cortex", "rgb": [230, 90, 60]},
-           {"index": 2, "name": "thalamus", "rgb": [0, 120, 60]}]
+CLASSES = [
+    {"index": 0, "name": "background", "rgb": [0, 0, 0]},
+    {"index": 1, "name": "cortex", "rgb": [230, 90, 60]},
+    {"index": 2, "name": "thalamus", "rgb": [0, 120, 60]},
+]
 
 
 def quadrants(h, w):
@@ -114,8 +117,9 @@ def test_one_real_glta_section(glta, tmp_path):
     for kind in ("image", "labels"):
         (root / entry[kind]).parent.mkdir(parents=True)
         (root / entry[kind]).symlink_to(glta / entry[kind])
-    (root / "sections.json").write_text(json.dumps({"classes": json.loads((glta / "sections.json").read_text())["classes"],
-                                                    "sections": [entry]}))
+    (root / "sections.json").write_text(
+        json.dumps({"classes": json.loads((glta / "sections.json").read_text())["classes"], "sections": [entry]})
+    )
     found = shared_examples(root)
     [section], table, channels = found.examples, found.table, found.channels
     assert section.image.shape == (3, 670, 1024) and channels == ["R", "G", "B"]
@@ -131,7 +135,9 @@ def write_sebre(root, n=2, shape=(10, 16)):
     """SeBRe's folders: images/section_img_N.jpg and masks/section_masks_N/ with one mask per class."""
     (root / "mrcnn_train_dataset_images").mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(np.full((*shape, 3), 200, np.uint8)).save(root / "mrcnn_train_dataset_images" / f"section_img_{i}.jpg")
+        Image.fromarray(np.full((*shape, 3), 200, np.uint8)).save(
+            root / "mrcnn_train_dataset_images" / f"section_img_{i}.jpg"
+        )
         masks = root / "mrcnn_train_dataset_masks" / f"section_masks_{i}"
         masks.mkdir(parents=True)
         classes = quadrants(*shape)
@@ -182,13 +188,42 @@ def test_split_by_section():
 def test_train_on_a_folder_holds_out_validation_sections(tmp_path):
     root = write_set(tmp_path / "set", sizes=(8.0, 8.0, 8.0), shape=(64, 64))
     model = tmp_path / "m.safetensors"
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(root), "--out", str(model), "--steps", "2",
-                          "--pixel-size", "16", "--tile-size", "64", "--overlap", "16", "--batch-size", "1", "--val-sections", "s2"],
-                         capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "train",
+            str(root),
+            "--out",
+            str(model),
+            "--steps",
+            "2",
+            "--pixel-size",
+            "16",
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+            "--batch-size",
+            "1",
+            "--val-sections",
+            "s2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     card = read_card(model)
     assert card.classes == ["background", "cortex", "thalamus"] and card.training["val_sections"] == ["s2"]
     assert "held out for validation: s2" in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(tmp_path), "--out", str(model)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sebre_ij.cli", "train", str(tmp_path), "--out", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

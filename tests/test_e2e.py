@@ -32,14 +32,19 @@ SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
 def sebre(*args, check=True):
     proc = subprocess.run([*SEBRE, *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"sebre {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"sebre {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 def image_checksums(store: Path) -> dict[str, str]:
     """Every file of the store outside labels/: the image and its metadata."""
-    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(store.rglob("*")) if p.is_file() and p.relative_to(store).parts[0] != "labels"}
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.relative_to(store).parts[0] != "labels"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,22 @@ def run(trained_slide, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     slide, model = copy_slide(trained_slide[0], work), trained_slide[1]
     before = image_checksums(slide)
-    out = sebre("segment", slide, "--model", model, "--rois", work / "RoiSet.zip", "--geojson", work / "regions.geojson",
-                "--measurements", work / "measurements.csv", "--preview", work / "preview.png", "--min-score", 0.05)
+    out = sebre(
+        "segment",
+        slide,
+        "--model",
+        model,
+        "--rois",
+        work / "RoiSet.zip",
+        "--geojson",
+        work / "regions.geojson",
+        "--measurements",
+        work / "measurements.csv",
+        "--preview",
+        work / "preview.png",
+        "--min-score",
+        0.05,
+    )
     return work, slide, model, before, out
 
 
@@ -118,10 +137,13 @@ def test_existing_layer_is_refused_without_overwrite(run):
     assert image_checksums(slide / "labels" / "sebre") == labels_before
 
 
-@pytest.mark.parametrize("args, words", [
-    (["info", "nowhere.zarr"], "no such file"),
-    (["segment", "nowhere.zarr", "--model", "m.safetensors"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["info", "nowhere.zarr"], "no such file"),
+        (["segment", "nowhere.zarr", "--model", "m.safetensors"], "no such file"),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(args, words, tmp_path):
     proc = subprocess.run([*SEBRE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr

@@ -44,12 +44,22 @@ def two_sections():
 def write_two_sections(path):
     """A 2-level slide whose truth layer is `two_sections` at level 1, and a layer `pred` there."""
     truth, pred, scores = two_sections()
-    write_slide(path, np.full((3, 32, 72), 230, np.uint8), np.kron(truth, np.ones((2, 2), np.uint8)), 1.0, chunk=16, levels=2)
+    write_slide(
+        path, np.full((3, 32, 72), 230, np.uint8), np.kron(truth, np.ones((2, 2), np.uint8)), 1.0, chunk=16, levels=2
+    )
     layer = create_layer(open_slide(path), "pred", level=1)
     layer.write(0, (slice(0, 16), slice(0, 36)), pred)
     build_pyramid(layer)
-    props = [{"label-value": v, "name": "cortex" if v % 10 == 1 else "thalamus", "class": v % 10, "section": v // 10,
-              "score": s} for v, s in scores.items()]
+    props = [
+        {
+            "label-value": v,
+            "name": "cortex" if v % 10 == 1 else "thalamus",
+            "class": v % 10,
+            "section": v // 10,
+            "score": s,
+        }
+        for v, s in scores.items()
+    ]
     finish_layer(layer, props, [{"label-value": v, "rgba": [200, 0, 0, 255]} for v in scores])
 
 
@@ -70,8 +80,12 @@ def test_layers_in_one_store_by_hand(tmp_path):
     assert report["mAP@0.5"] == 1 and report["mAP@0.5:0.95"] == pytest.approx((cortex_ap + 0.1) / 2, abs=1e-4)
     # the truth has no sections: the prediction's, piece by piece, split it into s1 and s2
     by_section = {(r["section"], r["region"]): r["dice"] for r in report["sections"]}
-    assert by_section == {("s_s1", "cortex"): 1.0, ("s_s1", "thalamus"): pytest.approx(0.6667, abs=1e-4),
-                          ("s_s2", "cortex"): pytest.approx(0.6667, abs=1e-4), ("s_s2", "thalamus"): 0.0}
+    assert by_section == {
+        ("s_s1", "cortex"): 1.0,
+        ("s_s1", "thalamus"): pytest.approx(0.6667, abs=1e-4),
+        ("s_s2", "cortex"): pytest.approx(0.6667, abs=1e-4),
+        ("s_s2", "thalamus"): 0.0,
+    }
 
 
 def test_cli_writes_metrics_and_pictures(tmp_path):
@@ -79,19 +93,41 @@ def test_cli_writes_metrics_and_pictures(tmp_path):
     truth, _, _ = two_sections()
     Image.fromarray(truth).save(tmp_path / "pred.png")
     rois = []
-    for name, (x0, y0, x1, y1) in {"s1-cortex": (0, 0, 16, 8), "s2-cortex": (20, 0, 36, 8), "s1-thalamus": (0, 8, 8, 16)}.items():
+    for name, (x0, y0, x1, y1) in {
+        "s1-cortex": (0, 0, 16, 8),
+        "s2-cortex": (20, 0, 36, 8),
+        "s1-thalamus": (0, 8, 8, 16),
+    }.items():
         roi = ImagejRoi.frompoints(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float))
         roi.name = name
         rois.append(roi)
     with zipfile.ZipFile(tmp_path / "RoiSet.zip", "w") as zf:
         for roi in rois:
             zf.writestr(f"{roi.name}.roi", roi.tobytes())
-    classes = [{"index": 1, "name": "cortex", "rgb": [230, 90, 60]}, {"index": 5, "name": "thalamus", "rgb": [0, 120, 60]}]
+    classes = [
+        {"index": 1, "name": "cortex", "rgb": [230, 90, 60]},
+        {"index": 5, "name": "thalamus", "rgb": [0, 120, 60]},
+    ]
     (tmp_path / "classes.json").write_text(json.dumps({"classes": classes}))
     out = tmp_path / "eval"
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "evaluate", str(tmp_path / "pred.png"), str(tmp_path / "RoiSet.zip"),
-                          "--classes", str(tmp_path / "classes.json"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "evaluate",
+            str(tmp_path / "pred.png"),
+            str(tmp_path / "RoiSet.zip"),
+            "--classes",
+            str(tmp_path / "classes.json"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     assert "mAP@0.5 1.000" in run.stdout
     report = json.loads((out / "metrics.json").read_text())
@@ -100,8 +136,13 @@ def test_cli_writes_metrics_and_pictures(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["pred_s1.png", "pred_s2.png"]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["section"], r["region"]) for r in rows] == [("pred_s1", "cortex"), ("pred_s1", "thalamus"), ("pred_s2", "cortex"),
-                                                           ("all", "cortex"), ("all", "thalamus")]
+    assert [(r["section"], r["region"]) for r in rows] == [
+        ("pred_s1", "cortex"),
+        ("pred_s1", "thalamus"),
+        ("pred_s2", "cortex"),
+        ("all", "cortex"),
+        ("all", "thalamus"),
+    ]
     with open(out / "confusion.csv") as f:
         confusion_rows = list(csv.reader(f))
     assert confusion_rows[0][:2] == ["truth \\ prediction", "background"] and confusion_rows[2][2] == "256"
@@ -112,8 +153,22 @@ def test_cli_writes_metrics_and_pictures(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"not a zip")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "pred.png")
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "evaluate", str(tmp_path / "pred.png"), str(tmp_path / "broken.zip"),
-                          "--classes", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "evaluate",
+            str(tmp_path / "pred.png"),
+            str(tmp_path / "broken.zip"),
+            "--classes",
+            str(tmp_path / "missing.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert run.stderr.startswith(f"sebre: error: {tmp_path / 'missing.json'}: cannot read this JSON file")
 
@@ -151,8 +206,9 @@ def test_sections_follow_the_numbered_side_and_missed_tissue_is_its_own():
     pred[:, 0:2], pred[:, 5:7] = 11, 21
     truth = np.zeros((5, 12), np.uint8)
     truth[:, 0:3] = truth[:, 5:7] = truth[:, 10:] = 1
-    sections = section_map(LabelPlane("t", truth, {1: 1}, None, {}), truth,
-                           LabelPlane("p", pred, {11: 1, 21: 1}, {11: 1, 21: 2}, {}), pred)
+    sections = section_map(
+        LabelPlane("t", truth, {1: 1}, None, {}), truth, LabelPlane("p", pred, {11: 1, 21: 1}, {11: 1, 21: 2}, {}), pred
+    )
     # columns 0-2 are one piece, numbered 1 where predicted; 5-6 are section 2; 10-11 are a piece of
     # tissue with no numbered pixel: section 3. Background belongs to none.
     np.testing.assert_array_equal(sections, np.tile([1, 1, 1, 0, 0, 2, 2, 0, 0, 0, 3, 3], (5, 1)))

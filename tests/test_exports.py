@@ -51,8 +51,11 @@ def test_geojson_is_in_level_0_pixels_with_areas_in_square_microns(slide, tmp_pa
     info = open_labels(slide, "truth")
     level0 = {r.name: r for r in layer_regions(slide, info, roi_level(slide, info))}
     for feature in features:
-        ring = np.asarray(feature["geometry"]["coordinates"][0] if feature["geometry"]["type"] == "Polygon"
-                          else feature["geometry"]["coordinates"][0][0])
+        ring = np.asarray(
+            feature["geometry"]["coordinates"][0]
+            if feature["geometry"]["type"] == "Polygon"
+            else feature["geometry"]["coordinates"][0][0]
+        )
         assert ring.max() > 0.5 * min(slide.yx_shape(0))  # level-0 pixels, not level 1's
         assert feature["properties"]["name"] in level0
 

@@ -22,9 +22,13 @@ SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
 
 
 def sebre(*args, check=True, env=None, wrap=()):
-    proc = subprocess.run([*wrap, *SEBRE, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [*wrap, *SEBRE, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"sebre {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"sebre {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -38,20 +42,27 @@ def trained(trained_slide, tmp_path_factory):
 
 def run_macro(xvfb_run, ij_jar, arg, timeout=300):
     started = time.perf_counter()
-    proc = subprocess.run([xvfb_run, "-a", "java", "-jar", str(ij_jar), "-batch", str(MACRO), arg],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [xvfb_run, "-a", "java", "-jar", str(ij_jar), "-batch", str(MACRO), arg],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     return proc, time.perf_counter() - started
 
 
 def test_macro_segments_and_fills_the_roi_manager(trained, ij_jar, xvfb_run):
     work, slide, model = trained
-    proc, seconds = run_macro(xvfb_run, ij_jar, f"slide=[{slide}] model=[{model}] labels=fiji sebre=[{SEBRE_BIN}] min_score=0.05")
+    proc, seconds = run_macro(
+        xvfb_run, ij_jar, f"slide=[{slide}] model=[{model}] labels=fiji sebre=[{SEBRE_BIN}] min_score=0.05"
+    )
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = [i for i, line in enumerate(lines) if re.fullmatch(r"SeBRe: \d+ ROIs", line)]
     assert counts, proc.stdout + proc.stderr
     n = int(lines[counts[0]].split()[1])
-    names = lines[counts[0] + 1:counts[0] + 1 + n]
+    names = lines[counts[0] + 1 : counts[0] + 1 + n]
     roiset = work / f"{slide.stem}-fiji-RoiSet.zip"
     assert lines[counts[0] + 1 + n] == f"SeBRe: RoiSet {roiset}"
     assert n > 0
@@ -73,7 +84,19 @@ def test_macro_reports_a_bad_slide_in_one_line(trained, ij_jar, xvfb_run, tmp_pa
 def test_segment_imagej_without_display_writes_labels_then_hints(trained):
     _, slide, model = trained
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    proc = sebre("segment", slide, "--model", model, "--labels", "nodisplay", "--min-score", 0.05, "--imagej", check=False, env=env)
+    proc = sebre(
+        "segment",
+        slide,
+        "--model",
+        model,
+        "--labels",
+        "nodisplay",
+        "--min-score",
+        0.05,
+        "--imagej",
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "xvfb-run -a sebre segment" in proc.stderr and "--rois" in proc.stderr
     assert "nodisplay" in open_slide(slide).label_names()  # written (and registered) before the push
@@ -82,8 +105,21 @@ def test_segment_imagej_without_display_writes_labels_then_hints(trained):
 def test_segment_imagej_under_xvfb_pushes_every_region(trained, xvfb_run, ij_jar):
     work, slide, model = trained
     roiset = work / "pushed.zip"
-    proc = sebre("segment", slide, "--model", model, "--labels", "pushed", "--min-score", 0.05, "--rois", roiset,
-                 "--imagej", wrap=(xvfb_run, "-a"), env={**os.environ, "SEBRE_IJ_JAR": str(ij_jar)})
+    proc = sebre(
+        "segment",
+        slide,
+        "--model",
+        model,
+        "--labels",
+        "pushed",
+        "--min-score",
+        0.05,
+        "--rois",
+        roiset,
+        "--imagej",
+        wrap=(xvfb_run, "-a"),
+        env={**os.environ, "SEBRE_IJ_JAR": str(ij_jar)},
+    )
     pushed = re.search(r"ImageJ ROI Manager: (\d+) ROIs", proc.stdout)
     assert pushed, proc.stdout + proc.stderr
     assert int(pushed.group(1)) == len(read_roiset(roiset)) > 0

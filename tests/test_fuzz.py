@@ -13,10 +13,10 @@ from roifile import ImagejRoi
 from sebre_ij.errors import UserError
 from sebre_ij.labels import open_labels
 from sebre_ij.outlines import Region, regions_from_labels
+from sebre_ij.readers import file_roi_rings, rings_mask
 from sebre_ij.rois import imagej_roi, roi_rings, utf16_safe
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import write_slide
-from sebre_ij.readers import file_roi_rings, rings_mask
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -68,17 +68,30 @@ def test_simplified_outlines_move_only_border_pixels(data):
     rings = [r for region in regions for ext, holes in region.polygons for r in (ext, *holes)]
     changed = rings_mask(rings, mask.shape) != mask
     padded = np.pad(mask, 1, mode="edge")
-    border = ((padded[1:-1, 1:-1] != padded[:-2, 1:-1]) | (padded[1:-1, 1:-1] != padded[2:, 1:-1])
-              | (padded[1:-1, 1:-1] != padded[1:-1, :-2]) | (padded[1:-1, 1:-1] != padded[1:-1, 2:]))
+    border = (
+        (padded[1:-1, 1:-1] != padded[:-2, 1:-1])
+        | (padded[1:-1, 1:-1] != padded[2:, 1:-1])
+        | (padded[1:-1, 1:-1] != padded[1:-1, :-2])
+        | (padded[1:-1, 1:-1] != padded[1:-1, 2:])
+    )
     assert not (changed & ~border).any()
 
 
 # --- slide metadata -------------------------------------------------------------------------------
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=True), st.text(max_size=6),
-                      st.sampled_from(["s0", "s1", "c", "y", "x", "z", "t", "scale", "translation", "0.4", "0.5"]))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                             st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=6),
+    st.sampled_from(["s0", "s1", "c", "y", "x", "z", "t", "scale", "translation", "0.4", "0.5"]),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def mutated(value):
@@ -87,7 +100,8 @@ def mutated(value):
     if isinstance(value, dict):
         fields = st.fixed_dictionaries({k: mutated(v) for k, v in value.items()})
         inner = st.tuples(fields, st.sets(st.sampled_from(sorted(value)) if value else st.nothing())).map(
-            lambda t: {k: v for k, v in t[0].items() if k not in t[1]})
+            lambda t: {k: v for k, v in t[0].items() if k not in t[1]}
+        )
     elif isinstance(value, list):
         inner = st.tuples(*[mutated(v) for v in value]).map(list) if value else st.just([])
         inner = st.one_of(inner, inner.map(lambda items: items[:-1]), inner.map(lambda items: items + items[-1:]))

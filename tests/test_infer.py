@@ -8,8 +8,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from sebre_ij.infer import EVIDENCE_THRESHOLD, best_classes, class_evidence, instance_map, predict_tiles
-from sebre_ij.model import ModelCard, detect
-from sebre_ij.model import random_model
+from sebre_ij.model import ModelCard, detect, random_model
 from sebre_ij.synth import CLASSES
 from sebre_ij.tiles import tile_grid
 
@@ -51,7 +50,9 @@ def test_evidence_over_each_instances_box_equals_evidence_over_the_whole_tile():
             if score >= 0.1:
                 whole[cls] = torch.maximum(whole[cls], mask * score)
         torch.testing.assert_close(class_evidence(out, len(names), min_score=0.1), whole, rtol=0, atol=0)
-        for got, want in zip(instance_map(box, 0.1, (128, 128)), best_classes(whole)):  # the CPU's way, straight from the instances
+        for got, want in zip(
+            instance_map(box, 0.1, (128, 128)), best_classes(whole)
+        ):  # the CPU's way, straight from the instances
             np.testing.assert_array_equal(got, want)
 
 
@@ -60,8 +61,12 @@ def test_instance_map_breaks_ties_as_class_map_does():
     masks = torch.zeros((3, 1, 28, 28))
     masks[:2] = 0.5
     masks[2] = 1.0
-    out = {"box_masks": masks, "scores": torch.tensor([0.8, 0.8, 0.9]), "labels": torch.tensor([5, 2, 7]),
-           "boxes": torch.tensor([[4.0, 4.0, 9.0, 9.0], [4.0, 4.0, 9.0, 9.0], [0.0, 0.0, 3.0, 3.0]])}
+    out = {
+        "box_masks": masks,
+        "scores": torch.tensor([0.8, 0.8, 0.9]),
+        "labels": torch.tensor([5, 2, 7]),
+        "boxes": torch.tensor([[4.0, 4.0, 9.0, 9.0], [4.0, 4.0, 9.0, 9.0], [0.0, 0.0, 3.0, 3.0]]),
+    }
     classes, scores = instance_map(out, 0.3, (12, 12))
     pasted = {**out, "masks": paste_masks_in_image(masks, out["boxes"], (12, 12))}
     want = best_classes(class_evidence(pasted, 8, min_score=0.3))
@@ -72,8 +77,13 @@ def test_instance_map_breaks_ties_as_class_map_does():
 
 def test_a_semantic_branch_gives_the_class_map_by_its_largest_probability():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.1], [0.1, 0.3, 0.8]])[:, None, :]  # (classes, 1, 3)
-    out = {"masks": torch.zeros((0, 1, 1, 3)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
-           "boxes": torch.zeros((0, 4)), "semantic": probs}
+    out = {
+        "masks": torch.zeros((0, 1, 1, 3)),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "boxes": torch.zeros((0, 4)),
+        "semantic": probs,
+    }
     classes, scores = best_classes(class_evidence(out, 3, min_score=0.3))
     np.testing.assert_array_equal(classes, [[0, 1, 2]])  # background wins the first pixel
     np.testing.assert_allclose(scores, [[0.0, 0.5, 0.8]])
@@ -108,10 +118,21 @@ def test_predict_tiles_gives_the_class_maps_of_the_models_usual_outputs():
     tiles = tile_grid((200, 200), 96, 16)
     rng = np.random.default_rng(3)
     images = [rng.random((3, 96, 96), dtype=np.float32) for _ in tiles]
-    got = list(predict_tiles(model, card, tiles, lambda t: images[tiles.index(t)], device=torch.device("cpu"), batch_size=3,
-                             min_score=0.2))
+    got = list(
+        predict_tiles(
+            model,
+            card,
+            tiles,
+            lambda t: images[tiles.index(t)],
+            device=torch.device("cpu"),
+            batch_size=3,
+            min_score=0.2,
+        )
+    )
     with torch.inference_mode():
-        outputs = [o for i in range(0, len(images), 3) for o in model([torch.from_numpy(im) for im in images[i:i + 3]])]
+        outputs = [
+            o for i in range(0, len(images), 3) for o in model([torch.from_numpy(im) for im in images[i : i + 3]])
+        ]
     assert sum(len(o["scores"]) for o in outputs) > 20
     for (tile, classes, scores), t, out in zip(got, tiles, outputs):
         want = best_classes(class_evidence(out, len(names), min_score=0.2))

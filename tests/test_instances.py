@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from conftest import oracle
 from ome_zarr_models.v04.image_label import ImageLabel
 from skimage.measure import label as connected
 
@@ -19,8 +20,6 @@ from sebre_ij.segment import number_layer, run_tiles
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import write_slide
 from sebre_ij.synth import CLASSES, synth_slide
-
-from conftest import oracle
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -36,6 +35,7 @@ def in_memory(values: np.ndarray):
 
     def write(window, ids):
         out[window] = ids
+
     return (lambda window: values[window]), write, out
 
 
@@ -81,7 +81,9 @@ def test_oracle_instances_match_connected_components(tmp_path, tile, overlap):
     slide = open_slide(tmp_path / "s.zarr")
     truth = np.where(labels > 0, blobs(labels.shape, 150, rng), 0)
     names = [n for n, _ in CLASSES]
-    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap
+    )
 
     layer = create_layer(slide, "inst", 0, scratch=True)
     run_tiles(slide, layer, card, oracle(truth))
@@ -98,8 +100,26 @@ def test_segment_instance_mode(trained_slide, tmp_path):
 
     slide, model = trained_slide
     store = copy_slide(slide, tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), "--mode", "instance",
-                           "--labels", "pieces", "--rois", str(tmp_path / "r.zip")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "segment",
+            str(store),
+            "--model",
+            str(model),
+            "--mode",
+            "instance",
+            "--labels",
+            "pieces",
+            "--rois",
+            str(tmp_path / "r.zip"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     layer = zarr.open_group(str(store / "labels" / "pieces"), mode="r")
     ImageLabel.from_zarr(layer)
@@ -107,6 +127,22 @@ def test_segment_instance_mode(trained_slide, tmp_path):
     names = [r.name for r in read_roiset(tmp_path / "r.zip")]
     assert names and all(n.rsplit("-", 1)[1].isdigit() for n in names)
     assert len(set(names)) == len(names)
-    bad = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), "--mode", "cells",
-                          "--labels", "x"], capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "segment",
+            str(store),
+            "--model",
+            str(model),
+            "--mode",
+            "cells",
+            "--labels",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "--mode" in bad.stderr

@@ -31,8 +31,10 @@ def test_layer_pyramid_and_metadata(tmp_path, ngff):
     values[150:250, 50:80] = 205
     layer.write(0, (slice(0, values.shape[0]), slice(0, values.shape[1])), values)
     build_pyramid(layer)
-    props = [{"label-value": 101, "name": "cortex", "class": 1, "section": 1},
-             {"label-value": 205, "name": "thalamus", "class": 5, "section": 2}]
+    props = [
+        {"label-value": 101, "name": "cortex", "class": 1, "section": 1},
+        {"label-value": 205, "name": "thalamus", "class": 5, "section": 2},
+    ]
     colors = [{"label-value": 101, "rgba": [230, 90, 60, 255]}, {"label-value": 205, "rgba": [0, 120, 60, 255]}]
     finish_layer(layer, props, colors)
 

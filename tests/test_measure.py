@@ -51,7 +51,16 @@ def test_csv(tmp_path):
     with open(tmp_path / "m.csv", newline="") as fh:
         read = list(csv.DictReader(fh))
     assert list(read[0]) == [
-        "label", "section", "name", "class", "area_um2", "perimeter_um", "mean_dapi", "sd_dapi", "mean_gfp", "sd_gfp",
+        "label",
+        "section",
+        "name",
+        "class",
+        "area_um2",
+        "perimeter_um",
+        "mean_dapi",
+        "sd_dapi",
+        "mean_gfp",
+        "sd_gfp",
     ]
     assert [r["name"] for r in read] == ["s2-cortex", "s0-striatum", "s0-3"]
     assert float(read[0]["sd_dapi"]) == pytest.approx(np.sqrt(17 / 3))

@@ -7,12 +7,8 @@ from sebre_ij.metrics import Instances, average_precision, confusion, dice_iou, 
 
 
 def test_dice_and_iou_by_hand():
-    truth = np.array([[1, 1, 1, 1],
-                      [1, 1, 2, 2],
-                      [0, 0, 2, 2]])
-    pred = np.array([[1, 1, 1, 0],
-                     [1, 2, 2, 2],
-                     [0, 0, 2, 0]])
+    truth = np.array([[1, 1, 1, 1], [1, 1, 2, 2], [0, 0, 2, 2]])
+    pred = np.array([[1, 1, 1, 0], [1, 2, 2, 2], [0, 0, 2, 0]])
     m = confusion(pred, truth, 3)
     # rows truth, columns prediction. Class 1: 6 true pixels, 4 kept, (0,3) -> 0, (1,1) -> 2.
     # Class 2: 4 true pixels, 3 kept, (2,3) -> 0. Background: 2 pixels, both kept.
@@ -24,10 +20,8 @@ def test_dice_and_iou_by_hand():
 
 
 def test_overlaps_by_hand():
-    pred = np.array([[5, 5, 0],
-                     [5, 7, 7]])
-    truth = np.array([[1, 1, 1],
-                      [0, 2, 2]])
+    pred = np.array([[5, 5, 0], [5, 7, 7]])
+    truth = np.array([[1, 1, 1], [0, 2, 2]])
     p_ids, t_ids, iou = overlaps(pred, truth)
     assert p_ids.tolist() == [5, 7] and t_ids.tolist() == [1, 2]
     # 5 vs 1: 2 shared of 3 + 3 - 2 = 4 -> 0.5; 5 vs 2: 0; 7 vs 1: 0; 7 vs 2: 2 of 2 -> 1
@@ -37,8 +31,7 @@ def test_overlaps_by_hand():
 def test_greedy_matching_takes_the_best_free_truth():
     # two predictions (score order) over two truths: the first takes truth 1 (IoU 0.8), leaving
     # truth 0 (IoU 0.6) to the second at 0.5, nothing at 0.7 for the second
-    iou = np.array([[0.6, 0.8],
-                    [0.6, 0.9]])
+    iou = np.array([[0.6, 0.8], [0.6, 0.9]])
     hits = match(iou, np.array([0.5, 0.7, 0.85]))
     np.testing.assert_array_equal(hits, [[True, True, False], [True, False, True]])
 
@@ -67,8 +60,10 @@ def test_mask_map_over_images_and_thresholds_by_hand():
     # image B: truth cortex only; the prediction is thalamus (a wrong class) with score 0.5
     truth_b = np.ones((2, 2), int)
     pred_b = np.full((2, 2), 12)
-    pairs = [(Instances(pred_a, {11: 1, 12: 2}, {11: 0.9}), Instances(truth_a, {1: 1, 2: 2}, {})),
-             (Instances(pred_b, {12: 2}, {12: 0.5}), Instances(truth_b, {1: 1}, {}))]
+    pairs = [
+        (Instances(pred_a, {11: 1, 12: 2}, {11: 0.9}), Instances(truth_a, {1: 1, 2: 2}, {})),
+        (Instances(pred_b, {12: 2}, {12: 0.5}), Instances(truth_b, {1: 1}, {})),
+    ]
     ap = mask_ap(pairs, 3)
     # cortex: 2 truths, 1 prediction hit up to IoU 0.8 -> 51/101 at 0.5..0.8 (7 thresholds), 0 at 0.85..0.95
     np.testing.assert_allclose(ap[1], [51 / 101] * 7 + [0] * 3)

@@ -9,17 +9,26 @@ import sys
 import pytest
 import torch
 import torchvision
+from conftest import write_synth_set
 from safetensors.torch import save_file
 
-from conftest import write_synth_set
 from sebre_ij.errors import UserError
 from sebre_ij.model import ARCHITECTURES, ModelCard, build_model, load_checkpoint, load_init, read_card, save_checkpoint
 
 
 def card(arch="tiny_fpn", channels=("R", "G", "B"), tile=128):
     n = len(channels)
-    return ModelCard(arch, ["background", "cortex", "thalamus"], [(0, 0, 0), (230, 90, 60), (0, 120, 60)], 16.0,
-                     list(channels), [0.5] * n, [0.2] * n, tile_size=tile, overlap=32)
+    return ModelCard(
+        arch,
+        ["background", "cortex", "thalamus"],
+        [(0, 0, 0), (230, 90, 60), (0, 120, 60)],
+        16.0,
+        list(channels),
+        [0.5] * n,
+        [0.2] * n,
+        tile_size=tile,
+        overlap=32,
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -98,8 +107,12 @@ def test_semantic_branch_gives_class_probabilities_and_a_training_loss(arch):
     model = build_model(c)
     truth = torch.zeros((128, 128), dtype=torch.int64)
     truth[20:90, 30:100] = 1
-    target = {"boxes": torch.tensor([[30.0, 20.0, 100.0, 90.0]]), "labels": torch.tensor([1]),
-              "masks": (truth == 1).to(torch.uint8)[None], "semantic": truth}
+    target = {
+        "boxes": torch.tensor([[30.0, 20.0, 100.0, 90.0]]),
+        "labels": torch.tensor([1]),
+        "masks": (truth == 1).to(torch.uint8)[None],
+        "semantic": truth,
+    }
     losses = model.train()([torch.rand(3, 128, 128)], [target])
     assert losses["loss_semantic"].item() > 0
     losses["loss_semantic"].backward()
@@ -122,15 +135,27 @@ def test_semantic_checkpoint_roundtrip_and_older_cards_without_the_field(tmp_pat
         torch.testing.assert_close(loaded([image])[0]["semantic"], model([image])[0]["semantic"])
     plain = card()
     old = {k: v for k, v in plain.__dict__.items() if k != "semantic"}  # a card written before the field existed
-    save_file({k: v.contiguous() for k, v in build_model(plain).state_dict().items()}, str(tmp_path / "old.safetensors"),
-              metadata={"sebre_card": json.dumps(old)})
+    save_file(
+        {k: v.contiguous() for k, v in build_model(plain).state_dict().items()},
+        str(tmp_path / "old.safetensors"),
+        metadata={"sebre_card": json.dumps(old)},
+    )
     model_old, card_old = load_checkpoint(tmp_path / "old.safetensors")
     assert card_old.semantic is False and not hasattr(model_old, "semantic")
 
 
 def mobilenet_card():
-    return ModelCard("mobilenet_v3_fpn", ["background", "cortex", "thalamus"], [(0, 0, 0)] * 3, 16.0, ["R", "G", "B"],
-                     [0.5] * 3, [0.2] * 3, tile_size=128, overlap=32)
+    return ModelCard(
+        "mobilenet_v3_fpn",
+        ["background", "cortex", "thalamus"],
+        [(0, 0, 0)] * 3,
+        16.0,
+        ["R", "G", "B"],
+        [0.5] * 3,
+        [0.2] * 3,
+        tile_size=128,
+        overlap=32,
+    )
 
 
 def test_init_from_a_torchvision_imagenet_file(tmp_path):
@@ -149,14 +174,19 @@ def test_init_from_a_torchvision_imagenet_file(tmp_path):
 
 def test_init_from_a_torchvision_detector_takes_all_but_the_class_layers(tmp_path):
     torch.manual_seed(2)
-    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=91)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=91
+    )
     path = tmp_path / "fasterrcnn_coco.pth"
     torch.save({"model": detector.state_dict()}, path)  # wrapped, as torchvision's reference scripts save
     model = build_model(mobilenet_card())
     taken = load_init(model, path).taken
     theirs = detector.state_dict()
     assert torch.equal(model.state_dict()["roi_heads.box_head.fc6.weight"], theirs["roi_heads.box_head.fc6.weight"])
-    assert not torch.equal(model.state_dict()["roi_heads.box_predictor.cls_score.bias"][:3], theirs["roi_heads.box_predictor.cls_score.bias"][:3])
+    assert not torch.equal(
+        model.state_dict()["roi_heads.box_predictor.cls_score.bias"][:3],
+        theirs["roi_heads.box_predictor.cls_score.bias"][:3],
+    )
     fits = [k for k, v in model.state_dict().items() if k in theirs and theirs[k].shape == v.shape]
     assert taken == len(fits) > 200
 
@@ -178,7 +208,24 @@ def test_init_refuses_files_that_are_not_weights(tmp_path):
     with pytest.raises(UserError, match="none of its tensors fit"):
         load_init(build_model(mobilenet_card()), unrelated)
     root = write_synth_set(tmp_path / "set")
-    run = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(root), "--out", str(tmp_path / "m.safetensors"),
-                          "--init", str(evil), "--steps", "1"], capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "train",
+            str(root),
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--init",
+            str(evil),
+            "--steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "evil.pth: not a plain weights file" in run.stderr
     assert not marker.exists()

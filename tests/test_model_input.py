@@ -48,5 +48,7 @@ def test_the_card_says_how_a_model_sees_a_slide():
     grey = ModelCard("tiny_fpn", names, [(0, 0, 0)] * 2, 50.0, ["luminance"], [0.5], [0.2], input="luminance")
     assert ModelCard.from_json(grey.to_json()).input == "luminance"
     with pytest.raises(ValueError, match="luminance model's channels"):
-        ModelCard("tiny_fpn", names, [(0, 0, 0)] * 2, 50.0, list("RGB"), [0.5] * 3, [0.2] * 3, input="luminance").check()
+        ModelCard(
+            "tiny_fpn", names, [(0, 0, 0)] * 2, 50.0, list("RGB"), [0.5] * 3, [0.2] * 3, input="luminance"
+        ).check()
     assert InputMap("channels", (1.0,)).fill.dtype == np.float32

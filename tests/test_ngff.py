@@ -57,15 +57,26 @@ def test_ome_attrs_reads_either_place():
 def _store(tmp_path, version: str, values: np.ndarray):
     """A slide of `version` written by synth (its image and truth) and by layer.py (the layer "pred")."""
     path = tmp_path / f"s{version}.zarr"
-    write_slide(path, np.full((3, 384, 640), 240, np.uint8), (values % 13).astype(np.uint8), 2.0,
-                ngff=version, chunk=128, levels=3)
+    write_slide(
+        path,
+        np.full((3, 384, 640), 240, np.uint8),
+        (values % 13).astype(np.uint8),
+        2.0,
+        ngff=version,
+        chunk=128,
+        levels=3,
+    )
     slide = open_slide(path)
     layer = create_layer(slide, "pred", level=1)
     layer.write(0, (slice(0, 192), slice(0, 320)), values[::2, ::2])
     build_pyramid(layer)
     props = [{"label-value": int(v), "class": int(v) % 100, "section": int(v) // 100} for v in np.unique(values) if v]
-    finish_layer(layer, props, [{"label-value": p["label-value"], "rgba": [p["class"], 0, 9, 255]} for p in props],
-                 {"model": "m"})
+    finish_layer(
+        layer,
+        props,
+        [{"label-value": p["label-value"], "rgba": [p["class"], 0, 9, 255]} for p in props],
+        {"model": "m"},
+    )
     return path
 
 
@@ -85,11 +96,19 @@ def test_stores_of_both_versions_validate_and_read_back_alike(tmp_path):
         assert chunk.is_file()  # each version's chunk keys
         slide = open_slide(path)
         info = open_labels(slide, "pred")
-        read[version] = (slide.version, slide.ngff, slide.axes, slide.channels,
-                         [(lv.shape, lv.scale) for lv in slide.levels],
-                         slide.label_names(), info.properties, info.colors, info.paths,
-                         [read_plane(info, slide, level) for level in range(3)],
-                         [read_plane(open_labels(slide, "truth"), slide, level) for level in range(3)])
+        read[version] = (
+            slide.version,
+            slide.ngff,
+            slide.axes,
+            slide.channels,
+            [(lv.shape, lv.scale) for lv in slide.levels],
+            slide.label_names(),
+            info.properties,
+            info.colors,
+            info.paths,
+            [read_plane(info, slide, level) for level in range(3)],
+            [read_plane(open_labels(slide, "truth"), slide, level) for level in range(3)],
+        )
     v04, v05 = read["0.4"], read["0.5"]
     assert v04[0] == "0.4" and isinstance(v04[1], NgffV04) and v05[0] == "0.5" and isinstance(v05[1], NgffV05)
     assert v04[2:-2] == v05[2:-2]

@@ -30,7 +30,7 @@ def test_rectangle_area_and_corners():
     region = single_region(labels, tolerance=0)
     assert region.name == "s1-cortex" and region.class_index == 2 and region.class_name == "cortex"
     assert region.section == 1 and region.color == (10, 20, 30) and region.score == 0.75
-    (exterior, holes), = region.polygons
+    ((exterior, holes),) = region.polygons
     assert holes == []
     # midpoint contour: touches the pixel-corner box, cuts each corner by a quarter pixel
     np.testing.assert_array_equal(exterior.min(axis=0), [20, 10])
@@ -44,7 +44,7 @@ def test_ring_with_hole_touching_border():
     labels = np.zeros((20, 20), np.int32)
     labels[:, :] = 1
     labels[5:15, 5:15] = 0
-    (exterior, (hole,)), = single_region(labels).polygons
+    ((exterior, (hole,)),) = single_region(labels).polygons
     assert exterior[:, 0].min() == 0 and exterior[:, 1].max() == 20  # closed along the image border
     assert signed_area(exterior) > 0 > signed_area(hole)
     assert polygon_area(single_region(labels).polygons) == pytest.approx(400 - 100, abs=1)
@@ -67,7 +67,7 @@ def test_parts_own_their_holes():
 def test_single_pixel_is_a_centred_diamond():
     labels = np.zeros((5, 5), np.int32)
     labels[2, 3] = 1
-    (exterior, _), = single_region(labels).polygons
+    ((exterior, _),) = single_region(labels).polygons
     assert len(exterior) == 4
     np.testing.assert_allclose(exterior.mean(axis=0), [3.5, 2.5])
     assert signed_area(exterior) == pytest.approx(0.5)
@@ -75,7 +75,7 @@ def test_single_pixel_is_a_centred_diamond():
 
 def test_whole_image_region():
     labels = np.ones((6, 7), np.int32)
-    (exterior, _), = single_region(labels, tolerance=0).polygons
+    ((exterior, _),) = single_region(labels, tolerance=0).polygons
     np.testing.assert_array_equal(exterior.min(axis=0), [0, 0])
     np.testing.assert_array_equal(exterior.max(axis=0), [7, 6])
 
@@ -83,7 +83,7 @@ def test_whole_image_region():
 def test_scale_and_offset_map_to_level0_beyond_16_bits():
     labels = np.zeros((10, 10), np.int32)
     labels[2:4, 3:6] = 1  # level-L pixels (2..3, 3..5) at 4x downsampling
-    (exterior, _), = single_region(labels, scale=(4.0, 4.0), offset=(7.0, 100000.5), tolerance=0).polygons
+    ((exterior, _),) = single_region(labels, scale=(4.0, 4.0), offset=(7.0, 100000.5), tolerance=0).polygons
     np.testing.assert_allclose(exterior.min(axis=0), [3 * 4 + 100000.5, 2 * 4 + 7.0])
     np.testing.assert_allclose(exterior.max(axis=0), [6 * 4 + 100000.5, 4 * 4 + 7.0])
 

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 
 from sebre_ij.layer import create_layer
-from sebre_ij.pyramid import (RUN_CHUNKS, CoarserLevels, FinerLevels, _blocks, _row_runs, _tiled_blocks, build_pyramid,
-                              sampled_from, source_ends, source_index)
+from sebre_ij.pyramid import (
+    RUN_CHUNKS,
+    CoarserLevels,
+    FinerLevels,
+    _blocks,
+    _row_runs,
+    _tiled_blocks,
+    build_pyramid,
+    sampled_from,
+    source_ends,
+    source_index,
+)
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import write_slide
 from sebre_ij.tiles import resample_nearest
@@ -14,8 +24,9 @@ from sebre_ij.tiles import resample_nearest
 def test_pyramid_only_where_tiles_ran(tmp_path):
     """Glass chunks are neither computed nor written; where tiles ran, levels match the full build."""
     path = tmp_path / "s.zarr"
-    write_slide(path, np.full((3, 1024, 1024), 240, np.uint8), np.zeros((1024, 1024), np.uint8), 1.0, chunk=128,
-                levels=3)
+    write_slide(
+        path, np.full((3, 1024, 1024), 240, np.uint8), np.zeros((1024, 1024), np.uint8), 1.0, chunk=128, levels=3
+    )
     slide = open_slide(path)
     values = np.zeros(slide.yx_shape(1), np.uint32)
     values[20:100, 30:90] = 101
@@ -46,7 +57,8 @@ def test_pyramid_blocks_found_from_tiled_chunks_equal_a_full_scan(tmp_path, shap
     src = layer.array(level)
     for i in range(len(layer.slide.levels)):
         dst = layer.array(i)
-        def kept(b):
+
+        def kept(b, dst=dst):
             return layer.any_tiled(source_ends(b[-2:], src.shape[-2:], dst.shape[-2:]))
 
         scanned = [b for b in _blocks(dst) if kept(b)]
@@ -57,10 +69,14 @@ def test_pyramid_blocks_found_from_tiled_chunks_equal_a_full_scan(tmp_path, shap
 def test_pyramid_tasks_merge_neighbouring_chunks_of_a_row():
     s = [slice(i * 4, i * 4 + 4) for i in range(40)]
     blocks = [(s[0], s[0]), (s[0], s[1]), (s[0], s[3]), (s[1], s[3]), (s[1], s[4])]
-    blocks += [(s[2], x) for x in s[:RUN_CHUNKS + 2]]
-    assert list(_row_runs(blocks)) == [(s[0], slice(0, 8)), (s[0], s[3]), (s[1], slice(12, 20)),
-                                       (s[2], slice(0, 4 * RUN_CHUNKS)),
-                                       (s[2], slice(4 * RUN_CHUNKS, 4 * RUN_CHUNKS + 8))]
+    blocks += [(s[2], x) for x in s[: RUN_CHUNKS + 2]]
+    assert list(_row_runs(blocks)) == [
+        (s[0], slice(0, 8)),
+        (s[0], s[3]),
+        (s[1], slice(12, 20)),
+        (s[2], slice(0, 4 * RUN_CHUNKS)),
+        (s[2], slice(4 * RUN_CHUNKS, 4 * RUN_CHUNKS + 8)),
+    ]
 
 
 def test_source_ends_are_the_first_and_last_source_pixels():

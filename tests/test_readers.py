@@ -18,8 +18,8 @@ from roifile import ImagejRoi
 from sebre_ij.errors import UserError
 from sebre_ij.model import read_card
 from sebre_ij.outlines import Region
-from sebre_ij.rois import imagej_roi, read_roiset
 from sebre_ij.readers import rasterise_rois, read_image, roi_class, roi_class_table
+from sebre_ij.rois import imagej_roi, read_roiset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,16 +86,22 @@ def test_class_colours_come_from_stroke_colours():
 
 def test_imagej_tiff_says_its_pixel_size(tmp_path):
     path = tmp_path / "section.tif"
-    tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), imagej=True, resolution=(1 / 16, 1 / 16), metadata={"unit": "micron"})
+    tifffile.imwrite(
+        path, np.zeros((8, 8, 3), np.uint8), imagej=True, resolution=(1 / 16, 1 / 16), metadata={"unit": "micron"}
+    )
     found = read_image(path)
-    assert found.pixels.shape == (3, 8, 8) and found.channels == ["R", "G", "B"] and found.pixel_size_um == pytest.approx(16)
+    assert (
+        found.pixels.shape == (3, 8, 8)
+        and found.channels == ["R", "G", "B"]
+        and found.pixel_size_um == pytest.approx(16)
+    )
 
 
 def section_image(size=256):
     """A bright disc with a dark 'cortex' band on the left and a grey 'thalamus' ring at the centre."""
     yy, xx = np.mgrid[:size, :size]
     image = np.full((size, size, 3), 235, np.uint8)
-    image[(yy - 128) ** 2 + (xx - 128) ** 2 < 110 ** 2] = (200, 170, 190)
+    image[(yy - 128) ** 2 + (xx - 128) ** 2 < 110**2] = (200, 170, 190)
     image[40:216, 30:90] = (120, 60, 110)
     image[100:180, 120:200] = (160, 120, 150)
     image[130:150, 150:170] = (200, 170, 190)
@@ -136,7 +142,7 @@ def imagej_mask(roi, shape):
     out = np.zeros(shape, bool)
     w, h = int(mask.getWidth()), int(mask.getHeight())
     pixels = np.frombuffer(bytes(mask.getPixels()), np.uint8).reshape(h, w) != 0
-    out[bounds.y:bounds.y + h, bounds.x:bounds.x + w] = pixels
+    out[bounds.y : bounds.y + h, bounds.x : bounds.x + w] = pixels
     return out
 
 
@@ -151,9 +157,35 @@ def test_train_from_a_roiset_written_by_imagej(imagej, tmp_path):
         np.testing.assert_array_equal(rasterise_rois([ours], [cls], (256, 256)) == cls, imagej_mask(theirs, (256, 256)))
 
     model = tmp_path / "model.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(image), "--rois", str(roiset), "--out", str(model),
-                           "--steps", "5", "--pixel-size", "16", "--pixel-size-in", "16", "--tile-size", "128", "--overlap", "32",
-                           "--batch-size", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "train",
+            str(image),
+            "--rois",
+            str(roiset),
+            "--out",
+            str(model),
+            "--steps",
+            "5",
+            "--pixel-size",
+            "16",
+            "--pixel-size-in",
+            "16",
+            "--tile-size",
+            "128",
+            "--overlap",
+            "32",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     card = read_card(model)
     assert card.classes == ["background", "cortex", "thalamus"]
@@ -169,8 +201,29 @@ def test_train_names_the_unknown_roi(tmp_path):
     with zipfile.ZipFile(roiset, "w") as zf:
         zf.writestr("s1-ctx.roi", roi.tobytes())
     mapping.write_text(json.dumps({"hippo": "hippocampus"}))
-    proc = subprocess.run([sys.executable, "-m", "sebre_ij.cli", "train", str(image), "--rois", str(roiset), "--out",
-                           str(tmp_path / "m.safetensors"), "--class-map", str(mapping), "--pixel-size-in", "16"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sebre_ij.cli",
+            "train",
+            str(image),
+            "--rois",
+            str(roiset),
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--class-map",
+            str(mapping),
+            "--pixel-size-in",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"sebre: error: {roiset}: ROI 's1-ctx' is not in the class map; add it to the class map (--class-map FILE.json) or rename the ROI"
+    assert (
+        proc.stderr.strip() == f"sebre: error: {roiset}: ROI 's1-ctx' is not in the class map; "
+        "add it to the class map (--class-map FILE.json) or rename the ROI"
+    )

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from conftest import oracle
 
 from sebre_ij.infer import read_tile
 from sebre_ij.labels import class_base, open_labels, read_plane
@@ -19,8 +20,6 @@ from sebre_ij.stores import write_slide
 from sebre_ij.synth import CLASSES, synth_slide
 from sebre_ij.tiles import Grid, Tile, tile_grid
 from sebre_ij.tissue import tissue_sections
-
-from conftest import oracle
 
 FACTORS = [1.0, 1.37, 2.5, 0.7, 5.0]
 
@@ -50,7 +49,12 @@ def test_resampled_tile_samples_the_image_at_pixel_centres(factor):
     cy = (tile.y + np.arange(64) + 0.5) * factor - 0.5
     cx = (tile.x + np.arange(64) + 0.5) * factor - 0.5
     want = (20 * cy[:, None] + 30 * cx[None, :]) / 65535
-    inside = (cy[:, None] > 2 * factor) & (cy[:, None] < h - 2 * factor) & (cx[None, :] > 2 * factor) & (cx[None, :] < w - 2 * factor)
+    inside = (
+        (cy[:, None] > 2 * factor)
+        & (cy[:, None] < h - 2 * factor)
+        & (cx[None, :] > 2 * factor)
+        & (cx[None, :] < w - 2 * factor)
+    )
     np.testing.assert_allclose(got[inside], want[inside], atol=1e-4)
     assert inside.sum() > 1000
 
@@ -72,7 +76,9 @@ def test_tile_before_the_level_reads_the_same_pixels_shifted(factor):
     before = read_tile(image, "cyx", Tile(-10, -7, 64, (slice(0, 54), slice(0, 57))), z=0, glass=fill, factor=factor)[0]
     inside = read_tile(image, "cyx", Tile(0, 0, 64, (slice(0, 64), slice(0, 64))), z=0, glass=fill, factor=factor)[0]
     assert np.all(before[:10] == 0.5) and np.all(before[:, :7] == 0.5)
-    np.testing.assert_allclose(before[10 + 3:, 7 + 3:], inside[3:54, 3:57], atol=1e-6)  # away from the smoothing's edge
+    np.testing.assert_allclose(
+        before[10 + 3 :, 7 + 3 :], inside[3:54, 3:57], atol=1e-6
+    )  # away from the smoothing's edge
 
 
 def test_level_choice_resamples_only_past_ten_percent(tmp_path):
@@ -103,7 +109,9 @@ def test_oracle_stitching_on_a_resampled_grid(tmp_path, factor, tile, overlap):
     truth = read_plane(open_labels(slide, "truth"), slide, 0).astype(np.uint8)
     grid = Grid(truth.shape, factor)
     names = [n for n, _ in CLASSES]
-    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0 * factor, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 16.0 * factor, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap
+    )
     predict, virtual = oracle_on_grid(truth, grid)
     layer = create_layer(slide, "oracle", 0)
     run_tiles(slide, layer, card, predict, factor=factor)

@@ -19,21 +19,36 @@ import pytest
 from typer.testing import CliRunner
 
 from sebre_ij.cli import app
-from sebre_ij.model import ModelCard, save_checkpoint
-from sebre_ij.model import random_model
+from sebre_ij.model import ModelCard, random_model, save_checkpoint
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES
 
 
 def layer_files(store, name="sebre", chunks_only=False):
     root = store / "labels" / name
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and not (chunks_only and p.name.startswith("."))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not (chunks_only and p.name.startswith("."))
+    }
 
 
 def segment_cmd(store, model, name="sebre"):
-    return [sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), "--min-score", "0", "--batch-size", "2",
-            "--labels", name]
+    return [
+        sys.executable,
+        "-m",
+        "sebre_ij.cli",
+        "segment",
+        str(store),
+        "--model",
+        str(model),
+        "--min-score",
+        "0",
+        "--batch-size",
+        "2",
+        "--labels",
+        name,
+    ]
 
 
 def progress_of(store, name="sebre"):
@@ -54,8 +69,12 @@ def setup(tmp_path_factory):
     names = [n for n, _ in CLASSES]
     card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, ["R", "G", "B"], [0.8] * 3, [0.2] * 3, 64, 16)
     save_checkpoint(work / "m.safetensors", random_model(card, 1), card)  # random weights that find regions
-    proc = subprocess.Popen(segment_cmd(work / "clean.zarr", work / "m.safetensors"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        segment_cmd(work / "clean.zarr", work / "m.safetensors"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = set()
     while proc.poll() is None:
         seen.add(progress_of(work / "clean.zarr"))
@@ -66,14 +85,18 @@ def setup(tmp_path_factory):
     clean = layer_files(work / "clean.zarr")
     assert sum(not name.rsplit("/", 1)[-1].startswith(".") for name in clean) > 3, "the clean run wrote no label chunks"
     steps = sorted(v for v in seen if 0 < v < batches)
-    assert len(steps) >= KILLS, f"progress went through {sorted(seen)} of {batches} batches: too few steps to kill the run at"
+    assert len(steps) >= KILLS, (
+        f"progress went through {sorted(seen)} of {batches} batches: too few steps to kill the run at"
+    )
     return work, clean, batches, steps
 
 
 def fresh_copy(work, tmp_path):
     """The clean slide with its truth layer and without the segmented one."""
     store = tmp_path / "slide.zarr"
-    shutil.copytree(work / "clean.zarr", store, ignore=lambda folder, names: ["sebre"] if folder.endswith("labels") else [])
+    shutil.copytree(
+        work / "clean.zarr", store, ignore=lambda folder, names: ["sebre"] if folder.endswith("labels") else []
+    )
     (store / "labels" / ".zattrs").write_text(json.dumps({"labels": ["truth"]}))
     return store
 
@@ -92,15 +115,21 @@ def test_killed_run_resumes_to_identical_layer(setup, tmp_path, draw):
     work, clean, batches, steps = setup
     kill_after = random.Random(7).sample(steps, KILLS)[draw]
     store = fresh_copy(work, tmp_path)
-    proc = subprocess.Popen(segment_cmd(store, work / "m.safetensors"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        segment_cmd(store, work / "m.safetensors"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: progress_of(store) >= kill_after, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < progress_of(store) < batches, "the run was not killed mid-way"
     assert (store / "labels" / ".sebre-lock-sebre").exists(), "the killed run's lock is left behind"
     assert "sebre" not in listed(store), "an unfinished layer is listed"
-    rerun = subprocess.run([*segment_cmd(store, work / "m.safetensors"), *(["--resume"] if draw % 2 else [])],
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        [*segment_cmd(store, work / "m.safetensors"), *(["--resume"] if draw % 2 else [])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed" in rerun.stdout
     assert layer_files(store) == clean
@@ -121,12 +150,14 @@ def listed(store):
 
 def in_process(cmd):
     """The same command run in this process (torch is loaded already: no start-up cost)."""
-    return CliRunner().invoke(app, cmd[cmd.index("segment"):])
+    return CliRunner().invoke(app, cmd[cmd.index("segment") :])
 
 
 def test_runs_on_two_names_share_a_store(small, tmp_path):
     store, model = Path(shutil.copytree(small[0], tmp_path / "slide.zarr")), small[1]
-    left = subprocess.Popen(segment_cmd(store, model, "left"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    left = subprocess.Popen(
+        segment_cmd(store, model, "left"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     right = in_process(segment_cmd(store, model, "right"))  # while the other process runs
     assert right.exit_code == 0, right.output
     assert left.wait(timeout=600) == 0, left.stderr.read()
@@ -163,7 +194,9 @@ def test_unfinished_layer_from_other_settings_is_refused(setup, tmp_path):
     layer_attrs.write_text(json.dumps(meta))
     proc = subprocess.run(segment_cmd(store, work / "m.safetensors"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "unfinished" in proc.stderr and "--overwrite" in proc.stderr
-    ok = subprocess.run([*segment_cmd(store, work / "m.safetensors"), "--overwrite"], capture_output=True, text=True, timeout=600)
+    ok = subprocess.run(
+        [*segment_cmd(store, work / "m.safetensors"), "--overwrite"], capture_output=True, text=True, timeout=600
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -172,11 +205,15 @@ def test_resume_flag_needs_an_interrupted_run(setup, tmp_path):
     finished = tmp_path / "finished.zarr"
     shutil.copytree(work / "clean.zarr", finished)
     before = layer_files(finished)
-    proc = subprocess.run([*segment_cmd(finished, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*segment_cmd(finished, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 2 and "not an interrupted run" in proc.stderr
     assert layer_files(finished) == before
     bare = tmp_path / "bare.zarr"
     shutil.copytree(work / "clean.zarr", bare, ignore=shutil.ignore_patterns("labels"))
-    proc = subprocess.run([*segment_cmd(bare, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*segment_cmd(bare, work / "m.safetensors"), "--resume"], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 2 and "no label layer 'sebre' to resume" in proc.stderr
     assert not (bare / "labels").exists()  # nothing written

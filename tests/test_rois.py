@@ -68,7 +68,7 @@ def test_roiset_roundtrip_with_roifile(tmp_path):
     composite, polygon = read_roiset(path)
     assert composite.composite and composite.roitype == ROI_TYPE.RECT
     rings = ImagejRoi.path2coords(composite.multi_coordinates)
-    (exterior, (hole,)), = regions[0].polygons
+    ((exterior, (hole,)),) = regions[0].polygons
     for got, want in zip(rings, (exterior, hole)):
         np.testing.assert_array_equal(got[:-1], want.astype(np.float32))  # path2coords closes rings
     assert polygon.subpixelresolution and polygon.roitype == ROI_TYPE.POLYGON

@@ -6,11 +6,10 @@ import pytest
 
 from sebre_ij.errors import UserError
 from sebre_ij.exports import Exports
-from sebre_ij.model import ModelCard, save_checkpoint
+from sebre_ij.model import ModelCard, random_model, save_checkpoint
 from sebre_ij.model_input import LUMINANCE
 from sebre_ij.segment import SegmentOptions, open_inputs, run_key, run_settings, segment
 from sebre_ij.slide import open_slide
-from sebre_ij.model import random_model
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES
 
@@ -34,12 +33,15 @@ def files(folder):
     return sorted(p.relative_to(folder) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("options, words", [
-    (SegmentOptions(resume=True, overwrite=True), "resume=True and overwrite=True contradict"),
-    (SegmentOptions(mode="cells"), "mode='cells' is not one of region, instance"),
-    (SegmentOptions(batch_size=0), "batch_size=0"),
-    (SegmentOptions(labels="../image"), "not a valid path segment"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (SegmentOptions(resume=True, overwrite=True), "resume=True and overwrite=True contradict"),
+        (SegmentOptions(mode="cells"), "mode='cells' is not one of region, instance"),
+        (SegmentOptions(batch_size=0), "batch_size=0"),
+        (SegmentOptions(labels="../image"), "not a valid path segment"),
+    ],
+)
 def test_bad_options_are_refused_by_parameter_name_before_anything_is_written(slide_and_models, options, words):
     slide = slide_and_models / "slide.zarr"
     before = files(slide)
@@ -50,16 +52,25 @@ def test_bad_options_are_refused_by_parameter_name_before_anything_is_written(sl
 
 
 def test_inputs_hold_the_level_the_tissue_and_the_batch(slide_and_models):
-    inputs = open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports())
+    inputs = open_inputs(
+        slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports()
+    )
     slide = open_slide(slide_and_models / "slide.zarr")
     assert slide.pixel_size(inputs.level) == pytest.approx(16.0) and inputs.factor == 1.0
     assert inputs.batch_size == 4 and len(inputs.planes) == 1 and inputs.planes[0].sections.count == 2
     with pytest.raises(UserError, match=r"roi_level=9 does not exist"):
-        open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports(roi_level=9))
+        open_inputs(
+            slide_and_models / "slide.zarr",
+            slide_and_models / "rgb.safetensors",
+            SegmentOptions(),
+            Exports(roi_level=9),
+        )
 
 
 def test_a_killed_run_resumes_only_with_the_same_model_bytes_and_settings(slide_and_models, tmp_path):
-    inputs = open_inputs(slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports())
+    inputs = open_inputs(
+        slide_and_models / "slide.zarr", slide_and_models / "rgb.safetensors", SegmentOptions(), Exports()
+    )
     settings = run_settings(inputs, SegmentOptions())
     key = run_key(slide_and_models / "rgb.safetensors", settings)
     assert run_key(slide_and_models / "rgb.safetensors", dict(settings)) == key
@@ -75,8 +86,12 @@ def test_a_luminance_model_segments_a_slide_of_any_channels(slide_and_models, tm
 
     store = tmp_path / "slide.zarr"
     shutil.copytree(slide_and_models / "slide.zarr", store)
-    result = segment(store, slide_and_models / "grey.safetensors", SegmentOptions(min_score=0.0, progress=False),
-                     Exports(rois=tmp_path / "RoiSet.zip"))
+    result = segment(
+        store,
+        slide_and_models / "grey.safetensors",
+        SegmentOptions(min_score=0.0, progress=False),
+        Exports(rois=tmp_path / "RoiSet.zip"),
+    )
     assert result.sections == 2 and result.tiles > 4 and result.regions
     assert {r["section"] for r in result.regions} == {1, 2}
     assert result.outputs == {"rois": str(tmp_path / "RoiSet.zip")} and (tmp_path / "RoiSet.zip").stat().st_size > 0

@@ -46,17 +46,25 @@ def test_zyx_plane_view(tmp_path):
     root = zarr.open_group(path, mode="w", zarr_format=2)
     data = np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50)
     root.create_array("0", data=data, chunks=(1, 20, 20))
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.5, 0.5]}]}]}]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.5, 0.5]}]}],
+        }
+    ]
     slide = open_slide(path)
     assert slide.n_planes == 2 and slide.channels == ["C0"]
     np.testing.assert_array_equal(np.asarray(slide.plane(0, z=1))[0], data[1])
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: p.mkdir(), "not a zarr store"),
-    (lambda p: zarr.open_group(p, mode="w", zarr_format=2), "multiscales"),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: p.mkdir(), "not a zarr store"),
+        (lambda p: zarr.open_group(p, mode="w", zarr_format=2), "multiscales"),
+    ],
+)
 def test_bad_stores_are_user_errors(tmp_path, make, words):
     path = tmp_path / "bad.zarr"
     make(path)
@@ -80,7 +88,13 @@ class CountingPixels:
     """A level that counts the chunks read through it."""
 
     def __init__(self, pixels):
-        self.pixels, self.shape, self.dtype, self.chunks, self.chunks_read = pixels, pixels.shape, pixels.dtype, pixels.chunks, 0
+        self.pixels, self.shape, self.dtype, self.chunks, self.chunks_read = (
+            pixels,
+            pixels.shape,
+            pixels.dtype,
+            pixels.chunks,
+            0,
+        )
 
     def __getitem__(self, index):
         data = self.pixels[index]
@@ -97,10 +111,18 @@ def test_chunk_cache_reads_the_same_windows_decoding_chunks_about_once_while_the
     counting = CountingPixels(pixels)
     cache = ChunkCache(counting, max_bytes=capacity * 3 * 128 * 128)
     rng = np.random.default_rng(1)
-    windows = [(slice(None), slice(y, y + 200), slice(x, x + 150)) for y, x in zip(rng.integers(0, 400, 40), rng.integers(0, 650, 40))]
-    windows += [(1, slice(0, 600), slice(790, 800)), (slice(None), slice(0, 600, 7), slice(3, 800, 5))]  # an int index; a stride
+    windows = [
+        (slice(None), slice(y, y + 200), slice(x, x + 150))
+        for y, x in zip(rng.integers(0, 400, 40), rng.integers(0, 650, 40))
+    ]
+    windows += [
+        (1, slice(0, 600), slice(790, 800)),
+        (slice(None), slice(0, 600, 7), slice(3, 800, 5)),
+    ]  # an int index; a stride
     for window in windows:
         np.testing.assert_array_equal(cache[window], image[window])
     assert len(cache.held) <= capacity
-    if capacity == 1000:  # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
+    if (
+        capacity == 1000
+    ):  # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
         assert counting.chunks_read <= 2 * 35

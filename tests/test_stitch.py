@@ -2,21 +2,20 @@
 
 import numpy as np
 import pytest
+from conftest import oracle
 
 from sebre_ij import pyramid
 from sebre_ij.labels import class_base, open_labels, read_plane
 from sebre_ij.layer import create_layer
-from sebre_ij.pyramid import build_pyramid
 from sebre_ij.model import ModelCard
+from sebre_ij.pyramid import build_pyramid
 from sebre_ij.segment import plane_tiles, run_tiles
-from sebre_ij.stitch import ChunkWriter, RegionStats
 from sebre_ij.slide import open_slide
+from sebre_ij.stitch import ChunkWriter, RegionStats
 from sebre_ij.stores import make_slide_store, write_slide
 from sebre_ij.synth import CLASSES
 from sebre_ij.tiles import Grid, tile_grid
 from sebre_ij.tissue import tissue_sections
-
-from conftest import oracle
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,9 @@ def test_oracle_stitching_reproduces_the_truth(slide_path, tile, overlap):
     level = 1  # 512 x 1024: cortex and cerebellum span many 64 px tiles
     truth = read_plane(open_labels(slide, "truth"), slide, level).astype(np.uint8)
     names = [n for n, _ in CLASSES]
-    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap
+    )
     layer = create_layer(slide, f"oracle{tile}", level, overwrite=True)
     run = run_tiles(slide, layer, card, oracle(truth))
     n_tiles, n_sections = run.tiles, run.sections
@@ -69,7 +70,9 @@ def test_a_section_inside_another_sections_box_keeps_its_own_labels(tmp_path):
     base = class_base(len(names))
     np.testing.assert_array_equal(values % base, truth)
     np.testing.assert_array_equal(np.unique(values // base)[1:], [1, 2])
-    assert set(np.unique(values[truth == 3] // base)) == {2} and set(np.unique(values[(truth == 1) | (truth == 2)] // base)) == {1}
+    assert set(np.unique(values[truth == 3] // base)) == {2} and set(
+        np.unique(values[(truth == 1) | (truth == 2)] // base)
+    ) == {1}
 
 
 def test_region_stats_count_pixels_and_sum_scores_per_label_value():
@@ -82,7 +85,9 @@ def test_region_stats_count_pixels_and_sum_scores_per_label_value():
 
 def oracle_card(slide, tile, overlap):
     names = [n for n, _ in CLASSES]
-    return ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap)
+    return ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 16.0, slide.channels, [0.5] * 3, [0.2] * 3, tile, overlap
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +123,9 @@ def test_finer_levels_written_beside_the_model_equal_nearest_upsampling(odd_slid
     assert 0 < by_stitcher < len(blocks)  # both ways are exercised
     build_pyramid(layer)
     level1 = np.asarray(layer.array(1)[:])
-    rows, cols = pyramid.source_index((slice(0, level0.shape[0]), slice(0, level0.shape[1])), level1.shape,
-                                      level0.shape)
+    rows, cols = pyramid.source_index(
+        (slice(0, level0.shape[0]), slice(0, level0.shape[1])), level1.shape, level0.shape
+    )
     np.testing.assert_array_equal(np.asarray(level0[:]), level1[np.ix_(rows, cols)])
 
 
@@ -139,8 +145,11 @@ def test_coarser_levels_written_beside_the_model_equal_build_pyramids(odd_slide)
     beside = layers["beside"]
     for level in (1, 2):
         dst = beside.array(level)
-        blocks = [b for b in pyramid._tiled_blocks(beside, dst)  # those build_pyramid would make
-                  if beside.any_tiled(pyramid.source_ends(b, slide.yx_shape(0), dst.shape))]
+        blocks = [
+            b
+            for b in pyramid._tiled_blocks(beside, dst)  # those build_pyramid would make
+            if beside.any_tiled(pyramid.source_ends(b, slide.yx_shape(0), dst.shape))
+        ]
         assert blocks and all(pyramid._coarser_by_stitcher(beside, level, b, dst) for b in blocks)
         np.testing.assert_array_equal(beside.array(level)[:], layers["after"].array(level)[:])
     assert beside.array(2)[:].any()

@@ -7,7 +7,9 @@ from sebre_ij.tiles import resample_nearest, tile_grid
 from sebre_ij.tissue import SectionMap
 
 
-@pytest.mark.parametrize("shape, size, overlap", [((100, 130), 32, 8), ((64, 64), 64, 16), ((257, 300), 64, 0), ((20, 20), 64, 16)])
+@pytest.mark.parametrize(
+    "shape, size, overlap", [((100, 130), 32, 8), ((64, 64), 64, 16), ((257, 300), 64, 0), ((20, 20), 64, 16)]
+)
 def test_cores_partition_the_level(shape, size, overlap):
     cover = np.zeros(shape, int)
     for t in tile_grid(shape, size, overlap):
@@ -42,9 +44,17 @@ def test_a_cropped_section_map_reads_like_the_whole_one():
     whole[20:35, 30:55] = rng.integers(1, 3, (15, 25))
     full, crop = SectionMap(whole, (0, 0), whole.shape), SectionMap(whole[18:40, 25:60], (18, 25), whole.shape)
     level = (600, 800)
-    for ys, xs in [(slice(0, 600), slice(0, 800)), (slice(190, 360), slice(280, 301)), (slice(0, 150), slice(0, 250)), (slice(345, 352), slice(540, 560))]:
+    for ys, xs in [
+        (slice(0, 600), slice(0, 800)),
+        (slice(190, 360), slice(280, 301)),
+        (slice(0, 150), slice(0, 250)),
+        (slice(345, 352), slice(540, 560)),
+    ]:
         np.testing.assert_array_equal(crop.sample(ys, xs, level), full.sample(ys, xs, level))
-        np.testing.assert_array_equal(full.sample(ys, xs, level), resample_nearest(whole, whole.shape, ys.start, ys.stop, xs.start, xs.stop, level))
+        np.testing.assert_array_equal(
+            full.sample(ys, xs, level),
+            resample_nearest(whole, whole.shape, ys.start, ys.stop, xs.start, xs.stop, level),
+        )
         assert crop.touches(ys, xs, level) == full.touches(ys, xs, level)
     assert crop.count == full.count == 2
 

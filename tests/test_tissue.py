@@ -5,12 +5,11 @@ import pytest
 from scipy import ndimage
 from skimage.segmentation import expand_labels
 
-from sebre_ij.tissue import find_tissue
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import synth_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, grow, to_unit
+from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, find_tissue, grow, to_unit
 
 
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
@@ -62,7 +61,10 @@ def test_sections_on_a_mostly_glass_slide_match_the_small_slide(tmp_path):
     tiles_big = tile_grid(big.yx_shape(0), 128, 32, s_big)
     assert len(tiles_small) == len(tiles_big)
     # the same boxes, shifted
-    sizes = [[(y1 - y0, x1 - x0) for y0, y1, x0, x1 in m.boxes(s.yx_shape(0)).values()] for m, s in ((s_small, small), (s_big, big))]
+    sizes = [
+        [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in m.boxes(s.yx_shape(0)).values()]
+        for m, s in ((s_small, small), (s_big, big))
+    ]
     assert sizes[0] == sizes[1]
 
 
@@ -72,7 +74,7 @@ def test_sections_grow_as_expand_labels_grows_them(gap):
     sections come close enough to contend for the glass between them."""
     labels = np.zeros((60, 120), np.uint16)
     labels[10:50, 10:40] = 1
-    labels[20:30, 40 + gap:70] = 2
+    labels[20:30, 40 + gap : 70] = 2
     labels[45:55, 90:110] = 3
     np.testing.assert_array_equal(grow(labels, 3), expand_labels(labels, 3))
 
