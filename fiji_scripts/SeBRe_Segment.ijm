@@ -4,6 +4,7 @@
 // Interactive: asks for its parameters in a dialog. Batch (ImageJ -batch, Fiji --headless -batch):
 // takes them as the macro argument, e.g.
 //   "slide=/data/slide.zarr model=/data/model.safetensors labels=sebre sebre=/path/to/.venv/bin/sebre min_score=0.3"
+// model= is a checkpoint written by `sebre train`, or a shipped model's name (default: mouse).
 // (bracket values holding spaces: slide=[/my data/slide.zarr]). rois= sets where RoiSet.zip goes
 // (default: next to the slide). Errors print one line starting "SeBRe: error:" and stop the macro.
 
@@ -12,7 +13,7 @@ arg = getArgument();
 batch = (arg != "");
 if (batch) {
 	slide = value(arg, "slide", "");
-	model = value(arg, "model", "");
+	model = value(arg, "model", "mouse");
 	labels = value(arg, "labels", "sebre");
 	sebre = value(arg, "sebre", "sebre");
 	minScore = value(arg, "min_score", "0.3");
@@ -20,7 +21,7 @@ if (batch) {
 } else {
 	Dialog.create("SeBRe Segment");
 	Dialog.addDirectory("Slide (OME-Zarr folder)", "");
-	Dialog.addFile("Model (.safetensors)", "");
+	Dialog.addFile("Model (.safetensors, or mouse: the shipped one)", "mouse");
 	Dialog.addString("Label layer name", "sebre");
 	Dialog.addNumber("Minimum score", 0.3);
 	Dialog.addFile("sebre command", "sebre");
@@ -33,7 +34,8 @@ if (batch) {
 	rois = "";
 }
 if (endsWith(slide, "/") || endsWith(slide, "\\")) slide = substring(slide, 0, lengthOf(slide) - 1);
-if (slide == "" || model == "") fail("give slide=... and model=... (the OME-Zarr slide and the sebre checkpoint)");
+if (model == "") model = "mouse";
+if (slide == "") fail("give slide=... (the OME-Zarr slide) and model=... (a sebre checkpoint, or mouse: the shipped one)");
 if (rois == "") rois = File.getParent(slide) + File.separator + File.getNameWithoutExtension(slide) + "-" + labels + "-RoiSet.zip";
 
 if (File.exists(rois)) dummy = File.delete(rois);

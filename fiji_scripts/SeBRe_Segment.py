@@ -1,5 +1,5 @@
 #@ File (label="Slide (OME-Zarr folder)", style="directory") slide
-#@ File (label="Model (.safetensors)", style="extensions:safetensors") model
+#@ File (label="Model (.safetensors, or mouse: the shipped one)", value="mouse", required=false) model
 #@ String (label="Label layer name", value="sebre") labels
 #@ Float (label="Minimum score", value=0.3, min=0, max=1) min_score
 #@ String (label="sebre command (full path unless on PATH)", value="sebre") sebre
@@ -32,7 +32,9 @@ def error_line(output):
 slide_path = slide.getAbsolutePath().rstrip(os.sep)
 base = os.path.splitext(os.path.basename(slide_path))[0]
 rois = os.path.join(os.path.dirname(slide_path), "%s-%s-RoiSet.zip" % (base, labels))
-code, output = run_sebre([sebre, "segment", slide_path, "--model", model.getAbsolutePath(),
+# a checkpoint the user chose, or a shipped model's name (the default "mouse" is no file)
+model_arg = model.getAbsolutePath() if model is not None and model.isFile() else (model.getName() if model else "mouse")
+code, output = run_sebre([sebre, "segment", slide_path, "--model", model_arg,
                           "--labels", labels, "--rois", rois, "--min-score", str(min_score), "--overwrite"])
 if code != 0 or not os.path.isfile(rois):
     IJ.log("SeBRe: error: " + error_line(output))

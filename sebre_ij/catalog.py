@@ -15,7 +15,9 @@ from pathlib import Path
 from .errors import UserError
 from .model import ModelCard, read_card
 
-SHIPPED = Path(__file__).resolve().parent / "models" / "mouse.safetensors"
+MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED = MODELS / "mouse.safetensors"
+DEFAULT = "mouse"  # the shipped model's name: `--model mouse`, and what `segment` uses without a model
 CACHE_ENV = "SEBRE_CACHE"
 
 
@@ -35,12 +37,17 @@ class Listed:
     problem: str = ""
 
 
-def default_model() -> Path:
-    """The shipped checkpoint, which `segment` uses when no model is given."""
-    if not SHIPPED.is_file():
-        raise UserError(f"{SHIPPED}: the shipped model is missing from this install; reinstall sebre-ij, or pass "
-                        "model=FILE (a checkpoint written by `sebre train`)")
-    return SHIPPED
+def find_model(model: str | Path | None = None) -> Path:
+    """The checkpoint a user means: a file path, or the name of a shipped model ("mouse", the
+    default when none is given)."""
+    named = MODELS / f"{model or DEFAULT}.safetensors"
+    if model is None or (isinstance(model, str) and "/" not in model and not model.endswith(".safetensors")):
+        if named.is_file():
+            return named
+        if model is None or not Path(model).exists():
+            raise UserError(f"{model or DEFAULT}: no such model file or shipped model; pass model=FILE (a checkpoint "
+                            "written by `sebre train`), or a name `sebre models` lists")
+    return Path(model)
 
 
 def list_models() -> list[Listed]:

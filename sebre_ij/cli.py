@@ -168,7 +168,8 @@ def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> Non
 
 @app.command()
 def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fsspec URL."),
-            model: Path = typer.Option(..., "--model", help="Checkpoint written by `sebre train`."),
+            model: Optional[str] = typer.Option(None, "--model", help="Checkpoint written by `sebre train`, or a shipped model's "
+                                                "name (default: mouse, the shipped one; `sebre models` lists them)."),
             labels: str = typer.Option("sebre", "--labels", help="Name of the label layer to write."),
             rois: Optional[Path] = typer.Option(None, help="Write ImageJ ROIs (RoiSet.zip) here."),
             geojson: Optional[Path] = typer.Option(None, help="Write QuPath GeoJSON here."),
@@ -229,6 +230,24 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
 
 
 @app.command()
+def models():
+    """The shipped model and those in the cache folder, with their cards."""
+    from .catalog import cache_dir, list_models
+
+    table = Table("model", "where", "classes", "µm/px", "input", "architecture", "tile", "trained on")
+    for found in list_models():
+        card = found.card
+        if card is None:
+            table.add_row(found.path.stem, str(found.path), f"[red]{found.problem}[/]", "", "", "", "", "")
+            continue
+        data = card.training.get("atlas", {}).get("version") or ", ".join(Path(d).name for d in card.training.get("data", []))
+        table.add_row(found.path.stem + (" (shipped)" if found.shipped else ""), str(found.path), str(len(card.classes) - 1),
+                      f"{card.pixel_size_um:g}", card.input, card.architecture, f"{card.tile_size} px", data or "-")
+    console.print(table)
+    console.print(f"cache folder: {cache_dir()} (set SEBRE_CACHE to move it)")
+
+
+@app.command()
 def rois(slide: str = typer.Argument(..., help="OME-Zarr image with a label layer."),
          labels: str = typer.Option(..., "--labels", help="Label layer to export."),
          out: Path = typer.Option(..., "--out", help="RoiSet.zip to write."),
@@ -277,17 +296,16 @@ def evaluate(pred: str = typer.Argument(..., help="Predicted regions: slide.zarr
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo slide and results."),
-         steps: int = typer.Option(1000, help="Training steps for the demo model (cached after the first run)."),
-         retrain: bool = typer.Option(False, help="Train the demo model again even if cached.")):
-    """Make a demo slide and a model, segment the slide, export everything and score it against the truth."""
+def demo(out: Path = typer.Option(Path("sebre-demo"), help="Folder for the demo slide and results.")):
+    """Draw a demo slide from the atlas the package carries, segment it with the shipped model, export
+    everything and score it against the slide's truth."""
     from .demo import run_demo
 
-    console.print(f"sebre demo: synthetic slides in {out}/; the first run trains the demo model (about 14 minutes on 2 CPU cores)")
-    report = _run(run_demo, out, steps=steps, retrain=retrain)
+    console.print(f"sebre demo: a slide of four atlas sections in {out}/, segmented with the shipped model")
+    report = _run(run_demo, out)
     card = report["card"]
-    console.print(f"model: {card.architecture} at {card.pixel_size_um:g} µm/px, trained {card.training.get('steps')} steps in "
-                  f"{card.training.get('seconds')} s; segmented level {report['level']} ({report['tiles']} tiles) in {report['seconds']:.1f} s")
+    console.print(f"model: {card.architecture} at {card.pixel_size_um:g} µm/px ({report['model']}); segmented level "
+                  f"{report['level']} ({report['tiles']} tiles) in {report['seconds']:.1f} s")
     print_regions(report["regions"], report["dice_by_region"])
     console.print("Dice per region against truth: " + ", ".join(f"{k} {v:.3f}" for k, v in report["dice"].items() if k != "mean"))
     console.print(f"[bold]mean Dice {report['dice']['mean']:.3f}[/]")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .catalog import find_model
 from .cluster import ClusterOptions, TileJob, connect, run_tiles_on
 from .errors import UserError
 from .exports import Exports, check_roi_level, export_regions
@@ -373,12 +374,15 @@ def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, pr
 
 def segment(
     slide_url: str | Path,
-    model_path: str | Path,
+    model_path: str | Path | None = None,
     options: SegmentOptions = SegmentOptions(),
     exports: Exports = Exports(),
     cluster: ClusterOptions = ClusterOptions(),
 ) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<options.labels>/` and write the asked-for exports.
+
+    `model_path` is a checkpoint, or the name of a shipped model (catalog.py); None: the shipped
+    mouse model.
 
     1. `open_inputs`: the slide, the model, the level at the card's µm/px and the tissue, all
        checked before anything is written;
@@ -388,6 +392,7 @@ def segment(
     4. `finish`: the pyramid, then the metadata that marks the layer complete;
     5. `export_regions`: RoiSet.zip, GeoJSON, measurements and preview, as asked."""
     started = time.perf_counter()
+    model_path = find_model(model_path)
     inputs = open_inputs(slide_url, model_path, options, exports)
     slide, card, name = inputs.slide, inputs.card, options.labels
     with hold_layer(slide, name):
