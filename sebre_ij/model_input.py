@@ -25,7 +25,7 @@ from .tissue import bright_glass, find_sections, glass_colour, to_unit
 INPUT_MODES = ("channels", "luminance")
 LUMINANCE = ["luminance"]
 TISSUE_PERCENTILE = 1.0  # the tissue luminance that becomes 0
-MIN_CONTRAST = 0.05  # glass and darkest tissue are kept at least this far apart
+MIN_CONTRAST = 0.05  # glass and darkest tissue kept at least this share of the image's own range apart
 CEILING = 1.25  # luminance above the glass (bright dust, speckle) is clipped here
 
 
@@ -77,7 +77,10 @@ def input_map(mode: str, image: np.ndarray, sections: np.ndarray) -> InputMap:
     if invert:
         grey, tissue = 1.0 - grey, 1.0 - tissue
     glass = float(np.median(grey[glass_px])) if glass_px.any() else float(np.percentile(grey, 99.5))
-    low = min(float(np.percentile(tissue, TISSUE_PERCENTILE)), glass - MIN_CONTRAST)
+    # a dim fluorescence scan may span a thousandth of its dtype's range: the floor is relative to it
+    lowest, highest = np.percentile(grey, [0.5, 99.5])
+    floor = max(MIN_CONTRAST * float(highest - lowest), 1e-6)
+    low = min(float(np.percentile(tissue, TISSUE_PERCENTILE)), glass - floor)
     return InputMap(mode, colour, invert, low, glass)
 
 

@@ -41,6 +41,16 @@ def test_a_fluorescence_look_of_the_same_tissue_gives_the_same_input():
     np.testing.assert_allclose(image_input("luminance", fluorescence), image_input("luminance", image), atol=2e-3)
 
 
+def test_a_dim_scan_gives_the_input_of_a_bright_one():
+    """A 16-bit fluorescence scan whose signal fills a thousandth of the dtype's range (the CCFv3
+    template's TIFFs) is stretched as the same picture at full range."""
+    image, sections = section()
+    fluorescence = (1.0 - image.mean(axis=0, keepdims=True)).astype(np.float32)
+    dim = (fluorescence * 0.004).astype(np.float32)
+    np.testing.assert_allclose(input_map("luminance", dim, sections).apply(dim),
+                               input_map("luminance", fluorescence, sections).apply(fluorescence), atol=2e-3)
+
+
 def test_the_card_says_how_a_model_sees_a_slide():
     names = ["background", "cortex"]
     plain = ModelCard("tiny_fpn", names, [(0, 0, 0)] * 2, 50.0, list("RGB"), [0.5] * 3, [0.2] * 3)
