@@ -23,7 +23,9 @@ CACHE_ENV = "SEBRE_CACHE"
 
 def cache_dir() -> Path:
     """Where models a user trains or fetches are kept: $SEBRE_CACHE, else the user's cache folder."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sebre-ij")
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sebre-ij"
+    )
     return Path(root)
 
 
@@ -45,8 +47,10 @@ def find_model(model: str | Path | None = None) -> Path:
         if named.is_file():
             return named
         if model is None or not Path(model).exists():
-            raise UserError(f"{model or DEFAULT}: no such model file or shipped model; pass model=FILE (a checkpoint "
-                            "written by `sebre train`), or a name `sebre models` lists")
+            raise UserError(
+                f"{model or DEFAULT}: no such model file or shipped model; pass model=FILE (a checkpoint "
+                "written by `sebre train`), or a name `sebre models` lists"
+            )
     return Path(model)
 
 

@@ -33,8 +33,16 @@ from .synth import CLASSES
 DEMO_ATLAS = Path(__file__).resolve().parent / "data" / "ccf_classes_50um.npz"
 VOXEL_UM = 50.0
 # brightfield DAB on white glass, one stain, no template: the look of the GLTa sections
-LOOK = Look(fluorescence=0.0, template=0.0, synthseg=0.0, stains={"dab": 1.0}, counterstain=0.0, coarse=0.0,
-            white_glass=1.0, optical_density=(0.9, 1.4))
+LOOK = Look(
+    fluorescence=0.0,
+    template=0.0,
+    synthseg=0.0,
+    stains={"dab": 1.0},
+    counterstain=0.0,
+    coarse=0.0,
+    white_glass=1.0,
+    optical_density=(0.9, 1.4),
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,9 @@ def class_tree() -> StructureTree:
     """The 12 classes as structures of their own, for rendering from the class volume alone."""
     n = len(CLASSES)
     ids = np.arange(n)
-    return StructureTree(ids, ids.astype(np.int32), np.ones(n, np.int32), ids.astype(np.uint8), tuple(c for c, _ in CLASSES))
+    return StructureTree(
+        ids, ids.astype(np.int32), np.ones(n, np.int32), ids.astype(np.uint8), tuple(c for c, _ in CLASSES)
+    )
 
 
 def coronal(volume: np.ndarray, position: float, pixel_size: float) -> np.ndarray:
@@ -89,7 +99,8 @@ def demo_slide(path: Path, spec: DemoSlide = DemoSlide()) -> Path:
     tree = class_tree()
     for k, classes in enumerate(maps):
         y, x = (k // columns) * cell[0], (k % columns) * cell[1]
-        picture = render(classes, classes > 0, lambda: np.zeros(classes.shape), {}, tree, spec.pixel_size, LOOK, rng)
+        no_template = np.zeros(classes.shape, np.float32)  # LOOK never draws from the template
+        picture = render(classes, classes > 0, lambda t=no_template: t, {}, tree, spec.pixel_size, LOOK, rng)
         image[:, y : y + classes.shape[0], x : x + classes.shape[1]] = picture
         labels[y : y + classes.shape[0], x : x + classes.shape[1]] = classes
     if path.exists():
@@ -104,16 +115,28 @@ def run_demo(out: str | Path = "sebre-demo") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model = find_model(None)
     slide = demo_slide(out / "demo.zarr")
-    exports = Exports(rois=out / "RoiSet.zip", geojson=out / "regions.geojson", measurements=out / "measurements.csv",
-                      preview=out / "preview.png")
+    exports = Exports(
+        rois=out / "RoiSet.zip",
+        geojson=out / "regions.geojson",
+        measurements=out / "measurements.csv",
+        preview=out / "preview.png",
+    )
     result = segment(slide, model, SegmentOptions(labels="sebre", tta=True), exports)
     card = read_card(model)
     dice = compare_layers(open_slide(slide), "sebre", "truth", card.classes, result.level)
-    return {"model": str(model), "slide": str(slide), "regions": result.regions, "dice": dice, "card": card,
-            "level": result.level, "pixel_size_um": result.pixel_size_um, "tiles": result.tiles,
-            "dice_by_region": {r["name"]: dice.get(r["name"], float("nan")) for r in result.regions},
-            "outputs": {"labels": f"{slide}/labels/sebre", "model": str(model), **result.outputs},
-            "seconds": result.seconds}
+    return {
+        "model": str(model),
+        "slide": str(slide),
+        "regions": result.regions,
+        "dice": dice,
+        "card": card,
+        "level": result.level,
+        "pixel_size_um": result.pixel_size_um,
+        "tiles": result.tiles,
+        "dice_by_region": {r["name"]: dice.get(r["name"], float("nan")) for r in result.regions},
+        "outputs": {"labels": f"{slide}/labels/sebre", "model": str(model), **result.outputs},
+        "seconds": result.seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -315,17 +315,14 @@ def reopen_layer(slide: Slide, name: str, level: int) -> LabelLayer:
 
 
 def _axes_meta(slide: Slide) -> list[dict]:
-    """The layer's NGFF axes: the image's less the channel, space in micrometres."""
-    kinds = {
-        "t": ("time", None),
-        "z": ("space", "micrometer"),
-        "y": ("space", "micrometer"),
-        "x": ("space", "micrometer"),
-    }
+    """The layer's NGFF axes: the image's less the channel, space in the image's own units (its
+    scales are copied as they are), micrometres where the image names none."""
     out = []
     for a in label_axes(slide):
-        kind, unit = kinds[a]
-        out.append({"name": a, "type": kind, **({"unit": unit} if unit else {})})
+        if a == "t":
+            out.append({"name": a, "type": "time"})
+        else:
+            out.append({"name": a, "type": "space", "unit": slide.units.get(a, "micrometer")})
     return out
 
 

@@ -123,6 +123,24 @@ def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None
         )
 
 
+MAX_RESAMPLING = 16.0  # beyond this from the nearest level, a slide's pixel size is far more likely wrong than real
+
+
+def check_scale(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
+    """Refuse at once a slide whose nearest level is more than MAX_RESAMPLING times finer or coarser
+    than the model: its pixel size is almost surely misread (nanometres taken for micrometres), and
+    the run would resample the whole slide for hours."""
+    if 1 / MAX_RESAMPLING <= factor <= MAX_RESAMPLING:
+        return
+    unit = slide.units.get("x", "no unit, read as micrometer")
+    raise UserError(
+        f"{slide.url}: level 0 is {slide.pixel_size(0):.4g} µm/px by its metadata ({unit}), "
+        f"{max(factor, 1 / factor):.0f}x from the model's {card.pixel_size_um:g} µm/px at its nearest level; if that "
+        "pixel size is wrong pass pixel_size=UM (µm per pixel of level 0), else give the slide a pyramid "
+        "(bioformats2raw writes one)"
+    )
+
+
 def open_inputs(slide_url: str | Path, model_path: str | Path, options: SegmentOptions, exports: Exports) -> Inputs:
     """Step 1: the slide, the model and its level, the exports' level and every plane's tissue."""
     options.check()
@@ -133,6 +151,7 @@ def open_inputs(slide_url: str | Path, model_path: str | Path, options: SegmentO
     model, card = load_checkpoint(model_path, device, options.tile_size, options.overlap)
     check_channels(slide, card)
     level, factor = inference_level(slide, card.pixel_size_um)
+    check_scale(slide, level, factor, card)
     check_size(slide, level, factor, card)
     check_roi_level(slide, exports.roi_level)
     planes = find_tissue(slide)

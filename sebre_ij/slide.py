@@ -10,7 +10,7 @@ import itertools
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,44 @@ from .errors import UserError
 from .ngff import VERSIONS, NgffFormat, ngff_format, ome_attrs
 
 SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
+# µm per unit of every length NGFF names for a space axis, and the spellings other writers use
+LENGTH_UM = {
+    "yoctometer": 1e-18,
+    "zeptometer": 1e-15,
+    "attometer": 1e-12,
+    "femtometer": 1e-9,
+    "picometer": 1e-6,
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "decimeter": 1e5,
+    "meter": 1e6,
+    "hectometer": 1e8,
+    "kilometer": 1e9,
+    "megameter": 1e12,
+    "gigameter": 1e15,
+    "terameter": 1e18,
+    "petameter": 1e21,
+    "exameter": 1e24,
+    "parsec": 3.0856775814913673e22,
+    "zettameter": 1e27,
+    "yottameter": 1e30,
+    "inch": 25400.0,
+    "foot": 304800.0,
+    "yard": 914400.0,
+    "mile": 1609344000.0,
+    "nm": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +80,8 @@ class Slide:
     levels: list[Level]
     channels: list[str]
     name: str = ""
-    um_per_unit: float = 1.0  # µm per stored scale unit: 1 unless --pixel-size corrected the metadata
+    um_per_unit: float = 1.0  # µm per stored scale unit: the x axis's unit, or what pixel_size= says
+    units: dict[str, str] = field(default_factory=dict)  # the space axes' units as stored (labels copy them)
 
     @property
     def zarr_format(self) -> int:
@@ -242,6 +281,28 @@ def _axes(url: str, ms: dict) -> str:
     return axes
 
 
+def _units(url: str, ms: dict) -> dict[str, str]:
+    """The stored unit of each space axis that names one."""
+    found = {}
+    for axis in ms.get("axes", []):
+        if isinstance(axis, dict) and axis.get("name") in ("z", "y", "x") and isinstance(axis.get("unit"), str):
+            found[axis["name"]] = axis["unit"]
+    return found
+
+
+def _um_per_unit(url: str, units: dict[str, str]) -> float:
+    """µm per unit of the x axis (micrometres when it names none, as most writers mean)."""
+    unit = units.get("x")
+    if unit is None:
+        return 1.0
+    if unit.strip().lower() not in LENGTH_UM and unit.strip() not in LENGTH_UM:
+        raise UserError(
+            f"{url}: axis x has unit {unit!r}, not a length NGFF names (micrometer, nanometer, millimeter, "
+            "...); fix the metadata, or pass pixel_size=UM (µm per pixel of level 0)"
+        )
+    return LENGTH_UM.get(unit.strip(), LENGTH_UM.get(unit.strip().lower()))
+
+
 def _stored_transforms(url: str, path: str, ds: dict) -> list[dict]:
     transforms = ds.get("coordinateTransformations", [])
     if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
@@ -356,8 +417,10 @@ def _channels(attrs: dict, axes: str, levels: list[Level]) -> list[str]:
 def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     """Read the metadata of an OME-Zarr image; pixel data stays on disk until asked for.
 
-    `pixel_size` (µm/px of level 0) replaces what the metadata says, for slides whose scale is
-    missing or wrong (a TIFF converted without it says 1); the coarser levels keep their ratios."""
+    Scales are read in their axis's unit (nanometres to millimetres, as NGFF names them) and
+    turned into µm. `pixel_size` (µm/px of level 0) replaces what the metadata says, for slides
+    whose scale is missing or wrong (a TIFF converted without it says 1); the coarser levels keep
+    their ratios."""
     url = str(url)
     group = _open_group(url)
     attrs = ome_attrs(group)
@@ -366,13 +429,22 @@ def open_slide(url: str | Path, pixel_size: float | None = None) -> Slide:
     axes = _axes(url, ms)
     levels = read_levels(url, group, ms, axes)
     name = ms.get("name")
+    units = _units(url, ms)
     slide = Slide(
-        url, group, version, axes, levels, _channels(attrs, axes, levels), name if isinstance(name, str) else ""
+        url,
+        group,
+        version,
+        axes,
+        levels,
+        _channels(attrs, axes, levels),
+        name if isinstance(name, str) else "",
+        1.0 if pixel_size is not None else _um_per_unit(url, units),
+        units,
     )
     if pixel_size is not None:
         if not math.isfinite(pixel_size) or pixel_size <= 0:
-            raise UserError(f"{url}: --pixel-size {pixel_size} is not a positive number of µm per pixel")
-        slide.um_per_unit = pixel_size / slide.pixel_size(0)
+            raise UserError(f"{url}: pixel_size={pixel_size} is not a positive number of µm per pixel")
+        slide.um_per_unit = pixel_size / levels[0].scale[axes.index("x")]
     return slide
 
 

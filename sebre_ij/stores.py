@@ -16,6 +16,7 @@ from ome_zarr.scale import Methods
 from ome_zarr.writer import write_image, write_labels
 
 from .ngff import VERSIONS, ngff_format, ome_attrs
+from .slide import LENGTH_UM
 from .synth import CLASSES, synth_slide
 
 
@@ -28,6 +29,7 @@ def write_slide(
     ngff: str = "0.4",
     chunk: int = 256,
     levels: int | None = None,
+    unit: str = "micrometer",
 ) -> None:
     """Write a multiscale OME-Zarr image (c, y, x) with the label layer ``labels/truth``.
 
@@ -45,6 +47,8 @@ def write_slide(
         Chunk side in y and x; image chunks hold all three channels.
     levels : int, optional
         Number of levels; default halves until the smaller side is <= 256.
+    unit : str
+        The space axes' unit; the scales are `pixel_size` in it (a length NGFF names).
     """
     path = os.fspath(path)
     if os.path.exists(path):
@@ -56,8 +60,9 @@ def write_slide(
     if levels is None:
         levels = _auto_levels(labels.shape)
     factors = [2**i for i in range(1, levels)]
-    units = {"y": "micrometer", "x": "micrometer"}
-    scale = {"y": float(pixel_size), "x": float(pixel_size)}
+    units = {"y": unit, "x": unit}
+    size = float(pixel_size) / LENGTH_UM[unit]
+    scale = {"y": size, "x": size}
     group = zarr.open_group(path, mode="w-", zarr_format=store_format.zarr_format)
     write_image(
         image,

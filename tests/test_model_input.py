@@ -47,8 +47,11 @@ def test_a_dim_scan_gives_the_input_of_a_bright_one():
     image, sections = section()
     fluorescence = (1.0 - image.mean(axis=0, keepdims=True)).astype(np.float32)
     dim = (fluorescence * 0.004).astype(np.float32)
-    np.testing.assert_allclose(input_map("luminance", dim, sections).apply(dim),
-                               input_map("luminance", fluorescence, sections).apply(fluorescence), atol=2e-3)
+    np.testing.assert_allclose(
+        input_map("luminance", dim, sections).apply(dim),
+        input_map("luminance", fluorescence, sections).apply(fluorescence),
+        atol=2e-3,
+    )
 
 
 def test_the_card_says_how_a_model_sees_a_slide():

@@ -98,3 +98,51 @@ def test_a_luminance_model_segments_a_slide_of_any_channels(slide_and_models, tm
     assert "sebre" in open_slide(store).label_names()
     values = np.array([r["label-value"] for r in result.regions])
     assert (values // 100 == [r["section"] for r in result.regions]).all()
+
+
+def label_chunks(store, name):
+    """Every chunk file of a label layer's arrays (not its metadata), by path."""
+    root = store / "labels" / name
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith((".z", "zarr.json"))
+    }
+
+
+def test_slides_in_nanometres_and_millimetres_give_the_labels_of_micrometres(slide_and_models, tmp_path):
+    from sebre_ij.stores import write_slide
+    from sebre_ij.synth import synth_slide
+
+    image, truth = synth_slide(2, (1024, 1536), 8.0, seed=5)
+    found = {}
+    for unit in ("micrometer", "nanometer", "millimeter"):
+        store = tmp_path / f"{unit}.zarr"
+        write_slide(store, image, truth, 8.0, unit=unit)
+        assert open_slide(store).pixel_size(0) == pytest.approx(8.0)
+        segment(store, slide_and_models / "rgb.safetensors", SegmentOptions(min_score=0.0, progress=False))
+        found[unit] = label_chunks(store, "sebre")
+        axes = open_slide(store).group["labels/sebre"].attrs["multiscales"][0]["axes"]
+        assert [a.get("unit") for a in axes] == [unit, unit]  # the layer's scales are the image's, in its unit
+    assert len(found["micrometer"]) > 4
+    assert found["nanometer"] == found["micrometer"] == found["millimeter"]
+
+
+def test_an_absurd_pixel_size_is_refused_at_once_naming_what_was_found(slide_and_models, tmp_path):
+    """Nanometres written as micrometres: 8000 µm/px for 8 µm/px, 500x the model's; refused in
+    seconds before anything is written, with pixel_size= as the fix."""
+    import time
+
+    from sebre_ij.stores import write_slide
+    from sebre_ij.synth import synth_slide
+
+    image, truth = synth_slide(2, (1024, 1536), 8.0, seed=5)
+    store = tmp_path / "wrong.zarr"
+    write_slide(store, image, truth, 8000.0)
+    before = files(store)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"level 0 is 8000 µm/px by its metadata \(micrometer\), 500x .*pixel_size=UM"):
+        segment(store, slide_and_models / "rgb.safetensors", SegmentOptions(progress=False))
+    assert time.perf_counter() - started < 10 and files(store) == before
+    result = segment(store, slide_and_models / "rgb.safetensors", SegmentOptions(pixel_size=8.0, progress=False))
+    assert result.tiles > 4

@@ -126,3 +126,31 @@ def test_chunk_cache_reads_the_same_windows_decoding_chunks_about_once_while_the
         capacity == 1000
     ):  # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
         assert counting.chunks_read <= 2 * 35
+
+
+def test_scales_are_read_in_their_axis_unit(tmp_path):
+    from sebre_ij.stores import write_slide
+    from sebre_ij.synth import synth_slide
+
+    image, truth = synth_slide(1, (256, 256), 2.0, seed=1)
+    for unit, scale in (("nanometer", 2000.0), ("millimeter", 0.002), ("micrometer", 2.0)):
+        write_slide(tmp_path / f"{unit}.zarr", image, truth, 2.0, unit=unit, levels=2)
+        slide = open_slide(tmp_path / f"{unit}.zarr")
+        assert slide.levels[0].scale[-1] == pytest.approx(scale) and slide.units["x"] == unit
+        assert slide.pixel_size(0) == pytest.approx(2.0) and slide.pixel_size(1) == pytest.approx(4.0)
+    assert open_slide(tmp_path / "nanometer.zarr", pixel_size=5.0).pixel_size(1) == pytest.approx(10.0)
+
+
+def test_a_unit_that_is_no_length_is_refused(tmp_path):
+    from sebre_ij.stores import write_slide
+    from sebre_ij.synth import synth_slide
+
+    image, truth = synth_slide(1, (256, 256), 2.0, seed=1)
+    store = tmp_path / "furlong.zarr"
+    write_slide(store, image, truth, 2.0, levels=1)
+    attrs = dict(zarr.open_group(str(store), mode="r+").attrs)
+    attrs["multiscales"][0]["axes"][-1]["unit"] = "furlong"
+    zarr.open_group(str(store), mode="r+").attrs.update(attrs)
+    with pytest.raises(UserError, match=r"axis x has unit 'furlong', not a length NGFF names.*pixel_size=UM"):
+        open_slide(store)
+    assert open_slide(store, pixel_size=2.0).pixel_size(0) == pytest.approx(2.0)
