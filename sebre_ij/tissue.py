@@ -18,6 +18,9 @@ from .slide import Slide
 
 COARSE_MAX_SIDE = 1024  # the tissue level is the finest whose long side is at most this
 MARGIN_PX = 3  # sections are grown by this into the glass, at the level they are found on
+EXTREME = 0.01  # percentile of the picture's range ends, so a sliver of tissue still reaches one end
+GLASS_END = 0.25  # glass lies in this lowest share of a picture's range (tissue bright on dark)
+MIN_STEP = 0.1  # tissue lies at least this share of the range above the glass
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
@@ -57,9 +60,12 @@ def of_section(labels: np.ndarray, section: int) -> np.ndarray:
 
 def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarray:
     """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence;
-    `brightfield` is decided from the image itself unless given (a crop may be mostly tissue)."""
+    `brightfield` is decided from the image itself unless given (a crop may be mostly tissue).
+
+    The picture is stretched between its 0.01th and 99.99th percentiles, so that tissue covering a
+    ten-thousandth of it still reaches the end of the range, then thresholded (`tissue_threshold`)."""
     grey = _grey(image)
-    lo, hi = np.percentile(grey, [0.5, 99.5])
+    lo, hi = np.percentile(grey, [EXTREME, 100 - EXTREME])
     bright = _bright(grey, lo, hi) if brightfield is None else brightfield
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
     if bright:
@@ -67,11 +73,35 @@ def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarra
     grey = ndi.gaussian_filter(grey, sigma=2, mode="nearest", truncate=4.0)
     if grey.max() - grey.min() < 0.05:
         return np.zeros(grey.shape, bool)
-    mask = grey > filters.threshold_otsu(grey)
-    mask = ndi.binary_closing(np.pad(mask, 3, mode="edge"), morphology.disk(3))[
-        3:-3, 3:-3
-    ]  # edge padding: as skimage's closing
+    mask = grey > tissue_threshold(grey)
+    mask = ndi.binary_closing(np.pad(mask, 3, mode="edge"), morphology.disk(3))[3:-3, 3:-3]  # as skimage's closing
     return fill_holes(mask)
+
+
+def tissue_threshold(grey: np.ndarray) -> float:
+    """The level above which a picture in [0, 1], tissue bright on dark glass, is tissue.
+
+    Notes
+    -----
+    Otsu's threshold, moved where it would split one class. Glass is one narrow peak of the
+    histogram: where that peak lies in the lowest GLASS_END of the range, the threshold is at least
+    6 robust sds of the glass (measured on the peak's dark side, where no tissue is) and MIN_STEP
+    above it, so that a sliver of tissue on a whole slide of glass does not make Otsu split the
+    glass's own noise. Where tissue fills most of the picture (its median above GLASS_END), the
+    threshold is at most 30 % of the way from the glass (the 0.5th percentile) to that median, so
+    that Otsu does not split the tissue into light and dark."""
+    threshold = float(filters.threshold_otsu(grey))
+    counts, edges = np.histogram(grey, bins=256, range=(0.0, 1.0))
+    peak = float(edges[np.argmax(counts)] + 0.5 / 256)
+    if peak < GLASS_END:
+        below = grey[grey <= peak]
+        spread = 1.4826 * float(np.median(peak - below)) if below.size else 0.0
+        threshold = max(threshold, peak + max(6 * spread, MIN_STEP))
+    median = float(np.median(grey))
+    if median > GLASS_END:
+        glass = float(np.percentile(grey, 0.5))
+        threshold = min(threshold, glass + 0.3 * (median - glass))
+    return threshold
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from sebre_ij.slide import open_slide
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import synth_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, find_tissue, grow, to_unit
+from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, find_tissue, grow, tissue_mask, to_unit
 
 
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
@@ -94,3 +94,58 @@ def test_growing_and_hole_filling_equal_skimage_and_scipy_on_random_masks():
                 np.testing.assert_array_equal(grow(labels, margin), expand_labels(labels, margin))
                 paths.add(_boxes_meet(labels, margin))
     assert paths == {True, False}
+
+
+def glass_with_a_sliver_of_tissue(share: float, fluorescence: bool, seed: int = 0):
+    """A picture of noisy, unevenly lit glass holding one small section that covers `share` of it,
+    and its true tissue mask; bright glass, or dark glass (fluorescence: the picture inverted)."""
+    rng = np.random.default_rng(seed)
+    image, truth = synth_slide(1, (768, 1024), 8.0, seed=4)
+    ys, xs = np.nonzero(truth)
+    crop, tissue = (
+        image[:, ys.min() : ys.max() + 1 : 6, xs.min() : xs.max() + 1 : 6],
+        truth[ys.min() : ys.max() + 1 : 6, xs.min() : xs.max() + 1 : 6] > 0,
+    )
+    side = int(np.sqrt(tissue.sum() / share))
+    light = 60 * ndimage.gaussian_filter(rng.normal(0, 1, (side, side)).astype(np.float32), 60)
+    glass = np.array([235.0, 232.0, 228.0], np.float32)[:, None, None] + rng.normal(0, 2.5, (3, side, side)) + light
+    picture = np.clip(glass, 0, 255).astype(np.uint8)
+    y, x = side // 3, side // 2
+    picture[:, y : y + tissue.shape[0], x : x + tissue.shape[1]][:, tissue] = crop[:, tissue]
+    mask = np.zeros((side, side), bool)
+    mask[y : y + tissue.shape[0], x : x + tissue.shape[1]] = tissue
+    return (255 - picture if fluorescence else picture), mask
+
+
+@pytest.mark.parametrize("share", [0.0005, 0.002])
+@pytest.mark.parametrize("fluorescence", [False, True])
+def test_a_section_covering_a_sliver_of_the_glass_is_found(share, fluorescence):
+    picture, truth = glass_with_a_sliver_of_tissue(share, fluorescence)
+    assert truth.mean() == pytest.approx(share, rel=0.05)
+    sections = find_sections(picture)
+    assert sections.max() == 1
+    found = sections > 0
+    assert (found & truth).sum() > 0.95 * truth.sum() and found.sum() < 2 * truth.sum()
+
+
+@pytest.mark.parametrize("fluorescence", [False, True])
+def test_a_picture_that_is_nearly_all_tissue_is_all_tissue(fluorescence):
+    """A crop inside a section, 98 % tissue: Otsu alone would split the tissue into light and dark."""
+    image, truth = synth_slide(1, (1024, 1400), 8.0, seed=4)
+    ys, xs = np.nonzero(truth)
+    cy, cx = int(ys.mean()), int(xs.mean())
+    crop, tissue = (
+        image[:, cy - 200 : cy + 200, cx - 260 : cx + 260],
+        truth[cy - 200 : cy + 200, cx - 260 : cx + 260] > 0,
+    )
+    assert tissue.mean() > 0.95
+    found = tissue_mask(255 - crop if fluorescence else crop, brightfield=not fluorescence)
+    assert 2 * (found & tissue).sum() / (found.sum() + tissue.sum()) > 0.98
+
+
+def test_a_sliver_of_tissue_on_a_whole_sparse_slide_is_one_section(tmp_path):
+    """0.04 % of a slide stored sparsely (the glass zarr's fill value), found on the slide itself."""
+    image, truth = synth_slide(1, (768, 1024), 8.0, seed=4)
+    write_sparse_slide(tmp_path / "s.zarr", image, 32, 8.0)
+    (plane,) = find_tissue(open_slide(tmp_path / "s.zarr"))
+    assert plane.sections.count == 1
