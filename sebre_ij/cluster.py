@@ -172,6 +172,7 @@ class TileJob:
     batch_size: int
     min_score: float
     tta: bool
+    instances: bool  # run the RPN and RoI heads (else the semantic branch alone gives the class maps)
     threads: dict[str, int]
 
 
@@ -206,7 +207,15 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
     tiles = list(job.plane.tiles[start:stop])
     writer, results, out = ChunkWriter(layer, job.plane, start, stop, lock=chunk_lock), [], []
     predicted = predict_tiles(
-        model, card, tiles, read, device=dev, batch_size=job.batch_size, min_score=job.min_score, flips=job.tta
+        model,
+        card,
+        tiles,
+        read,
+        device=dev,
+        batch_size=job.batch_size,
+        min_score=job.min_score,
+        flips=job.tta,
+        instances=job.instances,
     )
     for i, result in enumerate(predicted, start=1):
         results.append(result)

@@ -183,9 +183,18 @@ def predict_image(
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
     read = tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0)
-    for tile, classes, _ in predict_tiles(
-        model, card, tiles, read, device=device, batch_size=batch_size, min_score=min_score, flips=flips
-    ):
+    predicted = predict_tiles(
+        model,
+        card,
+        tiles,
+        read,
+        device=device,
+        batch_size=batch_size,
+        min_score=min_score,
+        flips=flips,
+        instances=not card.semantic,
+    )
+    for tile, classes, _ in predicted:
         ys, xs = tile.core
         own = tile.owns(sections[ys, xs])
         out[ys, xs][own] = classes[ys.start - tile.y : ys.stop - tile.y, xs.start - tile.x : xs.stop - tile.x][own]
@@ -247,11 +256,14 @@ def predict_tiles(
     batch_size: int = 4,
     min_score: float = 0.3,
     flips: bool = False,
+    instances: bool = True,
 ) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
     """Yield (tile, classes, scores) for every tile. Beside the model's work on batch i, threads read
     batch i+1 and turn batch i-1's instances into class maps, so the model waits for neither.
 
-    With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged."""
+    With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged.
+    Without `instances`, a model whose semantic branch gives the class maps runs that branch alone
+    (the same maps, without the RPN and RoI heads' work)."""
     batches = list(batched(tiles, batch_size))
     precision = amp_dtype(device)
     dims = FLIPS if flips else FLIPS[:1]
@@ -272,7 +284,7 @@ def predict_tiles(
             tensors = [_to_device(im, device) for im in images]
             views = [t.flip(d) if d else t for d in dims for t in tensors]
             with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                outputs = run_model(model, views, paste_masks=paste)
+                outputs = run_model(model, views, paste_masks=paste, instances=instances)
             if maps is not None:
                 yield from maps.result()
             maps = pool.submit(_class_maps, batch, outputs, dims, len(card.classes), min_score)
@@ -280,11 +292,14 @@ def predict_tiles(
             yield from maps.result()
 
 
-def run_model(model: torch.nn.Module, images: list[torch.Tensor], *, paste_masks: bool) -> list[dict]:
+def run_model(
+    model: torch.nn.Module, images: list[torch.Tensor], *, paste_masks: bool, instances: bool = True
+) -> list[dict]:
     """A batch through the model: a Mask R-CNN of model.py by `detect` (its masks left in their
-    boxes unless `paste_masks`), any other detector as it is called."""
+    boxes unless `paste_masks`; its semantic branch alone without `instances`), any other detector
+    as it is called."""
     if isinstance(model, MaskRCNN):
-        return detect(model, images, paste_masks=paste_masks)
+        return detect(model, images, paste_masks=paste_masks, instances=instances)
     return model(images)
 
 

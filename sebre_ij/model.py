@@ -208,18 +208,26 @@ class RegionMaskRCNN(MaskRCNN):
         return nn.functional.interpolate(self.semantic(features), size=size, mode="bilinear", align_corners=False)
 
 
-def detect(model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = True) -> list[dict]:
+def detect(model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = True,
+           instances: bool = True) -> list[dict]:
     """A Mask R-CNN's outputs on a batch in evaluation mode: boxes, labels, scores and masks as
     torchvision gives them, and with a semantic branch "semantic", (classes, H, W) probabilities.
 
     Without `paste_masks` each instance keeps the mask its mask head made ("box_masks",
     (N, 1, M, M)) instead of torchvision pasting it into a canvas the size of the image, one
-    instance at a time: the caller resizes it into its box alone (infer.instance_map).
+    instance at a time: the caller resizes it into its box alone (infer.instance_map). Without
+    `instances` a model with a semantic branch runs its backbone, FPN and that branch only, and
+    each output holds "semantic" alone.
 
-    Notes: with `paste_masks` this equals `model(images)` of torchvision's GeneralizedRCNN in eval mode."""
+    Notes: with `paste_masks` and `instances` this equals `model(images)` of torchvision's
+    GeneralizedRCNN in eval mode; the "semantic" maps are the same either way."""
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     batch, _ = model.transform(images)
     features = model.backbone(batch.tensors)
+    if not instances and isinstance(model, RegionMaskRCNN):
+        detections = [{} for _ in images]
+        _add_semantic(model, features, batch, original_sizes, detections)
+        return detections
     proposals, _ = model.rpn(batch, features)
     detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
     boxed = [None if paste_masks else d.pop("masks", None) for d in detections]
@@ -228,13 +236,18 @@ def detect(model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = T
         if masks is not None:
             d["box_masks"] = masks
     if isinstance(model, RegionMaskRCNN):
-        logits = model.semantic_logits(features, batch.tensors.shape[-2:])
-        for d, lg, (h, w), size in zip(detections, logits, batch.image_sizes, original_sizes):
-            lg = lg[:, :h, :w]
-            if (h, w) != size:
-                lg = nn.functional.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0]
-            d["semantic"] = lg.softmax(0)
+        _add_semantic(model, features, batch, original_sizes, detections)
     return detections
+
+
+def _add_semantic(model: RegionMaskRCNN, features: dict, batch, original_sizes: list, detections: list[dict]) -> None:
+    """Each output's "semantic": the branch's class probabilities at its image's own size."""
+    logits = model.semantic_logits(features, batch.tensors.shape[-2:])
+    for d, lg, (h, w), size in zip(detections, logits, batch.image_sizes, original_sizes):
+        lg = lg[:, :h, :w]
+        if (h, w) != size:
+            lg = nn.functional.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0]
+        d["semantic"] = lg.softmax(0)
 
 
 def build_model(card: ModelCard) -> MaskRCNN:

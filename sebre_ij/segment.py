@@ -322,6 +322,12 @@ def run_tiles(
     return TileRun(stats, n_tiles, n_sections)
 
 
+def runs_instances(card: ModelCard, options: SegmentOptions) -> bool:
+    """Does the run need the network's instances? Not where its semantic branch gives the class
+    maps of region mode: then the backbone, the FPN and that branch alone run."""
+    return options.mode == "instance" or not card.semantic
+
+
 def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -> TileRun:
     """Step 3 in this process, with the model."""
     predict = functools.partial(
@@ -332,6 +338,7 @@ def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -
         batch_size=inputs.batch_size,
         min_score=options.min_score,
         flips=options.tta,
+        instances=runs_instances(inputs.card, options),
     )
     return run_tiles(
         inputs.slide, layer, inputs.card, predict, inputs.batch_size, options.progress, inputs.planes, inputs.factor
@@ -360,6 +367,7 @@ def run_tiles_on_cluster(
             batch_size=inputs.batch_size,
             min_score=options.min_score,
             tta=options.tta,
+            instances=runs_instances(inputs.card, options),
             threads=threads,
         )
 

@@ -139,3 +139,32 @@ def test_predict_tiles_gives_the_class_maps_of_the_models_usual_outputs():
         assert tile == t and classes.any()
         np.testing.assert_array_equal(classes, want[0])
         np.testing.assert_array_equal(scores, want[1])
+
+
+def test_the_semantic_branch_alone_gives_the_class_maps_the_whole_network_gives():
+    """Region mode with a semantic branch runs the backbone, the FPN and that branch only: the same
+    class maps and scores, without the RPN and RoI heads (they are not even called)."""
+    names = [n for n, _ in CLASSES]
+    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 8.0, list("RGB"), [0.8] * 3, [0.2] * 3, 96, 16,
+                     semantic=True)
+    model = random_model(card).eval()
+    tiles = tile_grid((200, 200), 96, 16)
+    rng = np.random.default_rng(5)
+    images = [rng.random((3, 96, 96), dtype=np.float32) for _ in tiles]
+
+    def run(**kwargs):
+        read = lambda t: images[tiles.index(t)]  # noqa: E731
+        return list(predict_tiles(model, card, tiles, read, device=torch.device("cpu"), batch_size=2, **kwargs))
+
+    whole = run()
+    calls = []
+    model.rpn.register_forward_hook(lambda *a: calls.append("rpn"))
+    alone = run(instances=False)
+    assert not calls and len(alone) == len(whole) == len(tiles)
+    for (t1, c1, s1), (t2, c2, s2) in zip(whole, alone):
+        assert t1 == t2 and c1.any()
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_array_equal(s1, s2)
+    with torch.inference_mode():
+        (out,) = detect(model, [torch.from_numpy(images[0])], instances=False)
+    assert set(out) == {"semantic"}
