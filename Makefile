@@ -20,12 +20,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sebre demo
 
-# ImageJ 1.x, Xvfb and a JRE for the tests that cross into Java (installed from Debian when root).
+# ImageJ 1.x, Xvfb and a JRE for the tests that cross into Java, and the libraries Qt needs to draw
+# napari on Xvfb (installed from Debian when root).
+DEBS := imagej xvfb default-jre-headless libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
+	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libgl1 libegl1 libfontconfig1 libdbus-1-3
 test-deps:
-	@if [ ! -e /usr/share/java/ij.jar ] || ! command -v xvfb-run >/dev/null || ! command -v java >/dev/null; then \
+	@if ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej xvfb default-jre-headless >/dev/null; \
-	  else echo "note: install ImageJ 1.x (ij.jar), xvfb and a JRE for the ImageJ tests (apt-get install imagej xvfb)"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
+	  else echo "note: install $(DEBS) for the ImageJ and napari tests (apt-get install ...)"; fi; \
 	fi
 
 # Lint and format checks first: they take seconds, and CI fails on them as on a test.

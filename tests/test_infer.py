@@ -145,8 +145,9 @@ def test_the_semantic_branch_alone_gives_the_class_maps_the_whole_network_gives(
     """Region mode with a semantic branch runs the backbone, the FPN and that branch only: the same
     class maps and scores, without the RPN and RoI heads (they are not even called)."""
     names = [n for n, _ in CLASSES]
-    card = ModelCard("tiny_fpn", names, [c for _, c in CLASSES], 8.0, list("RGB"), [0.8] * 3, [0.2] * 3, 96, 16,
-                     semantic=True)
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 8.0, list("RGB"), [0.8] * 3, [0.2] * 3, 96, 16, semantic=True
+    )
     model = random_model(card).eval()
     tiles = tile_grid((200, 200), 96, 16)
     rng = np.random.default_rng(5)
