@@ -26,7 +26,8 @@ for data, kwargs, kind in napari_get_reader(store)():
     getattr(viewer, f"add_{kind}")(data, **kwargs)
 found = []
 for layer in viewer.layers:
-    entry = {"name": layer.name, "kind": type(layer).__name__.lower(), "levels": len(layer.data) if layer.multiscale else 1}
+    levels = len(layer.data) if layer.multiscale else 1
+    entry = {"name": layer.name, "kind": type(layer).__name__.lower(), "levels": levels}
     if entry["kind"] == "labels":
         layer.visible = True
         entry["features"] = {k: [v if isinstance(v, (int, float, str)) else str(v) for v in layer.features[k]]
