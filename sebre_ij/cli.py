@@ -6,9 +6,13 @@ flags a command-line user types (`--overwrite`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +21,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Brain-region segmentation of OME-Zarr slides (SeBRe's Mask R-CNN), with results for Fiji, napari and QuPath.")
@@ -73,6 +77,27 @@ def _run(fn, *args, **kwargs):
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"sebre: error: {as_flags(message)}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM (SLURM's preemption, scancel) and SIGINT (Ctrl-C) ask the run to stop after the batch
+    it is storing; a second signal stops at once. The previous handlers come back after."""
+    stop = threading.Event()
+
+    def ask(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.signum = signum
+        stop.set()
+
+    wanted = (signal.SIGTERM, signal.SIGINT)
+    before = {s: signal.signal(s, ask) for s in wanted}
+    try:
+        yield stop
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _positive_int(text: str, flag: str) -> int:
@@ -212,8 +237,12 @@ def segment(slide: str = typer.Argument(..., help="OME-Zarr image: a path or fss
                       roi_level=roi_level, roi_tolerance=roi_tolerance)
     where = ClusterOptions(workers=workers, scheduler=scheduler, cluster=cluster, queue=queue, cores=cores, memory=memory,
                            gpus=gpus, jobs=jobs, walltime=walltime)
-    with kept_heap():  # this process runs the model: keep the mask head's big blocks mapped between calls
-        result = _run(run_segment, slide, model, options, exports, where)
+    with kept_heap(), stop_on_signals() as stop:  # the mask head's big blocks stay mapped between calls
+        try:
+            result = _run(run_segment, slide, model, options, exports, where, stop)
+        except Stopped as exc:
+            print(f"sebre: {exc}", file=sys.stderr)
+            raise typer.Exit(128 + stop.signum) from None
     console.print(f"{result.slide}: labels/{result.labels} from level {result.level} at {result.pixel_size_um:.3g} µm/px, "
                   f"{result.sections} sections, {result.tiles} tiles in batches of {result.batch_size}, {result.seconds:.1f} s")
     if result.resumed_tiles:

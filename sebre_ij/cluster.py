@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import dask
 import torch
 
-from .errors import UserError
+from .errors import Stopped, UserError
 from .infer import predict_tiles, tile_reader
 from .layer import reopen_layer
 from .model import load_checkpoint, pick_device
@@ -233,19 +234,29 @@ def task_batches(n_batches: int, n_workers: int) -> int:
 
 
 def run_tiles_on(
-    client, spec: ClusterOptions, layer, job_of, planes: list, tiles_of, batch_size: int, bar=None
+    client,
+    spec: ClusterOptions,
+    layer,
+    job_of,
+    planes: list,
+    tiles_of,
+    batch_size: int,
+    bar=None,
+    stop: threading.Event | None = None,
 ) -> TileRun:
     """On the client: submit every plane's unfinished batches as tasks, merge their region stats in
-    batch order and save progress as the longest finished prefix."""
+    batch order and save progress as the longest finished prefix. Once `stop` is set the tasks not
+    yet finished are cancelled and `Stopped` is raised with the progress saved."""
     from distributed import as_completed
 
     stats = RegionStats.from_dict(layer.progress.get("stats", {}))
     threads = torch_threads(client, spec.threads)
     n_workers = max(1, len(threads))
-    n_tiles = n_sections = 0
-    for z, tissue in enumerate(planes):
+    n_sections = 0
+    tiled = [tiles_of(z, tissue.sections) for z, tissue in enumerate(planes)]
+    total = sum(len(plane.tiles) for plane in tiled)
+    for z, (tissue, plane) in enumerate(zip(planes, tiled)):
         n_sections = max(n_sections, tissue.sections.count)
-        plane = tiles_of(z, tissue.sections)
         tiles = plane.tiles
         done = layer.done(z)
         first = done * batch_size
@@ -260,6 +271,10 @@ def run_tiles_on(
         task = bar.add_task("tiles", total=len(tiles), completed=done * batch_size, rate=0.0) if bar else None
         next_task, ran, start = 0, 0, time.perf_counter()
         for future in as_completed(futures):
+            if stop is not None and stop.is_set():
+                client.cancel(list(futures))
+                done_tiles = sum(min(layer.done(p.z) * batch_size, len(p.tiles)) for p in tiled)
+                raise Stopped(done_tiles, total)
             finished[futures[future]] = future.result()
             ran += min(per_task, todo - futures[future] * per_task)
             if bar:
@@ -270,5 +285,4 @@ def run_tiles_on(
                     done += 1
                 next_task += 1
                 layer.save_progress(z, done, stats.to_dict())
-        n_tiles += len(tiles)
-    return TileRun(stats, n_tiles, n_sections)
+    return TileRun(stats, total, n_sections)

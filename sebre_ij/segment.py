@@ -8,11 +8,14 @@ pyramid and the metadata that marks the layer complete follow, and last the expo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .catalog import find_model
 from .cluster import ClusterOptions, TileJob, connect, run_tiles_on
-from .errors import UserError
+from .errors import Stopped, UserError
 from .exports import Exports, check_roi_level, export_regions
 from .infer import auto_batch_size, predict_tiles, tile_reader
 from .instances import number_instances
@@ -277,6 +280,7 @@ def run_tiles(
     progress: bool = False,
     planes: list[PlaneTissue] | None = None,
     factor: float = 1.0,
+    stop: threading.Event | None = None,
 ) -> TileRun:
     """Step 3, in this process: segment every plane's tissue tiles into the layer's level (the
     source of a `factor` Grid).
@@ -286,10 +290,14 @@ def run_tiles(
     stores batch i while the model runs batch i+1. Progress is saved as the batches whose tiles are
     all in the store (stitch.ChunkWriter holds a chunk until its last tile); a resumed run skips
     those, and the rest keep their original boundaries, so it computes exactly what an
-    uninterrupted run would."""
-    stats, n_tiles, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0, 0
+    uninterrupted run would. Once `stop` is set, no new batch is stored: the run raises `Stopped`
+    with its saved progress, and the batches after it are left to the next run."""
+    stats, n_sections = RegionStats.from_dict(layer.progress.get("stats", {})), 0
     grid = Grid(slide.yx_shape(layer.level), factor)
     array = ChunkCache(slide.pixels(layer.level))
+    planes = planes or find_tissue(slide)
+    tiled = [plane_tiles(layer, z, grid, card, tissue.sections) for z, tissue in enumerate(planes)]
+    total = sum(len(plane.tiles) for plane in tiled)
 
     def store(writer: ChunkWriter, pending: list[RegionStats], results: list) -> None:
         pending.append(writer.put(results))
@@ -299,27 +307,33 @@ def run_tiles(
                 stats.merge(pending.pop(0))
             layer.save_progress(z, stored, stats.to_dict())
 
+    def stopped() -> Stopped:
+        done = sum(min(layer.done(p.z) * batch_size, len(p.tiles)) for p in tiled)
+        return Stopped(done, total)
+
     with _progress(progress) as bar, ThreadPoolExecutor(max_workers=1) as thread:
-        for z, tissue in enumerate(planes or find_tissue(slide)):
+        for plane, tissue in zip(tiled, planes):
+            z, tiles = plane.z, plane.tiles
             n_sections = max(n_sections, tissue.sections.count)
-            plane = plane_tiles(layer, z, grid, card, tissue.sections)
-            tiles = plane.tiles
             skip = min(layer.done(z) * batch_size, len(tiles))
             writer, pending = ChunkWriter(layer, plane, start=skip, pyramid=layer.writes_final), []
             task = bar.add_task("tiles", total=len(tiles), completed=skip, rate=0.0)
             start, stored, results = time.perf_counter(), None, []
             read = tile_reader(array, slide.axes, z, input_map(card.input, tissue.image, tissue.coarse), factor)
-            for i, result in enumerate(predict(list(tiles[skip:]), read), start=skip + 1):
+            predicted = predict(list(tiles[skip:]), read)
+            for i, result in enumerate(predicted, start=skip + 1):
                 results.append(result)
                 if i % batch_size == 0 or i == len(tiles):
                     if stored is not None:
                         stored.result()  # one batch stored at a time: memory stays one batch
+                    if stop is not None and stop.is_set():
+                        predicted.close()
+                        raise stopped()
                     stored, results = thread.submit(store, writer, pending, results), []
                 bar.update(task, advance=1, rate=(i - skip) / max(time.perf_counter() - start, 1e-9))
             if stored is not None:
                 stored.result()
-            n_tiles += len(tiles)
-    return TileRun(stats, n_tiles, n_sections)
+    return TileRun(stats, total, n_sections)
 
 
 def runs_instances(card: ModelCard, options: SegmentOptions) -> bool:
@@ -328,7 +342,7 @@ def runs_instances(card: ModelCard, options: SegmentOptions) -> bool:
     return options.mode == "instance" or not card.semantic
 
 
-def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -> TileRun:
+def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions, stop: threading.Event | None) -> TileRun:
     """Step 3 in this process, with the model."""
     predict = functools.partial(
         predict_tiles,
@@ -341,12 +355,27 @@ def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions) -
         instances=runs_instances(inputs.card, options),
     )
     return run_tiles(
-        inputs.slide, layer, inputs.card, predict, inputs.batch_size, options.progress, inputs.planes, inputs.factor
+        inputs.slide,
+        layer,
+        inputs.card,
+        predict,
+        inputs.batch_size,
+        options.progress,
+        inputs.planes,
+        inputs.factor,
+        stop,
     )
 
 
 def run_tiles_on_cluster(
-    client, cluster: ClusterOptions, inputs: Inputs, layer: LabelLayer, slide_url, model_path, options: SegmentOptions
+    client,
+    cluster: ClusterOptions,
+    inputs: Inputs,
+    layer: LabelLayer,
+    slide_url,
+    model_path,
+    options: SegmentOptions,
+    stop: threading.Event | None,
 ) -> TileRun:
     """Step 3 on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), inputs.factor)
@@ -381,6 +410,7 @@ def run_tiles_on_cluster(
             lambda z, sections: plane_tiles(layer, z, grid, inputs.card, sections),
             inputs.batch_size,
             bar,
+            stop,
         )
 
 
@@ -399,17 +429,46 @@ def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, pr
     return rows
 
 
+WRITE_FAULTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system became read-only",
+    errno.EIO: "the disk reported an input/output error",
+}
+
+
+@contextlib.contextmanager
+def refused_writes(slide: Slide, name: str) -> Iterator[None]:
+    """A write the file system refuses mid-run (full disk, quota, read-only, I/O error) as one line:
+    the store, what failed and the fix. The layer stays resumable: chunks are written to a temporary
+    file and renamed into place, and progress names only batches whose chunks are all stored."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_FAULTS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise UserError(
+            f"{slide.url}: {WRITE_FAULTS[exc.errno]} while writing labels/{name}{where}; free space on it (or fix the "
+            "file system), then run the same command to resume"
+        ) from exc
+
+
 def segment(
     slide_url: str | Path,
     model_path: str | Path | None = None,
     options: SegmentOptions = SegmentOptions(),
     exports: Exports = Exports(),
     cluster: ClusterOptions = ClusterOptions(),
+    stop: threading.Event | None = None,
 ) -> SegmentResult:
     """Segment a slide's brain regions into `labels/<options.labels>/` and write the asked-for exports.
 
     `model_path` is a checkpoint, or the name of a shipped model (catalog.py); None: the shipped
-    mouse model.
+    mouse model. Once `stop` is set (the command line sets it on SIGTERM and SIGINT) the run stores
+    no new batch and raises `errors.Stopped` with its progress saved and its lock released; the
+    same call resumes it. A write the file system refuses (a full disk) is a `UserError` naming the
+    store, and the same call resumes too.
 
     1. `open_inputs`: the slide, the model, the level at the card's µm/px and the tissue, all
        checked before anything is written;
@@ -433,16 +492,18 @@ def segment(
             scratch=options.mode == "instance",
         )
         resumed = sum(layer.done(z) for z in range(slide.n_planes)) * inputs.batch_size
-        with connect(cluster) as client:
+        with connect(cluster) as client, refused_writes(slide, name):
             try:
                 if client is None:
-                    run = run_tiles_here(inputs, layer, options)
+                    run = run_tiles_here(inputs, layer, options, stop)
                 else:
-                    run = run_tiles_on_cluster(client, cluster, inputs, layer, slide_url, model_path, options)
+                    run = run_tiles_on_cluster(client, cluster, inputs, layer, slide_url, model_path, options, stop)
             except UserError as exc:
                 raise UserError(
                     f"{exc}; the tiles done so far are kept in labels/{name}, and running the same again resumes"
                 ) from exc
+            if stop is not None and stop.is_set():
+                raise Stopped(run.tiles, run.tiles)
             # inside `connect`: the pyramid is built by the cluster's workers when there is one
             rows = finish(
                 layer,

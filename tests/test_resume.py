@@ -217,3 +217,67 @@ def test_resume_flag_needs_an_interrupted_run(setup, tmp_path):
     )
     assert proc.returncode == 2 and "no label layer 'sebre' to resume" in proc.stderr
     assert not (bare / "labels").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "signum, draw", [(signal.SIGTERM, 0), (signal.SIGTERM, 1), (signal.SIGTERM, 2), (signal.SIGINT, 1)]
+)
+def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes_it(setup, tmp_path, signum, draw):
+    """SLURM's preemption (SIGTERM) or Ctrl-C (SIGINT) at several points: no new batch is taken,
+    progress is saved, the lock released, one line says where it stopped, the exit code is 128 +
+    the signal, and the same command finishes a layer byte-identical to an uninterrupted run."""
+    work, clean, batches, steps = setup
+    after = sorted(steps)[[0, len(steps) // 2, -1][draw]]
+    store = fresh_copy(work, tmp_path)
+    proc = subprocess.Popen(
+        segment_cmd(store, work / "m.safetensors"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: progress_of(store) >= after, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err
+    found = re.fullmatch(r"sebre: interrupted at (\d+) of (\d+) tiles; run the same command to resume\n", err)
+    assert found, err
+    done, total = int(found[1]), int(found[2])
+    assert 0 < done < total and done == 2 * progress_of(store)
+    assert not (store / "labels" / ".sebre-lock-sebre").exists(), "the lock is released"
+    assert not list(store.rglob("*.partial")), "no temporary chunk files left"
+    rerun = subprocess.run(segment_cmd(store, work / "m.safetensors"), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed" in rerun.stdout
+    assert layer_files(store) == clean
+
+
+def test_a_full_disk_is_one_line_exit_2_and_the_same_command_resumes(setup, tmp_path, monkeypatch):
+    """The disk fills after a few label chunks (ENOSPC from the write itself, half a file written):
+    one line naming the store and the fix, exit code 2, no temporary file left, the lock released;
+    once there is space, the same command finishes a layer byte-identical to an uninterrupted run."""
+    import errno
+    from pathlib import Path as PathType
+
+    work, clean, batches, steps = setup
+    store = fresh_copy(work, tmp_path)
+    real_write, written = PathType.write_bytes, []
+
+    def fill_up(path, data):
+        if path.name.endswith(".partial") and "labels/sebre" in str(path):
+            written.append(path)
+            if len(written) > 6:
+                real_write(path, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(PathType, "write_bytes", fill_up)
+    result = CliRunner().invoke(app, segment_cmd(store, work / "m.safetensors")[3:])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert re.match(
+        rf"sebre: error: {re.escape(str(store))}: the disk is full while writing labels/sebre .*; "
+        r"free space on it .*then run the same command to resume",
+        result.stderr,
+    )
+    assert not list(store.rglob("*.partial")) and not (store / "labels" / ".sebre-lock-sebre").exists()
+    monkeypatch.setattr(PathType, "write_bytes", real_write)
+    rerun = CliRunner().invoke(app, segment_cmd(store, work / "m.safetensors")[3:])
+    assert rerun.exit_code == 0, rerun.output
+    assert layer_files(store) == clean
