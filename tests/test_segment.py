@@ -146,3 +146,24 @@ def test_an_absurd_pixel_size_is_refused_at_once_naming_what_was_found(slide_and
     assert time.perf_counter() - started < 10 and files(store) == before
     result = segment(store, slide_and_models / "rgb.safetensors", SegmentOptions(pixel_size=8.0, progress=False))
     assert result.tiles > 4
+
+
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (28, "the disk is full"),
+        (122, "the disk quota is used up"),
+        (30, "the file system became read-only"),
+        (5, "the disk reported an input/output error"),
+    ],
+)
+def test_every_refused_write_is_one_line_naming_the_store_and_the_fix(slide_and_models, code, words):
+    from sebre_ij.segment import refused_writes
+
+    slide = open_slide(slide_and_models / "slide.zarr")
+    with pytest.raises(UserError, match=rf"slide.zarr: {words} while writing labels/sebre \(/x/y\); free space"):
+        with refused_writes(slide, "sebre"):
+            raise OSError(code, "refused", "/x/y")
+    with pytest.raises(PermissionError):  # not a fault of the disk: left to the command line's own handling
+        with refused_writes(slide, "sebre"):
+            raise PermissionError(13, "denied")
