@@ -2,6 +2,7 @@
 named by address, give the labels of the in-process run."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -180,3 +181,46 @@ def test_slurm_job_script_asks_for_the_queue_cores_memory_and_gpus():
     ]:
         assert line in script, script
     assert "--nthreads 8" in script and "--nworkers" not in script  # one worker per job
+
+
+def test_a_worker_killed_mid_run_leaves_the_labels_of_the_in_process_run(work, tmp_path):
+    """One of two workers is killed (SIGKILL) once the run has saved progress: Dask runs its tasks
+    again on the other (and on the one its nanny starts anew), the chunk locks it held do not
+    stall the run, and the labels equal the in-process run's."""
+    import signal
+    import threading
+    import time
+
+    work, local = work
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(work / "slide.zarr", store)
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        pids = [w.process.pid for w in cluster.workers.values()]
+
+        def kill_when_under_way():
+            attrs = store / "labels" / "region" / ".zattrs"
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                done = (
+                    json.loads(attrs.read_text()).get("sebre", {}).get("progress", {}).get("done", {})
+                    if attrs.exists()
+                    else {}
+                )
+                if done.get("0", 0) > 0:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(done["0"])
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=kill_when_under_way)
+        watcher.start()
+        options = SegmentOptions(labels="region", min_score=0.0, batch_size=2, progress=False)
+        result = segment(
+            store, work / "m.safetensors", options, cluster=ClusterOptions(scheduler=cluster.scheduler_address)
+        )
+        watcher.join()
+    assert killed and killed[0] < -(-local["region"].tiles // 2), "the worker was not killed mid-run"
+    assert result.tiles == local["region"].tiles
+    assert label_arrays(store, "region") == label_arrays(work / "local.zarr", "region")
+    assert result.regions == local["region"].regions
