@@ -7,8 +7,10 @@ names, and lazy (Dask) planes of shape (C, Y, X) whatever the stored axes were.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ import zarr
 from .chunkfiles import chunk_files
 from .errors import UserError
 from .ngff import VERSIONS, NgffFormat, ngff_format, ome_attrs
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_AXES = ("yx", "cyx", "zyx", "czyx", "tczyx")
 # µm per unit of every length NGFF names for a space axis, and the spellings other writers use
@@ -147,6 +151,25 @@ def strided(index) -> bool:
     )
 
 
+READ_TRIES = 6  # reads of a remote store, before the run stops: a minute of waiting in all
+READ_BACKOFF_S = 1.0  # the first wait; each next one doubles
+
+
+def _remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure that may pass (the connection, a timeout, the server's own error), not a missing or
+    undecodable chunk."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.split(".")[0] in (
+        "aiohttp",
+        "fsspec",
+    )
+
+
 class Pixels:
     """A level's zarr array that answers unreadable input with one line naming the level and the window:
     a chunk that does not decode (truncated, corrupt), or float pixels that are NaN or infinite, which
@@ -158,14 +181,25 @@ class Pixels:
         self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
 
     def __getitem__(self, index) -> np.ndarray:
-        try:
-            data = np.asarray((self.array if strided(index) or self.files is None else self.files)[index])
-        except Exception as exc:  # codecs and stores raise many types for a bad chunk
-            raise UserError(
-                f"{self.url}: cannot read level {self.path!r} at {_index_text(index)} "
-                f"({type(exc).__name__}: {exc}); a chunk there is corrupt or truncated: "
-                "restore it or convert the slide again"
-            ) from exc
+        for attempt in range(READ_TRIES):
+            try:
+                data = np.asarray((self.array if strided(index) or self.files is None else self.files)[index])
+                break
+            except Exception as exc:  # codecs and stores raise many types for a bad chunk
+                if not (_remote(self.url) and _transient(exc)):
+                    raise UserError(
+                        f"{self.url}: cannot read level {self.path!r} at {_index_text(index)} "
+                        f"({type(exc).__name__}: {exc}); a chunk there is corrupt or truncated: "
+                        "restore it or convert the slide again"
+                    ) from exc
+                if attempt + 1 == READ_TRIES:
+                    raise UserError(
+                        f"{self.url}: reading level {self.path!r} at {_index_text(index)} failed {READ_TRIES} times "
+                        f"({type(exc).__name__}: {exc}); the store stopped answering: check the connection to it, "
+                        "then run the same command to resume"
+                    ) from exc
+                log.warning("%s: reading level %r failed (%s); trying again", self.url, self.path, exc)
+                time.sleep(READ_BACKOFF_S * 2**attempt)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise UserError(
                 f"{self.url}: level {self.path!r} has NaN or inf pixels at {_index_text(index)}; "

@@ -154,3 +154,75 @@ def test_a_unit_that_is_no_length_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"axis x has unit 'furlong', not a length NGFF names.*pixel_size=UM"):
         open_slide(store)
     assert open_slide(store, pixel_size=2.0).pixel_size(0) == pytest.approx(2.0)
+
+
+@pytest.fixture
+def http_store(tmp_path):
+    """A slide served by a real `python -m http.server`, which the test stops and starts."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from sebre_ij.stores import make_slide_store
+
+    make_slide_store(tmp_path / "s.zarr", sections=1, size=(512, 512), pixel_size=8.0, seed=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def start():
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    return server
+            time.sleep(0.05)
+        raise RuntimeError("http.server did not start")
+
+    servers = [start()]
+    yield f"http://127.0.0.1:{port}/s.zarr", servers, start
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+def test_a_remote_store_that_drops_out_is_read_again_with_backoff(http_store, monkeypatch):
+    import threading
+
+    import sebre_ij.slide as slide_module
+
+    url, servers, start = http_store
+    monkeypatch.setattr(slide_module, "READ_BACKOFF_S", 0.2)
+    pixels = open_slide(url).pixels(0)
+    whole = np.asarray(pixels[:, 0:64, 0:64])
+    servers[0].kill()
+    servers[0].wait()
+    threading.Timer(1.0, lambda: servers.append(start())).start()  # back up after a second
+    np.testing.assert_array_equal(pixels[:, 0:64, 0:64], whole)
+    assert len(servers) == 2
+
+
+def test_a_remote_store_that_stays_away_stops_the_run_in_one_line(http_store, monkeypatch):
+    import time
+
+    import sebre_ij.slide as slide_module
+
+    url, servers, _ = http_store
+    monkeypatch.setattr(slide_module, "READ_BACKOFF_S", 0.05)
+    pixels = open_slide(url).pixels(0)
+    servers[0].kill()
+    servers[0].wait()
+    started = time.monotonic()
+    with pytest.raises(
+        UserError,
+        match=rf"{url}: reading level 's0' at \[0:3, 128:256, 0:64\] failed 6 times .*"
+        r"check the connection to it, then run the same command to resume",
+    ):
+        pixels[0:3, 128:256, 0:64]
+    assert time.monotonic() - started < 30
