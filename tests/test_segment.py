@@ -167,3 +167,61 @@ def test_every_refused_write_is_one_line_naming_the_store_and_the_fix(slide_and_
     with pytest.raises(PermissionError):  # not a fault of the disk: left to the command line's own handling
         with refused_writes(slide, "sebre"):
             raise PermissionError(13, "denied")
+
+
+DOCUMENTED_PEAK_MB = 1000  # README's table: tiles of 256 px in batches of 4 (benchmarks/bench_memory.py)
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A cgroup (v1 memory controller) of this test's own, removed after; a failure under CI when
+    the machine has none to give, else a skip."""
+    import os
+    from pathlib import Path
+
+    root = Path("/sys/fs/cgroup/memory")
+    group = root / f"sebre-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        reason = f"no memory cgroup can be made here ({exc}): run as root on a cgroup v1 machine"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield group
+    group.rmdir()
+
+
+def test_a_run_capped_at_twice_the_documented_peak_completes(slide_and_models, tmp_path, memory_cgroup):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(slide_and_models / "slide.zarr", store)
+    limit = 2 * DOCUMENTED_PEAK_MB << 20
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(limit))
+    cmd = [
+        sys.executable,
+        "-m",
+        "sebre_ij.cli",
+        "segment",
+        str(store),
+        "--model",
+        str(slide_and_models / "rgb.safetensors"),
+        "--batch-size",
+        "4",
+        "--min-score",
+        "0",
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: (memory_cgroup / "cgroup.procs").write_text(str(os.getpid())),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    used = int((memory_cgroup / "memory.max_usage_in_bytes").read_text())
+    assert 0 < used <= limit and int((memory_cgroup / "memory.failcnt").read_text()) == 0
