@@ -273,6 +273,11 @@ def _open_group(url: str) -> zarr.Group:
     try:
         node = zarr.open(url, mode="r")
     except Exception as exc:  # zarr raises many types for "not a store"
+        if _remote(url) and _transient(exc):
+            raise UserError(
+                f"{url}: the store does not answer ({type(exc).__name__}: {exc}); check the connection to it and "
+                "the address, then run again"
+            ) from exc
         raise UserError(
             f"{url}: not a zarr store ({type(exc).__name__}: {exc}); pass an OME-Zarr image (convert with "
             "bioformats2raw)"

@@ -226,3 +226,16 @@ def test_a_remote_store_that_stays_away_stops_the_run_in_one_line(http_store, mo
     ):
         pixels[0:3, 128:256, 0:64]
     assert time.monotonic() - started < 30
+
+
+def test_a_command_on_a_store_that_does_not_answer_exits_2_in_one_line(http_store):
+    from typer.testing import CliRunner
+
+    from sebre_ij.cli import app
+
+    url, servers, _ = http_store
+    servers[0].kill()
+    servers[0].wait()
+    result = CliRunner().invoke(app, ["info", url])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{url}: the store does not answer" in result.stderr and "check the connection" in result.stderr
