@@ -28,7 +28,8 @@ from .infer import predict_tiles, tile_reader
 from .layer import reopen_layer
 from .model import load_checkpoint, pick_device
 from .model_input import InputMap
-from .slide import ChunkCache, open_slide
+from .pixels import ChunkCache
+from .slide import open_slide
 from .stitch import ChunkWriter, RegionStats, TileRun
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""segment.py: options checked before anything is read or written, the inputs a run works from,
-what a killed run must share to be resumed, and the result of a whole call from Python."""
+"""segment.py and preflight.py: options checked before anything is read or written, the inputs a
+run works from, what a killed run must share to be resumed, and the result of a whole call."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ from sebre_ij.errors import UserError
 from sebre_ij.exports import Exports
 from sebre_ij.model import ModelCard, random_model, save_checkpoint
 from sebre_ij.model_input import LUMINANCE
-from sebre_ij.segment import SegmentOptions, open_inputs, run_key, run_settings, segment
+from sebre_ij.preflight import SegmentOptions, open_inputs, run_key, run_settings
+from sebre_ij.segment import segment
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES

@@ -5,7 +5,8 @@ import pytest
 import zarr
 
 from sebre_ij.errors import UserError
-from sebre_ij.slide import ChunkCache, open_slide, pick_level
+from sebre_ij.pixels import ChunkCache
+from sebre_ij.slide import open_slide, pick_level
 from sebre_ij.stores import write_slide
 
 
@@ -195,7 +196,7 @@ def http_store(tmp_path):
 def test_a_remote_store_that_drops_out_is_read_again_with_backoff(http_store, monkeypatch):
     import threading
 
-    import sebre_ij.slide as slide_module
+    import sebre_ij.pixels as slide_module
 
     url, servers, start = http_store
     monkeypatch.setattr(slide_module, "READ_BACKOFF_S", 0.2)
@@ -211,7 +212,7 @@ def test_a_remote_store_that_drops_out_is_read_again_with_backoff(http_store, mo
 def test_a_remote_store_that_stays_away_stops_the_run_in_one_line(http_store, monkeypatch):
     import time
 
-    import sebre_ij.slide as slide_module
+    import sebre_ij.pixels as slide_module
 
     url, servers, _ = http_store
     monkeypatch.setattr(slide_module, "READ_BACKOFF_S", 0.05)
