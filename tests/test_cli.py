@@ -44,7 +44,7 @@ def test_a_user_error_is_one_line_with_flags_and_exit_code_2(monkeypatch):
 def test_flags_reach_the_api_as_options(monkeypatch):
     seen = {}
 
-    def record(slide, model, options, exports, cluster):
+    def record(slide, model, options, exports, cluster, stop=None):
         seen.update(slide=slide, model=model, options=options, exports=exports, cluster=cluster)
         raise UserError("stop here")
 
