@@ -47,6 +47,8 @@ from .faults import bubble, crack, edge_piece, midline_crack, specks
 from .render import Look, StructureTree, render
 
 ATLAS_ENV = "SEBRE_ATLAS"
+ATLAS_VERSION = "Allen CCFv3 2017, 25 um annotation, 100 um template"
+"""What a model card names as the atlas its generated sections came from."""
 ATLAS_FILES = ("classes_25um.tif", "annotation_25um.tif", "structures.csv", "template_100um.tif")
 VOXEL_UM = 25.0
 TEMPLATE_STEP = 4
@@ -89,11 +91,12 @@ def atlas_folder(path: str | Path | None = None) -> Path:
     """The atlas folder: `path`, else $SEBRE_ATLAS; it must hold the four CCFv3 files."""
     found = path or os.environ.get(ATLAS_ENV)
     if not found:
-        raise UserError(f"atlas: no folder given; pass the folder holding {', '.join(ATLAS_FILES)} or set ${ATLAS_ENV}")
+        raise UserError(f"no atlas folder given; pass atlas=DIR (the folder holding {', '.join(ATLAS_FILES)}) "
+                        f"or set ${ATLAS_ENV}")
     folder = Path(found)
     missing = [name for name in ATLAS_FILES if not (folder / name).is_file()]
     if missing:
-        raise UserError(f"{folder}: not a CCFv3 atlas folder (no {', '.join(missing)}); pass the folder holding "
+        raise UserError(f"{folder}: not a CCFv3 atlas folder (no {', '.join(missing)}); pass atlas=DIR holding "
                         f"{', '.join(ATLAS_FILES)}")
     return folder
 

@@ -8,6 +8,8 @@ Labels are sampled nearest-neighbour, so they keep exactly the class values they
 Photometry works on images in [0, 1]: brightness, contrast, gamma, per-channel colour gain, stain
 jitter in haematoxylin-eosin-DAB optical density (Tellez et al. 2018), greyscale, a grey section
 tinted as another single stain, and inversion (dark-glass fluorescence vs bright-glass brightfield).
+A one-channel luminance input (model_input.py) has no stain or polarity left to vary; what still
+differs between scans is exposure, uneven illumination, focus and noise (`Augmentation.luminance`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,22 @@ class Augmentation:
     grey: float = 0.15  # probability an RGB tile becomes grey
     tint: float = 0.1  # probability an RGB tile becomes a grey section in a random single stain
     invert: float = 0.1  # probability of inversion
+    bias: float = 0.0  # largest sd of a smooth log gain over the tile (uneven illumination)
+    blur: float = 0.0  # probability of a Gaussian blur of sd up to 1 px (focus)
+    noise: float = 0.0  # largest sd of added pixel noise
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings; bias, blur and noise left out while off, so a card reads as it did before they existed."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k not in SCAN_OPS or v}
+
+    @classmethod
+    def luminance(cls) -> Augmentation:
+        """For one luminance channel: no stain, colour or inversion ops, but uneven light, blur and noise."""
+        return cls(stain=0.0, grey=0.0, tint=0.0, invert=0.0, bias=0.1, blur=0.3, noise=0.03)
+
+
+SCAN_OPS = ("bias", "blur", "noise")
 
 
 def affine_matrix(angle_deg: float = 0.0, scale: tuple[float, float] = (1.0, 1.0), shear: float = 0.0,
@@ -119,4 +134,18 @@ def photometric(image: np.ndarray, aug: Augmentation, rng: np.random.Generator) 
     image = image ** math.exp(rng.uniform(-math.log(aug.gamma), math.log(aug.gamma)))
     if rng.random() < aug.invert:
         image = 1 - image
+    if aug.bias or aug.blur or aug.noise:
+        image = scan(image, aug, rng)
     return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def scan(image: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Uneven illumination, defocus and noise of a (C, H, W) image in [0, 1]."""
+    if aug.bias:
+        gain = np.exp(rng.uniform(0, aug.bias) * elastic_field(image.shape[1:], 1.0, rng, knots=3)[0])
+        image = image * gain[None]
+    if aug.blur and rng.random() < aug.blur:
+        image = ndi.gaussian_filter(image, (0, *[rng.uniform(0.3, 1.0)] * 2), mode="nearest")
+    if aug.noise:
+        image = image + rng.uniform(0, aug.noise) * rng.standard_normal(image.shape, np.float32)
+    return np.clip(image, 0, 1)

@@ -28,7 +28,8 @@ state = {"debug": False}
 # --no-flag, `name=VALUE` -> --flag VALUE.
 PARAMETERS = ("labels", "overwrite", "resume", "mode", "batch_size", "tile_size", "overlap", "pixel_size", "pixel_size_in",
               "roi_level", "rois", "class_map", "classes", "workers", "scheduler", "cluster", "jobs", "cores", "arch",
-              "val_sections", "val_fraction", "test_sections", "init", "model", "pred_labels", "truth_labels", "atlas")
+              "val_sections", "val_fraction", "test_sections", "init", "model", "pred_labels", "truth_labels", "atlas",
+              "atlas_fraction", "input")
 NAMED = re.compile(r"\b(" + "|".join(PARAMETERS) + r")=(True\b|False\b)?")
 
 
@@ -133,7 +134,13 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           val_every: int = typer.Option(100, "--val-every", help="Segment the held-out sections every this many steps; the best is kept."),
           workers: int = typer.Option(0, "--workers", help="Processes preparing augmented tiles (0: the training process); give a GPU several."),
           init: Optional[Path] = typer.Option(None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone)."),
-          semantic: bool = typer.Option(True, "--semantic/--no-semantic", help="Add a per-pixel semantic branch whose maps give the regions (Panoptic FPN).")):
+          semantic: bool = typer.Option(True, "--semantic/--no-semantic", help="Add a per-pixel semantic branch whose maps give the regions (Panoptic FPN)."),
+          input_mode: str = typer.Option("channels", "--input",
+                                         help="channels (the data's own) or luminance (one channel for any stain or modality)."),
+          atlas: Optional[Path] = typer.Option(None, "--atlas", help="Also train on sections generated from this Allen CCFv3 "
+                                               "folder (or $SEBRE_ATLAS, with --atlas-fraction)."),
+          atlas_fraction: Optional[float] = typer.Option(None, "--atlas-fraction", help="Share of tiles generated from the "
+                                                         "atlas (default 0.7 with --atlas; 1.0: the data only validates).")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .datasets import TrainingData
     from .train import TrainOptions, curve_paths, train as train_model
@@ -143,12 +150,16 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
     options = TrainOptions(arch=arch, pixel_size=pixel_size, tile_size=tile_size, overlap=overlap, steps=steps,
                            batch_size=batch_size, lr=lr, seed=seed, device=device, val_sections=tuple(val_sections or ()),
                            val_fraction=val_fraction, test_sections=tuple(test_sections or ()), val_every=val_every, init=init,
-                           workers=workers, semantic=semantic)
+                           workers=workers, semantic=semantic, input=input_mode, atlas=atlas,
+                           atlas_fraction=atlas_fraction)
     card = _run(train_model, inputs, out, options)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")
     if "init" in card.training:
         console.print(f"started from {init}: {card.training['init']['tensors_taken']} of {card.training['init']['tensors_in_model']} tensors")
+    if "atlas" in card.training:
+        generated = card.training["atlas"]
+        console.print(f"atlas sections: {generated['fraction']:.0%} of the tiles, from {generated['folder']}")
     if card.training["val_sections"]:
         console.print(f"held out for validation: {', '.join(card.training['val_sections'])}; best mean Dice "
                       f"{card.training['val_dice']} at step {card.training['best_step']}")

@@ -266,9 +266,10 @@ def folder_examples(path: str | Path, pixel_size_um: float | None = None, table:
     raise UserError(f"{path}: neither a set folder (sections.json) nor a SeBRe folder (section_img_N.jpg with section_masks_N/)")
 
 
-def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation") -> Split:
+def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation",
+                     keep_one: bool = True) -> Split:
     """Whole sections held out: the names listed, or a fraction drawn with `seed`; `what` names the
-    held-out part in messages."""
+    held-out part in messages. `keep_one`: at least one section must be kept (for training)."""
     if not val:
         return Split(examples, [])
     if isinstance(val, float):
@@ -282,7 +283,7 @@ def split_by_section(examples: list[Example], val: list[str] | float | None, see
         if unknown:
             raise UserError(f"{what} sections {sorted(unknown)} are not in the data; give section names such as {examples[0].name}")
     train = [e for e in examples if e.name not in picked]
-    if not train:
+    if not train and keep_one:
         raise UserError(f"every section went to {what}; keep at least one for training")
     return Split(train, [e for e in examples if e.name in picked])
 
