@@ -21,6 +21,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from .render import smooth_noise
+
 
 @dataclass
 class Augmentation:
@@ -142,7 +144,7 @@ def photometric(image: np.ndarray, aug: Augmentation, rng: np.random.Generator) 
 def scan(image: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
     """Uneven illumination, defocus and noise of a (C, H, W) image in [0, 1]."""
     if aug.bias:
-        gain = np.exp(rng.uniform(0, aug.bias) * elastic_field(image.shape[1:], 1.0, rng, knots=3)[0])
+        gain = np.exp(rng.uniform(0, aug.bias) * smooth_noise(image.shape[1:], max(image.shape[1:]) / 3, rng))
         image = image * gain[None]
     if aug.blur and rng.random() < aug.blur:
         image = ndi.gaussian_filter(image, (0, *[rng.uniform(0.3, 1.0)] * 2), mode="nearest")

@@ -185,23 +185,37 @@ class RegionMaskRCNN(MaskRCNN):
         super().__init__(backbone, num_classes, **kwargs)
         self.semantic = SemanticHead(backbone.out_channels, len(backbone.fpn.inner_blocks), n_classes)
         self.class_weights: torch.Tensor | None = None  # for the per-pixel loss; set by training, not saved
+        self.instance_weight = 1.0  # of the Mask R-CNN losses beside the per-pixel one; set by training, not saved
 
     def forward(self, images, targets=None):
-        """Training: the Mask R-CNN losses and the per-pixel loss; evaluation: `detect`'s outputs."""
+        """Training: the Mask R-CNN losses (weighted by `instance_weight`) and the per-pixel loss;
+        evaluation: `detect`'s outputs. At weight 0 the RPN and RoI heads are not run, and targets
+        need only their "semantic" map."""
         if not self.training:
             return detect(self, images)
+        if not self.instance_weight:
+            batch, _ = self.transform(images)
+            features = self.backbone(batch.tensors)
+            return {"loss_semantic": self.semantic_loss(features, batch.tensors.shape[-2:], targets)}
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         _, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        logits = self.semantic_logits(features, batch.tensors.shape[-2:])
+        instance = {**rpn_losses, **roi_losses}
+        if self.instance_weight != 1.0:
+            instance = {k: v * self.instance_weight for k, v in instance.items()}
+        return {**instance, "loss_semantic": self.semantic_loss(features, batch.tensors.shape[-2:], targets)}
+
+    def semantic_loss(self, features: dict[str, torch.Tensor], size: tuple[int, int],
+                      targets: list[dict]) -> torch.Tensor:
+        """Class-weighted per-pixel cross-entropy of the semantic branch against the targets' "semantic" maps."""
+        logits = self.semantic_logits(features, size)
         truth = torch.full(logits.shape[:1] + logits.shape[2:], 255, dtype=torch.int64, device=logits.device)
         for i, t in enumerate(targets):
             h, w = t["semantic"].shape
             truth[i, :h, :w] = t["semantic"]
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-        semantic = nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
-        return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
+        return nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
 
     def semantic_logits(self, features: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Per-pixel class logits of the semantic branch, at the (padded) batch's size."""
