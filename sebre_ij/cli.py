@@ -29,7 +29,7 @@ state = {"debug": False}
 PARAMETERS = ("labels", "overwrite", "resume", "mode", "batch_size", "tile_size", "overlap", "pixel_size", "pixel_size_in",
               "roi_level", "rois", "class_map", "classes", "workers", "scheduler", "cluster", "jobs", "cores", "arch",
               "val_sections", "val_fraction", "test_sections", "init", "model", "pred_labels", "truth_labels", "atlas",
-              "atlas_fraction", "input")
+              "atlas_fraction", "input", "instance_loss")
 NAMED = re.compile(r"\b(" + "|".join(PARAMETERS) + r")=(True\b|False\b)?")
 
 
@@ -140,7 +140,9 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
           atlas: Optional[Path] = typer.Option(None, "--atlas", help="Also train on sections generated from this Allen CCFv3 "
                                                "folder (or $SEBRE_ATLAS, with --atlas-fraction)."),
           atlas_fraction: Optional[float] = typer.Option(None, "--atlas-fraction", help="Share of tiles generated from the "
-                                                         "atlas (default 0.7 with --atlas; 1.0: the data only validates).")):
+                                                         "atlas (default 0.7 with --atlas; 1.0: the data only validates)."),
+          instance_loss: float = typer.Option(1.0, "--instance-loss", help="Weight of Mask R-CNN's losses beside the semantic "
+                                              "branch's (0: the semantic branch alone, a step about 2x cheaper).")):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .datasets import TrainingData
     from .train import TrainOptions, curve_paths, train as train_model
@@ -151,7 +153,7 @@ def train(data: list[str] = typer.Argument(..., help="OME-Zarr stores with a lab
                            batch_size=batch_size, lr=lr, seed=seed, device=device, val_sections=tuple(val_sections or ()),
                            val_fraction=val_fraction, test_sections=tuple(test_sections or ()), val_every=val_every, init=init,
                            workers=workers, semantic=semantic, input=input_mode, atlas=atlas,
-                           atlas_fraction=atlas_fraction)
+                           atlas_fraction=atlas_fraction, instance_loss=instance_loss)
     card = _run(train_model, inputs, out, options)
     console.print(f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
                   f"{card.training['seconds']} s, final loss {card.training['final_loss']}")

@@ -228,7 +228,7 @@ class TrainOptions:
     DEFAULT_ATLAS_FRACTION); at 1.0 the real sections only validate. `augmentation` defaults to
     the input's (`Augmentation()`, or `Augmentation.luminance()`). `instance_loss` weighs the Mask
     R-CNN losses beside the semantic branch's; at 0 only the semantic branch learns (its maps give
-    the regions; boxes and instances stay untrained), a step about 20 times cheaper on a CPU."""
+    the regions; boxes and instances stay untrained), a step about half as costly on a CPU."""
 
     arch: str = "tiny_fpn"
     pixel_size: float = 16.0
