@@ -75,8 +75,8 @@ def class_counts(examples: list[Example], n_classes: int) -> np.ndarray:
 
 def weights_from_counts(counts: np.ndarray) -> torch.Tensor:
     """Per-class weights of the per-pixel loss: 1 / sqrt(pixel share), mean 1 over the classes
-    present; classes absent from training weigh nothing."""
-    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1) / counts.sum()), 0.0)
+    present; classes absent from training weigh nothing. `counts` may be pixels or shares."""
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.where(counts > 0, counts, 1) / counts.sum()), 0.0)
     return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 

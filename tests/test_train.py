@@ -148,6 +148,17 @@ def test_semantic_weights_are_inverse_square_roots_of_pixel_shares():
     assert weights[2] == 0
 
 
+def test_mixed_weights_count_each_source_by_its_share_of_tiles():
+    one, other = np.zeros((10, 10), np.uint8), np.zeros((20, 20), np.uint8)
+    one[:, :5] = 1  # half class 1
+    other[:, :2] = 2  # a tenth class 2, and four times the pixels: shares count, not pixels
+    sources = [(0.5, [Example(np.zeros((1, 10, 10), np.float32), one, "a")]),
+               (0.5, [Example(np.zeros((1, 20, 20), np.float32), other, "b")])]
+    shares = np.array([0.5 * 0.5 + 0.5 * 0.9, 0.25, 0.05])
+    raw = 1 / np.sqrt(shares)
+    np.testing.assert_allclose(train_module.mixed_weights(sources, 3).numpy(), raw / raw.mean(), rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def atlas_dir():
     """The CCFv3 folder; a skip without it, a failure under CI."""
