@@ -47,6 +47,8 @@ from .faults import bubble, crack, edge_piece, midline_crack, specks
 from .render import Look, StructureTree, render
 
 ATLAS_ENV = "SEBRE_ATLAS"
+ATLAS_VERSION = "Allen CCFv3 2017, 25 um annotation, 100 um template"
+"""What a model card names as the atlas its generated sections came from."""
 ATLAS_FILES = ("classes_25um.tif", "annotation_25um.tif", "structures.csv", "template_100um.tif")
 VOXEL_UM = 25.0
 TEMPLATE_STEP = 4
@@ -89,12 +91,16 @@ def atlas_folder(path: str | Path | None = None) -> Path:
     """The atlas folder: `path`, else $SEBRE_ATLAS; it must hold the four CCFv3 files."""
     found = path or os.environ.get(ATLAS_ENV)
     if not found:
-        raise UserError(f"atlas: no folder given; pass the folder holding {', '.join(ATLAS_FILES)} or set ${ATLAS_ENV}")
+        raise UserError(
+            f"no atlas folder given; pass atlas=DIR (the folder holding {', '.join(ATLAS_FILES)}) or set ${ATLAS_ENV}"
+        )
     folder = Path(found)
     missing = [name for name in ATLAS_FILES if not (folder / name).is_file()]
     if missing:
-        raise UserError(f"{folder}: not a CCFv3 atlas folder (no {', '.join(missing)}); pass the folder holding "
-                        f"{', '.join(ATLAS_FILES)}")
+        raise UserError(
+            f"{folder}: not a CCFv3 atlas folder (no {', '.join(missing)}); pass atlas=DIR holding "
+            f"{', '.join(ATLAS_FILES)}"
+        )
     return folder
 
 
@@ -109,8 +115,9 @@ def read_tree(path: Path) -> StructureTree:
         classes = np.array([int(r["class_index"]) for r in rows], np.uint8)
         names = {int(r["class_index"]): r["class_name"] for r in rows}
     except (KeyError, ValueError) as exc:
-        raise UserError(f"{path}: not the atlas's structure table ({exc!r}); use the structures.csv of the CCFv3 "
-                        "folder") from None
+        raise UserError(
+            f"{path}: not the atlas's structure table ({exc!r}); use the structures.csv of the CCFv3 folder"
+        ) from None
     index = {i: k for k, i in enumerate(ids.tolist())}
     parents = np.array([index.get(c[-2], k) if len(c) > 1 else k for k, c in enumerate(chains)], np.int32)
     depth = np.array([len(c) for c in chains], np.int32)
@@ -125,8 +132,10 @@ def load_atlas(path: str | Path | None = None) -> Atlas:
     annotation = tifffile.imread(folder / "annotation_25um.tif")
     template = tifffile.imread(folder / "template_100um.tif").astype(np.float32)
     if annotation.shape != classes.shape or tuple(-(-n // TEMPLATE_STEP) for n in classes.shape) != template.shape:
-        raise UserError(f"{folder}: volume shapes {classes.shape}, {annotation.shape}, {template.shape} disagree; "
-                        "use the CCFv3 files as distributed")
+        raise UserError(
+            f"{folder}: volume shapes {classes.shape}, {annotation.shape}, {template.shape} disagree; "
+            "use the CCFv3 files as distributed"
+        )
     template = np.clip(template / max(float(np.percentile(template, 99.9)), 1e-6), 0, 1)
     plan = classes.any(axis=2)
     bounds = [np.flatnonzero(a) for a in (plan.any(1), plan.any(0), classes.any(axis=(0, 1)))]
@@ -147,7 +156,7 @@ class Plane:
     @classmethod
     def from_anchoring(cls, anchoring: list[float], width: int, height: int) -> Plane:
         """The plane of QuickNII's nine numbers o, u, v for a `width` x `height` image."""
-        o, u, v = (tuple(float(x) for x in anchoring[i:i + 3]) for i in (0, 3, 6))
+        o, u, v = (tuple(float(x) for x in anchoring[i : i + 3]) for i in (0, 3, 6))
         return cls(o, u, v, int(width), int(height))
 
     def points(self, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -231,6 +240,7 @@ class SectionRecipe:
     @classmethod
     def from_dict(cls, values: dict) -> SectionRecipe:
         """The recipe `to_dict` wrote (lists back to tuples)."""
+
         def tupled(d: dict) -> dict:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
@@ -296,15 +306,20 @@ class Section:
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     """The mask's bounding box grown by `margin`, within the array."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])))
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])),
+    )
 
 
 def crop(section: Section, margin: int) -> Section:
     """The section cut down to the box of its labels plus `margin` pixels of glass."""
     ys, xs = _box(section.classes > 0, margin)
-    parts = {f.name: getattr(section, f.name)[ys, xs] for f in fields(section)
-             if isinstance(getattr(section, f.name), np.ndarray)}
+    parts = {
+        f.name: getattr(section, f.name)[ys, xs]
+        for f in fields(section)
+        if isinstance(getattr(section, f.name), np.ndarray)
+    }
     overlay = {k: v[ys, xs] for k, v in section.overlay.items()}
     return replace(section, **parts, overlay=overlay, top=section.top + ys.start, left=section.left + xs.start)
 
@@ -312,7 +327,7 @@ def crop(section: Section, margin: int) -> Section:
 def cut_section(atlas: Atlas, plane: Plane, margin: int, orientation: str = "") -> Section | None:
     """The plane's maps cropped to the brain plus `margin`; None where it holds under MIN_TISSUE_MM2."""
     classes = cut(atlas.classes, plane.points())
-    pixel_mm2 = (np.linalg.norm(plane.u) / plane.width) * (np.linalg.norm(plane.v) / plane.height) * VOXEL_UM ** 2 / 1e6
+    pixel_mm2 = (np.linalg.norm(plane.u) / plane.width) * (np.linalg.norm(plane.v) / plane.height) * VOXEL_UM**2 / 1e6
     if np.count_nonzero(classes) * pixel_mm2 < MIN_TISSUE_MM2:
         return None
     ys, xs = _box(classes > 0, margin)
@@ -360,12 +375,14 @@ def damage(section: Section, recipe: SectionRecipe, rng: np.random.Generator) ->
         overlay["bubble"], overlay["bubble_rim"] = bubble(classes.shape, rng)
     if rng.random() < recipe.debris:
         overlay["debris"] = specks(classes.shape, rng)
-    return replace(section, classes=np.where(gone, 0, classes).astype(np.uint8), tissue=tissue, removed=gone,
-                   overlay=overlay)
+    return replace(
+        section, classes=np.where(gone, 0, classes).astype(np.uint8), tissue=tissue, removed=gone, overlay=overlay
+    )
 
 
-def atlas_section(atlas: Atlas, recipe: SectionRecipe,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Section]:
+def atlas_section(
+    atlas: Atlas, recipe: SectionRecipe, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, Section]:
     """One training section: image (C, H, W) float32 in [0, 1] (RGB brightfield or one-channel
     fluorescence), class map (H, W) uint8 in the classes of structures.csv, and the section."""
     section = None
@@ -373,8 +390,16 @@ def atlas_section(atlas: Atlas, recipe: SectionRecipe,
         plane, orientation = random_plane(atlas, recipe, rng)
         section = cut_section(atlas, plane, recipe.margin_px, orientation)
     section = crop(damage(section, recipe, rng), recipe.margin_px)
-    image = render(section.structures, section.tissue, section_template(atlas, section), section.overlay, atlas.tree,
-                   recipe.pixel_size_um, recipe.look, rng)
+    image = render(
+        section.structures,
+        section.tissue,
+        section_template(atlas, section),
+        section.overlay,
+        atlas.tree,
+        recipe.pixel_size_um,
+        recipe.look,
+        rng,
+    )
     return image, section.classes, section
 
 
@@ -389,8 +414,9 @@ def _real_panels(folder: Path, n: int, pixel_size_um: float) -> list[tuple[str, 
     try:
         entries = json.loads((folder / "sections.json").read_text())["sections"]
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{folder / 'sections.json'}: cannot read the real sections ({exc!r}); pass a folder like "
-                        "shared/data/glta") from None
+        raise UserError(
+            f"{folder / 'sections.json'}: cannot read the real sections ({exc!r}); pass a folder like shared/data/glta"
+        ) from None
     panels = []
     for entry in [entries[int(i)] for i in np.linspace(0, len(entries) - 1, n)]:
         image = Image.open(folder / entry["image"]).convert("RGB")
@@ -400,8 +426,15 @@ def _real_panels(folder: Path, n: int, pixel_size_um: float) -> list[tuple[str, 
     return panels
 
 
-def preview(out: str | Path, atlas: Atlas, real: str | Path | None, recipe: SectionRecipe, n: int = 12,
-            seed: int = 0, columns: int = 4) -> None:
+def preview(
+    out: str | Path,
+    atlas: Atlas,
+    real: str | Path | None,
+    recipe: SectionRecipe,
+    n: int = 12,
+    seed: int = 0,
+    columns: int = 4,
+) -> None:
     """A PNG grid: real sections in the first rows, generated ones after, all at the recipe's pixel size."""
     rng = np.random.default_rng(seed)
     panels = _real_panels(Path(real), columns, recipe.pixel_size_um) if real else []

@@ -32,11 +32,11 @@ from .readers import (
     class_table,
     class_table_of,
     is_zarr,
+    load_class_map,
+    load_class_table,
     rasterise_rois,
     read_image,
     read_json,
-    load_class_map,
-    load_class_table,
     read_labels,
     roi_annotations,
 )
@@ -44,8 +44,16 @@ from .slide import open_slide, pick_level
 from .tissue import to_unit
 
 # SeBRe's eight classes, ids 1-8, as its brain_dataset.py adds them
-SEBRE_CLASSES = ["cortex", "hippocampus", "basal_ganglia", "thalamus", "prethalamus", "midbrain", "hindbrain",
-                 "telencephalic_vesicle"]
+SEBRE_CLASSES = [
+    "cortex",
+    "hippocampus",
+    "basal_ganglia",
+    "thalamus",
+    "prethalamus",
+    "midbrain",
+    "hindbrain",
+    "telencephalic_vesicle",
+]
 MASK_NAME = re.compile(r"_m_?(\d+)\.png$", re.IGNORECASE)
 NUMBERED = re.compile(r"_(\d+)$")
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
@@ -71,13 +79,17 @@ class SectionSet:
     channels: list[str]
 
 
-def resample(image: np.ndarray, classes: np.ndarray, factor: float, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def resample(
+    image: np.ndarray, classes: np.ndarray, factor: float, tolerance: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale an example by `factor` (image bilinear, anti-aliased when shrinking; labels nearest),
     unless it is within `tolerance` already (a pyramid level near the model's µm/px is kept)."""
     if abs(factor - 1) <= tolerance:
         return image, classes
     shape = (max(1, round(classes.shape[0] * factor)), max(1, round(classes.shape[1] * factor)))
-    image = resize(image, (image.shape[0], *shape), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+    image = resize(image, (image.shape[0], *shape), order=1, anti_aliasing=factor < 1, preserve_range=True).astype(
+        np.float32
+    )
     classes = resize(classes, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.uint8)
     return image, classes
 
@@ -159,13 +171,17 @@ def shared_sections(root: str | Path) -> SetIndex:
     table = class_table(data, source)
     sections = data.get("sections") if isinstance(data, dict) else None
     if not isinstance(sections, list) or not sections:
-        raise UserError(f"{source}: no sections listed; add \"sections\": [{{\"image\": ..., \"labels\": ..., \"pixel_size_um\": ...}}]")
+        raise UserError(
+            f'{source}: no sections listed; add "sections": [{{"image": ..., "labels": ..., "pixel_size_um": ...}}]'
+        )
     out = []
     for s in sections:
         size = s.get("pixel_size_um") if isinstance(s, dict) else None
         if not isinstance(size, int | float) or isinstance(size, bool) or not size > 0:
             raise UserError(f"{source}: section {str(s)[:80]} has no positive pixel_size_um; add it (µm per pixel)")
-        out.append(SectionFiles(_inside(root, s.get("image"), source), _inside(root, s.get("labels"), source), float(size)))
+        out.append(
+            SectionFiles(_inside(root, s.get("image"), source), _inside(root, s.get("labels"), source), float(size))
+        )
     return SetIndex(table, out)
 
 
@@ -178,9 +194,14 @@ def shared_examples(root: str | Path, pixel_size_um: float | None = None) -> Sec
         image, names = picture.pixels, picture.channels
         classes = read_labels(s.labels, len(table.names))
         if classes.shape != image.shape[1:]:
-            raise UserError(f"{s.labels}: {classes.shape} pixels but the image has {image.shape[1:]}; labels must match their image")
+            raise UserError(
+                f"{s.labels}: {classes.shape} pixels but the image has {image.shape[1:]}; labels must match their image"
+            )
         if channels is not None and names != channels:
-            raise UserError(f"{s.image}: channels {names} differ from the other sections' {channels}; keep one kind of image per set")
+            raise UserError(
+                f"{s.image}: channels {names} differ from the other sections' {channels}; keep one kind of image per "
+                "set"
+            )
         channels = names
         examples.append(at_pixel_size(Example(image, classes, s.image.stem, s.pixel_size_um), pixel_size_um, root))
     return SectionSet(examples, table, channels)
@@ -193,7 +214,10 @@ def _mask_folders(root: Path) -> dict[int, Path]:
         match = NUMBERED.search(folder.name)
         if match and folder.is_dir() and any(MASK_NAME.search(p.name) for p in folder.glob("*.png")):
             if int(match[1]) in found:
-                raise UserError(f"{folder}: mask folder number {match[1]} also used by {found[int(match[1])]}; number each section once")
+                raise UserError(
+                    f"{folder}: mask folder number {match[1]} also used by {found[int(match[1])]}; "
+                    "number each section once"
+                )
             found[int(match[1])] = folder
     return found
 
@@ -206,7 +230,9 @@ def _numbered_images(root: Path, masks: dict[int, Path]) -> dict[int, Path]:
         match = NUMBERED.search(path.stem)
         if match and path.suffix.lower() in IMAGE_SUFFIXES and path.parent not in inside and path.is_file():
             if int(match[1]) in found:
-                raise UserError(f"{path}: image number {match[1]} also used by {found[int(match[1])]}; number each section once")
+                raise UserError(
+                    f"{path}: image number {match[1]} also used by {found[int(match[1])]}; number each section once"
+                )
             found[int(match[1])] = path
     return found
 
@@ -219,7 +245,9 @@ def sebre_class_map(folder: Path, shape: tuple[int, int], n_classes: int) -> np.
     for path in sorted(p for p in folder.glob("*.png") if MASK_NAME.search(p.name)):
         cls = int(MASK_NAME.search(path.name)[1])
         if not 0 < cls < n_classes:
-            raise UserError(f"{path}: class id {cls} is not in the class table (1-{n_classes - 1}); pass classes=FILE.json")
+            raise UserError(
+                f"{path}: class id {cls} is not in the class table (1-{n_classes - 1}); pass classes=FILE.json"
+            )
         try:
             with Image.open(path) as im:
                 mask = np.asarray(im.convert("L")) > 127
@@ -231,22 +259,32 @@ def sebre_class_map(folder: Path, shape: tuple[int, int], n_classes: int) -> np.
     return classes
 
 
-def sebre_examples(root: str | Path, pixel_size_um: float | None = None, table: ClassTable | None = None,
-                   pixel_size_in: float | None = None) -> SectionSet:
+def sebre_examples(
+    root: str | Path,
+    pixel_size_um: float | None = None,
+    table: ClassTable | None = None,
+    pixel_size_in: float | None = None,
+) -> SectionSet:
     """Every image of a SeBRe folder with a mask folder of the same number. JPEGs carry no pixel
     size: `pixel_size_in` gives it (needed when `pixel_size_um` asks for resampling)."""
     root = Path(root)
-    table = table or ClassTable(["background", *SEBRE_CLASSES], [(0, 0, 0), *PALETTE[:len(SEBRE_CLASSES)]])
+    table = table or ClassTable(["background", *SEBRE_CLASSES], [(0, 0, 0), *PALETTE[: len(SEBRE_CLASSES)]])
     masks = _mask_folders(root)
     images = _numbered_images(root, masks)
     if not masks.keys() & images.keys():
-        raise UserError(f"{root}: no image *_N.jpg matches a mask folder *_N/; name them as SeBRe does (section_img_0.jpg, section_masks_0/)")
+        raise UserError(
+            f"{root}: no image *_N.jpg matches a mask folder *_N/; "
+            "name them as SeBRe does (section_img_0.jpg, section_masks_0/)"
+        )
     examples, channels = [], None
     for n in sorted(masks.keys() & images.keys()):
         picture = read_image(images[n])
         image, names, size = picture.pixels, picture.channels, picture.pixel_size_um
         if channels is not None and names != channels:
-            raise UserError(f"{images[n]}: channels {names} differ from the other sections' {channels}; keep one kind of image per set")
+            raise UserError(
+                f"{images[n]}: channels {names} differ from the other sections' {channels}; "
+                "keep one kind of image per set"
+            )
         channels = names
         classes = sebre_class_map(masks[n], image.shape[1:], len(table.names))
         example = Example(image, classes, images[n].stem, pixel_size_in or size)
@@ -254,34 +292,48 @@ def sebre_examples(root: str | Path, pixel_size_um: float | None = None, table: 
     return SectionSet(examples, table, channels)
 
 
-def folder_examples(path: str | Path, pixel_size_um: float | None = None, table: ClassTable | None = None,
-                    pixel_size_in: float | None = None) -> SectionSet:
+def folder_examples(
+    path: str | Path,
+    pixel_size_um: float | None = None,
+    table: ClassTable | None = None,
+    pixel_size_in: float | None = None,
+) -> SectionSet:
     """A folder in either layout, told apart by its files."""
     layout = folder_layout(path)
     if layout == "shared":
         return shared_examples(path, pixel_size_um)
     if layout == "sebre":
         return sebre_examples(path, pixel_size_um, table, pixel_size_in)
-    raise UserError(f"{path}: neither a set folder (sections.json) nor a SeBRe folder (section_img_N.jpg with section_masks_N/)")
+    raise UserError(
+        f"{path}: neither a set folder (sections.json) nor a SeBRe folder (section_img_N.jpg with section_masks_N/)"
+    )
 
 
-def split_by_section(examples: list[Example], val: list[str] | float | None, seed: int = 0, what: str = "validation") -> Split:
+def split_by_section(
+    examples: list[Example],
+    val: list[str] | float | None,
+    seed: int = 0,
+    what: str = "validation",
+    keep_one: bool = True,
+) -> Split:
     """Whole sections held out: the names listed, or a fraction drawn with `seed`; `what` names the
-    held-out part in messages."""
+    held-out part in messages. `keep_one`: at least one section must be kept (for training)."""
     if not val:
         return Split(examples, [])
     if isinstance(val, float):
         if not 0 < val < 1:
             raise UserError(f"validation fraction {val} must be between 0 and 1 (e.g. 0.2)")
         rng = np.random.default_rng(seed)
-        picked = {examples[i].name for i in rng.permutation(len(examples))[:max(1, round(val * len(examples)))]}
+        picked = {examples[i].name for i in rng.permutation(len(examples))[: max(1, round(val * len(examples)))]}
     else:
         picked = set(val)
         unknown = picked - {e.name for e in examples}
         if unknown:
-            raise UserError(f"{what} sections {sorted(unknown)} are not in the data; give section names such as {examples[0].name}")
+            raise UserError(
+                f"{what} sections {sorted(unknown)} are not in the data; give section names such as {examples[0].name}"
+            )
     train = [e for e in examples if e.name not in picked]
-    if not train:
+    if not train and keep_one:
         raise UserError(f"every section went to {what}; keep at least one for training")
     return Split(train, [e for e in examples if e.name in picked])
 
@@ -291,7 +343,9 @@ def examples_from_zarr(url: str, pixel_size_um: float, label_name: str | None = 
     slide = open_slide(url)
     names = slide.label_names()
     if not names:
-        raise UserError(f"{url}: no label layer to train on; add one (labels/<name>) or pass images with RoiSet.zip annotations")
+        raise UserError(
+            f"{url}: no label layer to train on; add one (labels/<name>) or pass images with RoiSet.zip annotations"
+        )
     info = open_labels(slide, label_name or names[0])
     level = pick_level(slide, pixel_size_um)
     factor = slide.pixel_size(level) / pixel_size_um
@@ -305,9 +359,13 @@ def examples_from_zarr(url: str, pixel_size_um: float, label_name: str | None = 
     return SectionSet(examples, class_table_of(info), slide.channels)
 
 
-def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_size_um: float,
-                       class_map: dict[str, str] | None = None, pixel_size_in: float | None = None
-                       ) -> SectionSet:
+def examples_from_rois(
+    image_path: str | Path,
+    roiset_path: str | Path,
+    pixel_size_um: float,
+    class_map: dict[str, str] | None = None,
+    pixel_size_in: float | None = None,
+) -> SectionSet:
     """An image (TIFF, PNG or OME-Zarr) annotated with a RoiSet.zip, at `pixel_size_um`. ROI
     coordinates are the image's (level-0) pixels; a ROI's stack position picks its plane."""
     annotations = roi_annotations(roiset_path, class_map)
@@ -327,7 +385,11 @@ def examples_from_rois(image_path: str | Path, roiset_path: str | Path, pixel_si
         here = [(r, c) for r, c in zip(rois, classes) if r.position in (0, z + 1)]
         scale = (image.shape[1] / level0[0], image.shape[2] / level0[1])
         label = rasterise_rois([r for r, _ in here], [c for _, c in here], image.shape[1:], scale)
-        examples.append(Example(*resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]", pixel_size_um))
+        examples.append(
+            Example(
+                *resample(image, label, size / pixel_size_um), f"{Path(str(image_path)).name}[z={z}]", pixel_size_um
+            )
+        )
     return SectionSet(examples, table, channels)
 
 
@@ -342,10 +404,14 @@ def _zarr_planes(url, pixel_size_um: float) -> tuple[list[np.ndarray], list[str]
 def load_examples(data: TrainingData, pixel_size: float) -> SectionSet:
     """All of `data`'s sections at `pixel_size` µm/px; every input must have the same classes and channels."""
     if not data.inputs:
-        raise UserError("no training data given; pass one or more OME-Zarr stores with a label layer, or section folders")
+        raise UserError(
+            "no training data given; pass one or more OME-Zarr stores with a label layer, or section folders"
+        )
     if data.rois and len(data.rois) != len(data.inputs):
-        raise UserError(f"{len(data.inputs)} image(s) but {len(data.rois)} rois file(s); give one RoiSet.zip per image, "
-                        "in the same order")
+        raise UserError(
+            f"{len(data.inputs)} image(s) but {len(data.rois)} rois file(s); give one RoiSet.zip per image, "
+            "in the same order"
+        )
     class_map, classes = load_class_map(data.class_map), load_class_table(data.classes)
     found = None
     for i, url in enumerate(data.inputs):
@@ -356,7 +422,9 @@ def load_examples(data: TrainingData, pixel_size: float) -> SectionSet:
         else:
             part = examples_from_zarr(str(url), pixel_size, data.label_name)
         if found is not None and (part.table.names != found.table.names or part.channels != found.channels):
-            raise UserError(f"{url}: its classes {part.table.names[1:]} or channels {part.channels} differ from the first "
-                            "input's; train on inputs that agree (with ROIs, list every class in class_map)")
+            raise UserError(
+                f"{url}: its classes {part.table.names[1:]} or channels {part.channels} differ from the first "
+                "input's; train on inputs that agree (with ROIs, list every class in class_map)"
+            )
         found = part if found is None else SectionSet(found.examples + part.examples, found.table, found.channels)
     return found

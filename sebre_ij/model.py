@@ -67,7 +67,9 @@ class ModelCard:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{source}: the model card is not valid JSON ({exc}); re-train or re-export the model") from exc
+            raise UserError(
+                f"{source}: the model card is not valid JSON ({exc}); re-train or re-export the model"
+            ) from exc
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             raise UserError(
                 f"{source}: model card format {data.get('format') if isinstance(data, dict) else None!r} "
@@ -75,36 +77,65 @@ class ModelCard:
             )
         fields = cls.__dataclass_fields__
         try:
-            missing = [f for f, spec in fields.items() if f not in data and spec.default is MISSING and spec.default_factory is MISSING]
+            missing = [
+                f
+                for f, spec in fields.items()
+                if f not in data and spec.default is MISSING and spec.default_factory is MISSING
+            ]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
             card = cls(**{k: v for k, v in data.items() if k in fields})
             card.check()
         except (TypeError, ValueError) as exc:
-            raise UserError(f"{source}: the model card is damaged ({exc}); re-train the model or use the file `sebre train` wrote") from exc
+            raise UserError(
+                f"{source}: the model card is damaged ({exc}); re-train the model or use the file `sebre train` wrote"
+            ) from exc
         card.colors = [tuple(int(v) for v in c) for c in card.colors]
         if card.architecture not in ARCHITECTURES:
-            raise UserError(f"{source}: unknown architecture {card.architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+            raise UserError(
+                f"{source}: unknown architecture {card.architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
+            )
         return card
 
     def check(self) -> None:
         """Raise ValueError where a field would break inference later, far from its cause."""
+
         def names(value) -> bool:
             return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
         def numbers(value, n: int) -> bool:
-            return isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            return (
+                isinstance(value, list)
+                and len(value) == n
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            )
 
         problems = [
             (not names(self.classes) or len(self.classes) < 2, "classes must list background and at least one class"),
-            (not isinstance(self.colors, list) or len(self.colors) != len(self.classes) or not all(numbers(c, 3) for c in self.colors),
-             "colors must give one RGB triple per class"),
-            (not numbers([self.pixel_size_um], 1) or self.pixel_size_um <= 0, "pixel_size_um must be a positive number"),
+            (
+                not isinstance(self.colors, list)
+                or len(self.colors) != len(self.classes)
+                or not all(numbers(c, 3) for c in self.colors),
+                "colors must give one RGB triple per class",
+            ),
+            (
+                not numbers([self.pixel_size_um], 1) or self.pixel_size_um <= 0,
+                "pixel_size_um must be a positive number",
+            ),
             (not names(self.channels) or not self.channels, "channels must name at least one channel"),
-            (not numbers(self.mean, len(self.channels)) or not numbers(self.std, len(self.channels)) or min(self.std, default=0) <= 0,
-             "mean and std must give one number per channel, std positive"),
-            (not isinstance(self.tile_size, int) or not isinstance(self.overlap, int) or self.tile_size < 1 or self.overlap < 0,
-             "tile_size must be a positive integer, overlap a non-negative one"),
+            (
+                not numbers(self.mean, len(self.channels))
+                or not numbers(self.std, len(self.channels))
+                or min(self.std, default=0) <= 0,
+                "mean and std must give one number per channel, std positive",
+            ),
+            (
+                not isinstance(self.tile_size, int)
+                or not isinstance(self.overlap, int)
+                or self.tile_size < 1
+                or self.overlap < 0,
+                "tile_size must be a positive integer, overlap a non-negative one",
+            ),
             (not isinstance(self.training, dict), "training must be an object"),
             (not isinstance(self.semantic, bool), "semantic must be true or false"),
             (self.input not in INPUT_MODES, f"input must be one of {', '.join(INPUT_MODES)}"),
@@ -122,8 +153,12 @@ def _gn(channels: int) -> nn.GroupNorm:
 def _stage(cin: int, cout: int) -> nn.Sequential:
     """A stride-2 residual-free stage: cheap on CPU, enough for region-scale shapes."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _gn(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), _gn(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+        _gn(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        _gn(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -153,7 +188,14 @@ def _first_conv_for(backbone: nn.Module, in_channels: int) -> None:
     for name, module in backbone.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             parent = backbone.get_submodule(name.rsplit(".", 1)[0]) if "." in name else backbone
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding, bias=module.bias is not None)
+            new = nn.Conv2d(
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                bias=module.bias is not None,
+            )
             setattr(parent, name.rsplit(".", 1)[-1], new)
             return
 
@@ -166,14 +208,19 @@ class SemanticHead(nn.Module):
         super().__init__()
         self.reduce = nn.ModuleList(
             nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), _gn(width), nn.ReLU(inplace=True))
-            for _ in range(levels))
+            for _ in range(levels)
+        )
         self.classify = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         maps = [f for name, f in features.items() if name != "pool"]
         size = maps[0].shape[-2:]
-        x = sum(nn.functional.interpolate(r(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else r(m)
-                for r, m in zip(self.reduce, maps))
+        x = sum(
+            nn.functional.interpolate(r(m), size=size, mode="bilinear", align_corners=False)
+            if m.shape[-2:] != size
+            else r(m)
+            for r, m in zip(self.reduce, maps)
+        )
         return self.classify(x)
 
 
@@ -185,31 +232,47 @@ class RegionMaskRCNN(MaskRCNN):
         super().__init__(backbone, num_classes, **kwargs)
         self.semantic = SemanticHead(backbone.out_channels, len(backbone.fpn.inner_blocks), n_classes)
         self.class_weights: torch.Tensor | None = None  # for the per-pixel loss; set by training, not saved
+        self.instance_weight = 1.0  # of the Mask R-CNN losses beside the per-pixel one; set by training, not saved
 
     def forward(self, images, targets=None):
-        """Training: the Mask R-CNN losses and the per-pixel loss; evaluation: `detect`'s outputs."""
+        """Training: the Mask R-CNN losses (weighted by `instance_weight`) and the per-pixel loss;
+        evaluation: `detect`'s outputs. At weight 0 the RPN and RoI heads are not run, and targets
+        need only their "semantic" map."""
         if not self.training:
             return detect(self, images)
+        if not self.instance_weight:
+            batch, _ = self.transform(images)
+            features = self.backbone(batch.tensors)
+            return {"loss_semantic": self.semantic_loss(features, batch.tensors.shape[-2:], targets)}
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         _, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        logits = self.semantic_logits(features, batch.tensors.shape[-2:])
+        instance = {**rpn_losses, **roi_losses}
+        if self.instance_weight != 1.0:
+            instance = {k: v * self.instance_weight for k, v in instance.items()}
+        return {**instance, "loss_semantic": self.semantic_loss(features, batch.tensors.shape[-2:], targets)}
+
+    def semantic_loss(
+        self, features: dict[str, torch.Tensor], size: tuple[int, int], targets: list[dict]
+    ) -> torch.Tensor:
+        """Class-weighted per-pixel cross-entropy of the semantic branch against the targets' "semantic" maps."""
+        logits = self.semantic_logits(features, size)
         truth = torch.full(logits.shape[:1] + logits.shape[2:], 255, dtype=torch.int64, device=logits.device)
         for i, t in enumerate(targets):
             h, w = t["semantic"].shape
             truth[i, :h, :w] = t["semantic"]
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-        semantic = nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
-        return {**rpn_losses, **roi_losses, "loss_semantic": semantic}
+        return nn.functional.cross_entropy(logits, truth, weight=weights, ignore_index=255)
 
     def semantic_logits(self, features: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Per-pixel class logits of the semantic branch, at the (padded) batch's size."""
         return nn.functional.interpolate(self.semantic(features), size=size, mode="bilinear", align_corners=False)
 
 
-def detect(model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = True,
-           instances: bool = True) -> list[dict]:
+def detect(
+    model: MaskRCNN, images: list[torch.Tensor], *, paste_masks: bool = True, instances: bool = True
+) -> list[dict]:
     """A Mask R-CNN's outputs on a batch in evaluation mode: boxes, labels, scores and masks as
     torchvision gives them, and with a semantic branch "semantic", (classes, H, W) probabilities.
 
@@ -255,10 +318,17 @@ def build_model(card: ModelCard) -> MaskRCNN:
     num_classes = len(card.classes)
     in_ch = len(card.channels)
     common = dict(
-        min_size=card.tile_size, max_size=card.tile_size, image_mean=card.mean, image_std=card.std,
-        box_detections_per_img=50, box_batch_size_per_image=128, rpn_batch_size_per_image=128,
-        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
+        min_size=card.tile_size,
+        max_size=card.tile_size,
+        image_mean=card.mean,
+        image_std=card.std,
+        box_detections_per_img=50,
+        box_batch_size_per_image=128,
+        rpn_batch_size_per_image=128,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150,
     )
     anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5)
 
@@ -275,20 +345,26 @@ def build_model(card: ModelCard) -> MaskRCNN:
         # more often positive, sampled proposals (48, half positive) shorten the steps.
         common.update(box_batch_size_per_image=48, box_positive_fraction=0.5)
         return mask_rcnn(
-            backbone, None, rpn_anchor_generator=anchors,
+            backbone,
+            None,
+            rpn_anchor_generator=anchors,
             box_roi_pool=MultiScaleRoIAlign(names, 7, 1),
-            box_head=TwoMLPHead(ch * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes),
+            box_head=TwoMLPHead(ch * 49, 256),
+            box_predictor=FastRCNNPredictor(256, num_classes),
             mask_roi_pool=MultiScaleRoIAlign(names, 14, 1),
-            mask_head=MaskRCNNHeads(ch, [ch] * 4, 1), mask_predictor=MaskRCNNPredictor(ch, ch, num_classes),
+            mask_head=MaskRCNNHeads(ch, [ch] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(ch, ch, num_classes),
             **common,
         )
     if card.architecture == "mobilenet_v3_fpn":
-        backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
-                                      norm_layer=nn.BatchNorm2d, trainable_layers=6)
+        backbone = mobilenet_backbone(
+            backbone_name="mobilenet_v3_large", weights=None, fpn=True, norm_layer=nn.BatchNorm2d, trainable_layers=6
+        )
         anchors = AnchorGenerator(((32, 64, 128, 256),) * 3, ((0.5, 1.0, 2.0),) * 3)
     else:
-        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d,
-                                       trainable_layers=5)
+        backbone = resnet_fpn_backbone(
+            backbone_name="resnet50", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+        )
     if in_ch != 3:
         _first_conv_for(backbone.body, in_ch)
     return mask_rcnn(backbone, num_classes, rpn_anchor_generator=anchors, **common)
@@ -331,13 +407,16 @@ def refuse_pickle(path: Path) -> None:
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return  # a safetensors header: its length (whose first byte may well be 0x80), then JSON
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        raise UserError(f"{path}: a PyTorch pickle checkpoint (torch.save); sebre-ij loads only safetensors files written by "
-                        "`sebre train`, because unpickling a file can run code from its author; if you trust it, convert it "
-                        "with safetensors.torch.save_file, or train a model with `sebre train`")
+        raise UserError(
+            f"{path}: a PyTorch pickle checkpoint (torch.save); sebre-ij loads only safetensors files written by "
+            "`sebre train`, because unpickling a file can run code from its author; if you trust it, convert it "
+            "with safetensors.torch.save_file, or train a model with `sebre train`"
+        )
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", tile_size: int | None = None,
-                    overlap: int | None = None) -> tuple[MaskRCNN, ModelCard]:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", tile_size: int | None = None, overlap: int | None = None
+) -> tuple[MaskRCNN, ModelCard]:
     """Model in eval mode and its card. safetensors holds tensors only, so loading runs no code.
 
     `tile_size` and `overlap` override the card's for inference (the network is convolutional, so
@@ -351,8 +430,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", tile_s
     state = load_file(str(path), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{path}: weights do not fit architecture {card.architecture!r} "
-                        f"({len(missing)} missing, {len(unexpected)} unexpected); re-train the model")
+        raise UserError(
+            f"{path}: weights do not fit architecture {card.architecture!r} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected); re-train the model"
+        )
     return model.to(device).eval(), card
 
 
@@ -375,11 +456,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a plain weights file ({str(exc).splitlines()[0][:120]}); pass a torchvision "
-                        "state dict (.pth) such as maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") from None
+        raise UserError(
+            f"{path}: not a plain weights file ({str(exc).splitlines()[0][:120]}); pass a torchvision "
+            "state dict (.pth) such as maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model", state.get("state_dict")), dict):
         state = state.get("model", state.get("state_dict"))
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UserError(f"{path}: holds no state dict of named tensors; pass a torchvision weights file (.pth)")
     return state
 
@@ -400,12 +485,19 @@ def load_init(model: nn.Module, path: str | Path) -> InitReport:
     own = model.state_dict()
     best = {}
     for ours, theirs in INIT_PREFIXES:
-        found = {k: state[theirs + k[len(ours):]] for k in own
-                 if k.startswith(ours) and theirs + k[len(ours):] in state and state[theirs + k[len(ours):]].shape == own[k].shape}
+        found = {
+            k: state[theirs + k[len(ours) :]]
+            for k in own
+            if k.startswith(ours)
+            and theirs + k[len(ours) :] in state
+            and state[theirs + k[len(ours) :]].shape == own[k].shape
+        }
         best = max(best, found, key=len)
     if not best:
-        raise UserError(f"{path}: none of its tensors fit this model's layers by name and shape; "
-                        "pass weights of the same backbone (resnet50_fpn: maskrcnn_resnet50_fpn COCO or resnet50 ImageNet)")
+        raise UserError(
+            f"{path}: none of its tensors fit this model's layers by name and shape; "
+            "pass weights of the same backbone (resnet50_fpn: maskrcnn_resnet50_fpn COCO or resnet50 ImageNet)"
+        )
     model.load_state_dict(best, strict=False)
     return InitReport(len(best), len(own))
 
