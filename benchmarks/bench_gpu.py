@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from sebre_ij import infer
+from sebre_ij.checkpoint import load_checkpoint, save_checkpoint
 from sebre_ij.infer import amp_dtype, auto_batch_size
-from sebre_ij.model import ModelCard, load_checkpoint, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import CLASSES

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.checkpoint import save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES
 

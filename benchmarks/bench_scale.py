@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from distributed import LocalCluster
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.cluster import ClusterOptions
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.stores import write_sparse_slide
 from sebre_ij.synth import CLASSES, synth_slide

@@ -41,8 +41,9 @@ import numpy as np
 import torch
 
 from sebre_ij.allocator import kept_heap
+from sebre_ij.checkpoint import load_checkpoint, save_checkpoint
 from sebre_ij.infer import best_classes, class_evidence, read_tile
-from sebre_ij.model import ModelCard, detect, load_checkpoint, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, detect, random_model
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import inference_level, open_slide
 from sebre_ij.stores import write_sparse_slide

@@ -44,10 +44,11 @@ from PIL import Image
 
 from sebre_ij.atlas import ATLAS_ENV
 from sebre_ij.augment import affine_matrix, warp
+from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
-from sebre_ij.model import load_checkpoint, pick_device
+from sebre_ij.model import pick_device
 from sebre_ij.tiles import resample_nearest
 from sebre_ij.tissue import find_sections, glass_colour
 from sebre_ij.train import TrainOptions, train

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import read_card
 from .errors import UserError
-from .model import ModelCard, read_card
+from .model import ModelCard
 
 MODELS = Path(__file__).resolve().parent / "models"
 SHIPPED = MODELS / "mouse.safetensors"

@@ -1,18 +1,11 @@
 """The `sebre` command. Each subcommand turns its flags into the API's options and makes one call;
-errors a user can fix become one line on stderr and exit code 2 (`--debug` shows the traceback).
-
-The library names its parameters in messages (`overwrite=True`); this module says them as the
-flags a command-line user types (`--overwrite`)."""
+errors a user can fix become one line on stderr and exit code 2 (`--debug` shows the traceback;
+cli_support.py says the library's parameters as flags). `train` and `evaluate` live in cli_train.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -20,7 +13,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .errors import Stopped, UserError
+from .cli_support import _positive_int, _run, console, print_regions, state, stop_on_signals
+from .cli_train import evaluate, train
+from .errors import Stopped
 
 app = typer.Typer(
     add_completion=False,
@@ -28,82 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Brain-region segmentation of OME-Zarr slides (SeBRe's Mask R-CNN), with results for Fiji, napari and QuPath.",
 )
-console = Console()
-state = {"debug": False}
-
-# Library parameters that messages may name, said as flags: `name=True` -> --flag, `name=False` ->
-# --no-flag, `name=VALUE` -> --flag VALUE.
-PARAMETERS = (
-    "labels",
-    "overwrite",
-    "resume",
-    "mode",
-    "device",
-    "batch_size",
-    "min_score",
-    "tile_size",
-    "overlap",
-    "tta",
-    "pixel_size",
-    "pixel_size_in",
-    "rois",
-    "geojson",
-    "measurements",
-    "preview",
-    "roi_groups",
-    "roi_level",
-    "roi_tolerance",
-    "workers",
-    "scheduler",
-    "cluster",
-    "queue",
-    "cores",
-    "memory",
-    "gpus",
-    "jobs",
-    "walltime",
-    "arch",
-    "steps",
-    "lr",
-    "seed",
-    "class_map",
-    "classes",
-    "val_sections",
-    "val_fraction",
-    "test_sections",
-    "val_every",
-    "init",
-    "semantic",
-    "model",
-    "pred_labels",
-    "truth_labels",
-    "atlas",
-    "atlas_fraction",
-    "input",
-    "instance_loss",
-)
-NAMED = re.compile(r"\b(" + "|".join(PARAMETERS) + r")=(True\b|False\b)?")
-
-
-def as_flags(message: str) -> str:
-    """A library message with its parameters said as command-line flags.
-
-    Examples
-    --------
-    >>> as_flags("pass overwrite=True to replace it or labels=NAME for another")
-    'pass --overwrite to replace it or --labels NAME for another'
-    """
-
-    def flag(match: re.Match) -> str:
-        name, value = match[1].replace("_", "-"), match[2]
-        if value == "True":
-            return f"--{name}"
-        if value == "False":
-            return f"--no-{name}"
-        follows = match.string[match.end() : match.end() + 1]
-        return f"--{name}" if follows in ("", " ", ",", ";", ")") else f"--{name} "
-
-    return NAMED.sub(flag, message)
+app.command()(train)
+app.command()(evaluate)
 
 
 @app.callback()
@@ -113,47 +34,6 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks inst
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-
-
-def _run(fn, *args, **kwargs):
-    """Call the API; turn user errors (and unreadable files) into one line and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except (UserError, FileExistsError, FileNotFoundError, PermissionError) as exc:
-        if state["debug"]:
-            raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sebre: error: {as_flags(message)}", file=sys.stderr)
-        raise typer.Exit(2) from None
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM (SLURM's preemption, scancel) and SIGINT (Ctrl-C) ask the run to stop after the batch
-    it is storing; a second signal stops at once. The previous handlers come back after."""
-    stop = threading.Event()
-
-    def ask(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.signum = signum
-        stop.set()
-
-    wanted = (signal.SIGTERM, signal.SIGINT)
-    before = {s: signal.signal(s, ask) for s in wanted}
-    try:
-        yield stop
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-def _positive_int(text: str, flag: str) -> int:
-    """A whole number of 1 or more from the command line, or the one-line error and exit 2."""
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    print(f"sebre: error: {flag} {text!r}: give a whole number of 1 or more, or auto", file=sys.stderr)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -187,152 +67,6 @@ def synth(
 
     _run(make_slide_store, out, sections=sections, size=size, pixel_size=pixel_size, seed=seed, ngff=ngff, stain=stain)
     console.print(f"wrote {out} ({sections} sections, {size[0]} x {size[1]} px at {pixel_size} µm/px, labels/truth)")
-
-
-@app.command()
-def train(
-    data: list[str] = typer.Argument(
-        ...,
-        help="OME-Zarr stores with a label layer, section folders (sections.json or SeBRe's "
-        "section_img_N.jpg + section_masks_N/), or images (TIFF, PNG, OME-Zarr) with --rois.",
-    ),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
-    arch: str = typer.Option("tiny_fpn", help="tiny_fpn (fast on CPU), mobilenet_v3_fpn or resnet50_fpn (SeBRe's)."),
-    steps: int = typer.Option(400, help="Optimiser steps."),
-    pixel_size: float = typer.Option(16.0, help="µm per pixel the model works at."),
-    tile_size: int = typer.Option(256, help="Tile side in pixels."),
-    overlap: int = typer.Option(64, help="Tile overlap in pixels."),
-    batch_size: int = typer.Option(4, help="Tiles per step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
-    labels: str | None = typer.Option(None, help="Label layer to learn (default: the first)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
-    rois: list[Path] | None = typer.Option(
-        None,
-        "--rois",
-        help="RoiSet.zip annotating each image, in order (ROI names give the classes: s1-cortex or cortex).",
-    ),
-    class_map: Path | None = typer.Option(None, "--class-map", help="JSON object mapping ROI names to class names."),
-    pixel_size_in: float | None = typer.Option(
-        None, "--pixel-size-in", help="µm per pixel of the input images, when their files do not say."
-    ),
-    classes: Path | None = typer.Option(
-        None, "--classes", help="Class table JSON for a SeBRe folder (as in sections.json; default: SeBRe's 8 classes)."
-    ),
-    val_sections: list[str] | None = typer.Option(
-        None, "--val-sections", help="Hold out this section (repeatable), e.g. glta_s044."
-    ),
-    val_fraction: float | None = typer.Option(
-        None, "--val-fraction", help="Hold out this fraction of the sections, drawn with --seed."
-    ),
-    test_sections: list[str] | None = typer.Option(
-        None,
-        "--test-sections",
-        help="Leave this section out of training and validation (repeatable); listed in the card.",
-    ),
-    val_every: int = typer.Option(
-        100, "--val-every", help="Segment the held-out sections every this many steps; the best is kept."
-    ),
-    workers: int = typer.Option(
-        0, "--workers", help="Processes preparing augmented tiles (0: the training process); give a GPU several."
-    ),
-    init: Path | None = typer.Option(
-        None, "--init", help="Start from torchvision weights on disk (.pth: COCO Mask R-CNN or an ImageNet backbone)."
-    ),
-    semantic: bool = typer.Option(
-        True,
-        "--semantic/--no-semantic",
-        help="Add a per-pixel semantic branch whose maps give the regions (Panoptic FPN).",
-    ),
-    input_mode: str = typer.Option(
-        "channels", "--input", help="channels (the data's own) or luminance (one channel for any stain or modality)."
-    ),
-    atlas: Path | None = typer.Option(
-        None,
-        "--atlas",
-        help="Also train on sections generated from this Allen CCFv3 folder (or $SEBRE_ATLAS, with --atlas-fraction).",
-    ),
-    atlas_fraction: float | None = typer.Option(
-        None,
-        "--atlas-fraction",
-        help="Share of tiles generated from the atlas (default 0.7 with --atlas; 1.0: the data only validates).",
-    ),
-    instance_loss: float = typer.Option(
-        1.0,
-        "--instance-loss",
-        help="Weight of Mask R-CNN's losses beside the semantic "
-        "branch's (0: the semantic branch alone, a step about 2x cheaper).",
-    ),
-):
-    """Train a Mask R-CNN and write one checkpoint carrying its model card."""
-    from .datasets import TrainingData
-    from .train import TrainOptions, curve_paths
-    from .train import train as train_model
-
-    inputs = TrainingData(
-        tuple(data),
-        rois=tuple(str(r) for r in rois or ()),
-        label_name=labels,
-        class_map=class_map,
-        pixel_size_in=pixel_size_in,
-        classes=classes,
-    )
-    options = TrainOptions(
-        arch=arch,
-        pixel_size=pixel_size,
-        tile_size=tile_size,
-        overlap=overlap,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        val_sections=tuple(val_sections or ()),
-        val_fraction=val_fraction,
-        test_sections=tuple(test_sections or ()),
-        val_every=val_every,
-        init=init,
-        workers=workers,
-        semantic=semantic,
-        input=input_mode,
-        atlas=atlas,
-        atlas_fraction=atlas_fraction,
-        instance_loss=instance_loss,
-    )
-    card = _run(train_model, inputs, out, options)
-    console.print(
-        f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "
-        f"{card.training['seconds']} s, final loss {card.training['final_loss']}"
-    )
-    if "init" in card.training:
-        console.print(
-            f"started from {init}: {card.training['init']['tensors_taken']} of "
-            f"{card.training['init']['tensors_in_model']} tensors"
-        )
-    if "atlas" in card.training:
-        generated = card.training["atlas"]
-        console.print(f"atlas sections: {generated['fraction']:.0%} of the tiles, from {generated['folder']}")
-    if card.training["val_sections"]:
-        console.print(
-            f"held out for validation: {', '.join(card.training['val_sections'])}; best mean Dice "
-            f"{card.training['val_dice']} at step {card.training['best_step']}"
-        )
-    console.print(f"curves: {', '.join(str(p) for p in curve_paths(out))}")
-
-
-def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> None:
-    table = Table("value", "section", "region", "area (mm²)", "score", *(["Dice (class)"] if dice else []))
-    for r in rows:
-        extra = [f"{dice.get(r['name'], float('nan')):.3f}"] if dice else []
-        table.add_row(
-            str(r["label-value"]),
-            str(r["section"]),
-            r["name"],
-            f"{r['area_um2'] / 1e6:.3f}",
-            f"{r['score']:.2f}",
-            *extra,
-        )
-    console.print(table)
 
 
 @app.command()
@@ -502,72 +236,6 @@ def rois(
     written = _run(export_regions, s, labels, exports)
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
-
-
-@app.command()
-def evaluate(
-    pred: str = typer.Argument(
-        ...,
-        help="Predicted regions: slide.zarr (with --pred-labels) or slide.zarr/labels/NAME, "
-        "a label image (PNG/TIFF), a folder or set of them, or a RoiSet.zip.",
-    ),
-    truth: str = typer.Argument(..., help="True regions, in any of the same forms."),
-    out: Path | None = typer.Option(
-        None, "--out", help="Write metrics.json, metrics.csv, confusion.csv and outline PNGs here."
-    ),
-    pred_labels: str | None = typer.Option(
-        None, "--pred-labels", help="Label layer of PRED's store (default: its only one)."
-    ),
-    truth_labels: str | None = typer.Option(
-        None, "--truth-labels", help="Label layer of TRUTH's store (default: its only one)."
-    ),
-    classes: Path | None = typer.Option(
-        None, "--classes", help="Class table JSON for label images (as in sections.json)."
-    ),
-    pixel_size: float | None = typer.Option(
-        None,
-        "--pixel-size",
-        help="µm per pixel to compare label layers at (default: the level the prediction was inferred at).",
-    ),
-):
-    """Score predicted regions against true ones: Dice and IoU per region, mask mAP, confusion table."""
-
-    def show(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    from .evaluate import evaluate as run_evaluate
-
-    report = _run(
-        run_evaluate,
-        pred,
-        truth,
-        out,
-        pred_labels=pred_labels,
-        truth_labels=truth_labels,
-        classes=classes,
-        pixel_size=pixel_size,
-    )
-    table = Table("region", "Dice", "IoU", "AP@0.5", "AP@0.5:0.95", "true px", "predicted px")
-    for r in report["regions"]:
-        table.add_row(
-            r["region"],
-            show(r["dice"]),
-            show(r["iou"]),
-            show(r["ap50"]),
-            show(r["ap"]),
-            str(r["truth_px"]),
-            str(r["pred_px"]),
-        )
-    console.print(table)
-    console.print(
-        f"[bold]mean Dice {show(report['mean_dice'])}, mean IoU {show(report['mean_iou'])}, "
-        f"mAP@0.5 {show(report['mAP@0.5'])}, mAP@0.5:0.95 {show(report['mAP@0.5:0.95'])}[/]"
-    )
-    if out is not None:
-        console.print(
-            f"wrote {out}/metrics.json, metrics.csv, confusion.csv and "
-            f"{len({r['section'] for r in report['sections']})} outline PNGs"
-        )
 
 
 @app.command()

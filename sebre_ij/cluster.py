@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import dask
 import torch
 
+from .checkpoint import load_checkpoint
 from .errors import Stopped, UserError
 from .infer import predict_tiles, tile_reader
 from .layer import reopen_layer
-from .model import load_checkpoint, pick_device
+from .model import pick_device
 from .model_input import InputMap
 from .pixels import ChunkCache
 from .slide import open_slide

@@ -21,9 +21,9 @@ import tifffile
 
 from .atlas import atlas_folder
 from .catalog import find_model
+from .checkpoint import read_card
 from .evaluate import compare_layers
 from .exports import Exports
-from .model import read_card
 from .render import Look, StructureTree, render
 from .segment import SegmentOptions, segment
 from .slide import open_slide

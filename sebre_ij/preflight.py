@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_checkpoint
 from .errors import UserError
 from .exports import Exports, check_roi_level
 from .infer import auto_batch_size
 from .layer import check_name, check_writable
-from .model import ModelCard, load_checkpoint, pick_device
+from .model import ModelCard, pick_device
 from .slide import Slide, inference_level, open_slide
 from .tiles import Grid
 from .tissue import PlaneTissue, find_tissue

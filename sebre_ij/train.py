@@ -8,7 +8,6 @@ together; `fit` is the loop.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -16,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from scipy import ndimage as ndi
 
 from .atlas import ATLAS_VERSION, SectionRecipe, atlas_folder
 from .augment import Augmentation
+from .checkpoint import load_init, save_checkpoint
+from .curves import write_curves
 from .datasets import Example, Split, TrainingData, load_examples, split_by_section
 from .errors import UserError
 from .infer import predict_image
 from .metrics import confusion, dice_iou
-from .model import ARCHITECTURES, ModelCard, build_model, load_init, pick_device, save_checkpoint
+from .model import ARCHITECTURES, ModelCard, build_model, pick_device
 from .model_input import INPUT_MODES, LUMINANCE
 from .readers import ClassTable
 from .sampling import (
@@ -39,87 +38,10 @@ from .sampling import (
     model_view,
     shared_atlas,
 )
+from .set_stats import mixed_stats, mixed_weights
+from .tile_batches import batches
 
-MIN_INSTANCE_PX = 16
 DEFAULT_ATLAS_FRACTION = 0.7
-
-
-def targets_from_classes(classes: np.ndarray) -> dict[str, torch.Tensor]:
-    """Mask R-CNN targets: one instance per connected piece of each class present."""
-    masks, labels, boxes = [], [], []
-    for cls in np.unique(classes):
-        if cls == 0:
-            continue
-        pieces, n = ndi.label(classes == cls)
-        for i, sl in enumerate(ndi.find_objects(pieces), start=1):
-            mask = pieces == i
-            if mask.sum() < MIN_INSTANCE_PX:
-                continue
-            masks.append(mask)
-            labels.append(int(cls))
-            boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
-    size = classes.shape
-    return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(labels, dtype=torch.int64),
-        "masks": torch.from_numpy(np.stack(masks)).to(torch.uint8)
-        if masks
-        else torch.zeros((0, *size), dtype=torch.uint8),
-        "semantic": torch.from_numpy(classes.astype(np.int64)),  # for a semantic branch; Mask R-CNN ignores it
-    }
-
-
-def channel_stats(examples: list[Example]) -> tuple[list[float], list[float], np.ndarray]:
-    """Per-channel mean and std (the card's normalisation) and the glass colour used for padding."""
-    flat = np.concatenate([e.image.reshape(e.image.shape[0], -1) for e in examples], axis=1)
-    glass = np.concatenate([e.image[:, e.classes == 0] for e in examples], axis=1)
-    colour = np.median(glass, axis=1) if glass.size else flat.mean(axis=1)
-    return flat.mean(axis=1).tolist(), np.maximum(flat.std(axis=1), 1e-3).tolist(), colour.astype(np.float32)
-
-
-def class_counts(examples: list[Example], n_classes: int) -> np.ndarray:
-    """Pixels of each class over the sections."""
-    pixels = np.concatenate([e.classes.ravel() for e in examples])
-    return np.bincount(pixels, minlength=n_classes)[:n_classes].astype(float)
-
-
-def weights_from_counts(counts: np.ndarray) -> torch.Tensor:
-    """Per-class weights of the per-pixel loss: 1 / sqrt(pixel share), mean 1 over the classes
-    present; classes absent from training weigh nothing. `counts` may be pixels or shares."""
-    weights = np.where(counts > 0, 1.0 / np.sqrt(np.where(counts > 0, counts, 1) / counts.sum()), 0.0)
-    return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
-
-
-def semantic_weights(examples: list[Example], n_classes: int) -> torch.Tensor:
-    """The per-pixel loss's class weights of one set of sections (`weights_from_counts`)."""
-    return weights_from_counts(class_counts(examples, n_classes))
-
-
-Sources = list[tuple[float, list[Example]]]
-"""The sections tiles come from, by source (real, atlas), each with its share of the tiles."""
-
-
-def mixed_weights(sources: Sources, n_classes: int) -> torch.Tensor:
-    """Class weights of tiles drawn from several sources: each source's pixel shares weighted by its share of tiles."""
-    if len(sources) == 1:
-        return semantic_weights(sources[0][1], n_classes)
-    shares = [class_counts(examples, n_classes) for _, examples in sources]
-    return weights_from_counts(sum(w * c / c.sum() for (w, _), c in zip(sources, shares)))
-
-
-def mixed_stats(sources: Sources, mode: str) -> tuple[list[float], list[float], np.ndarray]:
-    """The card's normalisation over the sources (each weighted by its share of tiles) and the
-    first source's glass colour for padding; in luminance mode the glass is 1 by definition."""
-    mean, std, glass = channel_stats(sources[0][1])
-    if len(sources) > 1:
-        flats = [
-            np.concatenate([e.image.reshape(e.image.shape[0], -1) for e in examples], axis=1) for _, examples in sources
-        ]
-        means = [f.mean(axis=1) for f in flats]
-        total = sum(w * m for (w, _), m in zip(sources, means))
-        var = sum(w * (f.var(axis=1) + (m - total) ** 2) for (w, _), f, m in zip(sources, flats, means))
-        mean, std = total.tolist(), np.maximum(np.sqrt(var), 1e-3).tolist()
-    return mean, std, np.ones(1, np.float32) if mode == "luminance" else glass
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int = 30) -> float:
@@ -140,70 +62,6 @@ def validate(model: torch.nn.Module, card: ModelCard, sections: list[Example], d
     dice, _ = dice_iou(matrix)
     present = matrix.sum(axis=1)[1:] > 0
     return float(np.mean(dice[1:][present]))
-
-
-CURVE_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
-
-
-def curve_paths(out: str | Path) -> tuple[Path, Path]:
-    """Where the curves of the checkpoint `out` go: `<stem>.curves.csv` and `.png` beside it."""
-    out = Path(out)
-    return out.with_name(out.stem + ".curves.csv"), out.with_name(out.stem + ".curves.png")
-
-
-def write_curves(out: str | Path, rows: list[dict]) -> None:
-    """The training loss and the validation Dice by step, as CSV and as a two-panel plot."""
-    csv_path, png_path = curve_paths(out)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)  # the first curves come before the first checkpoint
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    fig = Figure(figsize=(6, 5))
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    top.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue")
-    top.set_ylabel("training loss")
-    val = [r for r in rows if r["val_dice"] != ""]
-    bottom.plot([r["step"] for r in val], [r["val_dice"] for r in val], "o-", color="tab:green")
-    bottom.set_ylabel("validation mean Dice")
-    bottom.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-
-
-def semantic_target(classes: np.ndarray) -> dict[str, torch.Tensor]:
-    """The per-pixel target alone, for a semantic branch trained without the Mask R-CNN losses."""
-    return {"semantic": torch.from_numpy(classes.astype(np.int64))}
-
-
-class TileBatches(torch.utils.data.IterableDataset):
-    """Endless batches of (images, targets) from a tile source (sampling.py). In the main process
-    they come from `rng`; each DataLoader worker draws from its own generator seeded with (seed,
-    worker id), so a run repeats for a given seed and worker count while a GPU is fed by several
-    CPU cores. Without `instances` the targets hold the per-pixel map alone."""
-
-    def __init__(self, sampler, batch_size: int, rng: np.random.Generator, seed: int, instances: bool = True):
-        self.sampler, self.batch_size, self.rng, self.seed = sampler, batch_size, rng, seed
-        self.targets = targets_from_classes if instances else semantic_target
-
-    def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        rng = self.rng if worker is None else np.random.default_rng([self.seed, worker.id])
-        while True:
-            tiles = [self.sampler.tile(rng) for _ in range(self.batch_size)]
-            yield [torch.from_numpy(im) for im, _ in tiles], [self.targets(c) for _, c in tiles]
-
-
-def batches(sampler, batch_size: int, rng: np.random.Generator, seed: int, workers: int, instances: bool = True):
-    """An iterator over TileBatches, prepared by `workers` processes (0: in this one)."""
-    stream = TileBatches(sampler, batch_size, rng, seed, instances)
-    if not workers:
-        return iter(stream)
-    return iter(
-        torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True
-        )
-    )
 
 
 def train_step(model, optimiser, batch, lr: float, dev) -> float:

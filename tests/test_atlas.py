@@ -21,9 +21,9 @@ from sebre_ij.atlas import (
     atlas_section,
     cut,
     load_atlas,
-    main,
     random_plane,
 )
+from sebre_ij.atlas_preview import main as preview_main
 from sebre_ij.errors import UserError
 from sebre_ij.render import Look
 
@@ -155,7 +155,7 @@ def test_a_folder_without_the_atlas_is_a_user_error(tmp_path):
 
 
 def test_preview_writes_real_and_generated(atlas, glta, tmp_path, monkeypatch):
-    monkeypatch.setattr("sebre_ij.atlas.load_atlas", lambda path: atlas)
+    monkeypatch.setattr("sebre_ij.atlas_preview.load_atlas", lambda path: atlas)
     out = tmp_path / "preview.png"
-    main(["preview", str(out), "--atlas", str(ATLAS), "--real", str(glta[0]), "--n", "4", "--pixel-size", "50"])
+    preview_main([str(out), "--atlas", str(ATLAS), "--real", str(glta[0]), "--n", "4", "--pixel-size", "50"])
     assert Image.open(out).size[0] > 400

@@ -8,10 +8,11 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.writer import write_image
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.exports import Exports, export_regions
 from sebre_ij.labels import open_labels, read_plane
 from sebre_ij.layer import create_layer, finish_layer
-from sebre_ij.model import ModelCard, build_model, save_checkpoint
+from sebre_ij.model import ModelCard, build_model
 from sebre_ij.pyramid import build_pyramid
 from sebre_ij.rois import read_roiset
 from sebre_ij.segment import SegmentOptions, segment

@@ -24,9 +24,10 @@ from roifile import ImagejRoi
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.cli import app
 from sebre_ij.layer import create_layer
-from sebre_ij.model import ModelCard, build_model, save_checkpoint
+from sebre_ij.model import ModelCard, build_model
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sebre_ij import cli
-from sebre_ij.cli import app, as_flags
+from sebre_ij.cli import app
+from sebre_ij.cli_support import as_flags
 from sebre_ij.errors import UserError
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from distributed import LocalCluster
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.cluster import ClusterOptions, connect, task_batches
 from sebre_ij.errors import UserError
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import make_slide_store
@@ -139,8 +140,8 @@ def test_tasks_keep_every_worker_busy_to_the_end():
 
 
 def test_batch_size_auto_on_the_cpu_and_bad_values(work):
+    from sebre_ij.checkpoint import load_checkpoint
     from sebre_ij.infer import auto_batch_size
-    from sebre_ij.model import load_checkpoint
 
     work, _ = work
     model, card = load_checkpoint(work / "m.safetensors", "cpu")

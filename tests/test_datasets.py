@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sebre_ij.checkpoint import read_card
 from sebre_ij.datasets import (
     SEBRE_CLASSES,
     Example,
@@ -23,7 +24,6 @@ from sebre_ij.datasets import (
     split_by_section,
 )
 from sebre_ij.errors import UserError
-from sebre_ij.model import read_card
 from sebre_ij.readers import load_class_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ from conftest import copy_slide
 from ome_zarr_models.v04.image import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
+from sebre_ij.checkpoint import read_card
 from sebre_ij.exports import region_properties, roi_level
 from sebre_ij.labels import open_labels, read_plane
-from sebre_ij.model import read_card
 from sebre_ij.outlines import regions_from_labels
 from sebre_ij.rois import read_roiset
 from sebre_ij.slide import open_slide

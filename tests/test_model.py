@@ -12,8 +12,9 @@ import torchvision
 from conftest import write_synth_set
 from safetensors.torch import save_file
 
+from sebre_ij.checkpoint import load_checkpoint, load_init, read_card, save_checkpoint
 from sebre_ij.errors import UserError
-from sebre_ij.model import ARCHITECTURES, ModelCard, build_model, load_checkpoint, load_init, read_card, save_checkpoint
+from sebre_ij.model import ARCHITECTURES, ModelCard, build_model
 
 
 def card(arch="tiny_fpn", channels=("R", "G", "B"), tile=128):
@@ -86,8 +87,8 @@ def test_foreign_safetensors_and_wrong_version_are_refused(tmp_path):
 def test_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
     """A safetensors file begins with its header's length: its first byte may be 0x80, a pickle's
     first byte, and must still load."""
+    from sebre_ij.checkpoint import refuse_pickle
     from sebre_ij.errors import UserError
-    from sebre_ij.model import refuse_pickle
 
     header = b"{" + b" " * (0x80 + 255)  # 384 bytes: the length's low byte is 0x80
     path = tmp_path / "m.safetensors"

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.checkpoint import save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import open_slide
 from sebre_ij.stores import make_slide_store

@@ -15,8 +15,8 @@ import tifffile
 from PIL import Image
 from roifile import ImagejRoi
 
+from sebre_ij.checkpoint import read_card
 from sebre_ij.errors import UserError
-from sebre_ij.model import read_card
 from sebre_ij.outlines import Region
 from sebre_ij.readers import rasterise_rois, read_image, roi_class, roi_class_table
 from sebre_ij.rois import imagej_roi, read_roiset

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.cli import app
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.stores import make_slide_store
 from sebre_ij.synth import CLASSES
 

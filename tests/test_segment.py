@@ -4,9 +4,10 @@ run works from, what a killed run must share to be resumed, and the result of a 
 import numpy as np
 import pytest
 
+from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.errors import UserError
 from sebre_ij.exports import Exports
-from sebre_ij.model import ModelCard, random_model, save_checkpoint
+from sebre_ij.model import ModelCard, random_model
 from sebre_ij.model_input import LUMINANCE
 from sebre_ij.preflight import SegmentOptions, open_inputs, run_key, run_settings
 from sebre_ij.segment import segment

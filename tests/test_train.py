@@ -22,13 +22,16 @@ from safetensors.torch import load_file
 import sebre_ij.train as train_module
 from sebre_ij.atlas import SectionRecipe, atlas_section
 from sebre_ij.augment import Augmentation
+from sebre_ij.checkpoint import read_card
+from sebre_ij.curves import curve_paths
 from sebre_ij.datasets import Example, TrainingData
 from sebre_ij.infer import predict_image
-from sebre_ij.model import ModelCard, read_card
+from sebre_ij.model import ModelCard
 from sebre_ij.render import Look
-from sebre_ij.sampling import AtlasTiles, AtlasView, shared_atlas
+from sebre_ij.sampling import AtlasTiles, AtlasView, TileSampler, shared_atlas
+from sebre_ij.set_stats import semantic_weights
 from sebre_ij.tissue import find_sections
-from sebre_ij.train import TileSampler, TrainOptions, curve_paths, semantic_weights, train
+from sebre_ij.train import TrainOptions, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATLAS = os.environ.get("SEBRE_ATLAS") or os.path.join(ROOT, "..", "shared", "data", "ccfv3")
