@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup test-deps clean
+.PHONY: demo test setup test-deps model clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sebre demo
+
+# Rebuild the shipped model from ../shared/data (the GLTa sections and the Allen CCFv3 atlas; set
+# SEBRE_GLTA and SEBRE_ATLAS to read them elsewhere), score it on the GLTa test sections, and put it
+# in the package.
+model: $(STAMP)
+	$(BIN)/python examples/train_real_sections.py --recipe mouse --out sebre-runs/mouse --threads 2 --fluorescence
+	cp sebre-runs/mouse/mouse.safetensors sebre_ij/models/mouse.safetensors
 
 # ImageJ 1.x, Xvfb and a JRE for the tests that cross into Java, and the libraries Qt needs to draw
 # napari on Xvfb (installed from Debian when root).

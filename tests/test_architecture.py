@@ -1,7 +1,9 @@
 """The package's shape: imports between its modules flow one way (no cycle, counting imports made
-inside functions too), and no module grows past what a reader takes in at once."""
+inside functions too), the README's layout lists every module in an order the imports follow, and
+no module grows past what a reader takes in at once."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sebre_ij"
@@ -58,6 +60,19 @@ def test_the_cycle_check_finds_a_cycle_made_by_an_import_inside_a_function(tmp_p
     assert find_cycle(import_graph(tmp_path)) == ["high", "low", "high"]
     (tmp_path / "low.py").write_text("def f():\n    return 1\n")
     assert find_cycle(import_graph(tmp_path)) is None
+
+
+def layout_order(readme: Path = PACKAGE.parent / "README.md") -> list[str]:
+    """The modules as the README's Layout section lists them."""
+    return re.findall(r"^ {6}(\w+)\.py ", readme.read_text(encoding="utf-8").split("\n## Layout\n")[1], re.M)
+
+
+def test_the_readme_layout_lists_every_module_after_those_it_imports():
+    order = layout_order()
+    graph = import_graph()
+    assert sorted(order) == sorted(graph), "README Layout and sebre_ij/ differ: " + str(set(order) ^ set(graph))
+    upward = [f"{m} -> {n}" for m in order for n in graph[m] if order.index(n) > order.index(m)]
+    assert not upward, "modules listed before modules they import: " + ", ".join(upward)
 
 
 def test_no_module_is_longer_than_a_reader_takes_in():
