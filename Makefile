@@ -24,7 +24,7 @@ demo: $(STAMP)
 # SEBRE_GLTA and SEBRE_ATLAS to read them elsewhere), score it on the GLTa test sections, and put it
 # in the package.
 model: $(STAMP)
-	$(BIN)/python examples/train_real_sections.py --recipe mouse --out sebre-runs/mouse --threads 2 --fluorescence
+	$(BIN)/python examples/train_real_sections.py --recipe mouse --out sebre-runs/mouse --fluorescence
 	cp sebre-runs/mouse/mouse.safetensors sebre_ij/models/mouse.safetensors
 
 # ImageJ 1.x, Xvfb and a JRE for the tests that cross into Java, and the libraries Qt needs to draw

@@ -27,10 +27,9 @@ from sebre_ij.atlas import (
     cut_section,
     damage,
     load_atlas,
+    picture,
     random_plane,
-    section_template,
 )
-from sebre_ij.render import render
 
 DEFAULT_ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ccfv3"
 
@@ -45,16 +44,7 @@ def steps(atlas, recipe: SectionRecipe, rng: np.random.Generator) -> list[float]
     t1 = time.perf_counter()
     section = crop(damage(section, recipe, rng), recipe.margin_px)
     t2 = time.perf_counter()
-    render(
-        section.structures,
-        section.tissue,
-        section_template(atlas, section),
-        section.overlay,
-        atlas.tree,
-        recipe.pixel_size_um,
-        recipe.look,
-        rng,
-    )
+    picture(atlas, section, recipe, rng)
     return [t1 - t0, t2 - t1, time.perf_counter() - t2]
 
 

@@ -57,64 +57,21 @@ TEST = ["glta_s049", "glta_s079", "glta_s104", "glta_s124", "glta_s154"]
 VAL = ["glta_s094", "glta_s119"]
 REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
 ANGLES = [0, 90, 45]
+# 2 CPU cores: the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel mask head is far costlier
+# on CPU) at 50 µm/px, where a whole section (at most 243 px across its diagonal) fits one 320 px tile
+# at any angle and is learnt whole
+CPU = {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4, "lr": 1e-3}
+# the CPU network with one luminance channel in (any stain or modality), a share of the tiles cut from
+# the Allen atlas, and the semantic branch trained alone (a step half as costly, better regions)
+ATLAS = {**CPU, "steps": 6000, "val_every": 500, "input": "luminance", "instance_loss": 0.0}
 RECIPES = {
-    # 2 CPU cores: the light GroupNorm backbone (mobilenet_v3_fpn's 256-channel mask head is far
-    # costlier on CPU) at 50 µm/px, where a whole section (at most 243 px across its diagonal) fits
-    # one 320 px tile at any angle and is learnt whole
-    "cpu": {
-        "arch": "tiny_fpn",
-        "pixel_size": 50.0,
-        "tile_size": 320,
-        "overlap": 64,
-        "batch_size": 4,
-        "steps": 1500,
-        "lr": 1e-3,
-        "val_every": 200,
-    },
-    # the CPU recipe's network and tiles with one luminance channel in (any stain or modality), half the tiles
-    # cut from the Allen atlas, and the semantic branch trained alone (a step half as costly, better regions)
-    "atlas": {
-        "arch": "tiny_fpn",
-        "pixel_size": 50.0,
-        "tile_size": 320,
-        "overlap": 64,
-        "batch_size": 4,
-        "steps": 6000,
-        "lr": 1e-3,
-        "val_every": 500,
-        "input": "luminance",
-        "atlas_fraction": 0.5,
-        "instance_loss": 0.0,
-    },
-    # the shipped model (sebre_ij/models/mouse.safetensors, `make model`): the atlas recipe with a quarter
-    # of the tiles cut from the atlas, which keeps most of the real sections' appearance in each batch
-    "mouse": {
-        "arch": "tiny_fpn",
-        "pixel_size": 50.0,
-        "tile_size": 320,
-        "overlap": 64,
-        "batch_size": 4,
-        "steps": 4000,
-        "lr": 1e-3,
-        "val_every": 500,
-        "input": "luminance",
-        "atlas_fraction": 0.25,
-        "instance_loss": 0.0,
-    },
-    # the same with atlas sections alone: the real training sections are not used, GLTa only validates
-    "atlas-only": {
-        "arch": "tiny_fpn",
-        "pixel_size": 50.0,
-        "tile_size": 320,
-        "overlap": 64,
-        "batch_size": 4,
-        "steps": 6000,
-        "lr": 1e-3,
-        "val_every": 500,
-        "input": "luminance",
-        "atlas_fraction": 1.0,
-        "instance_loss": 0.0,
-    },
+    "cpu": {**CPU, "steps": 1500, "val_every": 200},
+    "atlas": {**ATLAS, "atlas_fraction": 0.5},
+    # the shipped model (sebre_ij/models/mouse.safetensors, `make model`): a quarter of the tiles cut
+    # from the atlas, which keeps most of the real sections' appearance in each batch
+    "mouse": {**ATLAS, "steps": 4000, "atlas_fraction": 0.25},
+    # atlas sections alone: the real training sections are not used, GLTa only validates
+    "atlas-only": {**ATLAS, "atlas_fraction": 1.0},
     # one CUDA GPU: SeBRe's ResNet-50-FPN at the sections' own pixel size
     "gpu": {
         "arch": "resnet50_fpn",

@@ -387,7 +387,12 @@ def atlas_section(
         plane, orientation = random_plane(atlas, recipe, rng)
         section = cut_section(atlas, plane, recipe.margin_px, orientation)
     section = crop(damage(section, recipe, rng), recipe.margin_px)
-    image = render(
+    return picture(atlas, section, recipe, rng), section.classes, section
+
+
+def picture(atlas: Atlas, section: Section, recipe: SectionRecipe, rng: np.random.Generator) -> np.ndarray:
+    """The section rendered in one of the recipe's looks (render.render), from its structures."""
+    return render(
         section.structures,
         section.tissue,
         section_template(atlas, section),
@@ -397,4 +402,3 @@ def atlas_section(
         recipe.look,
         rng,
     )
-    return image, section.classes, section

@@ -17,16 +17,6 @@ PROPS = {
 }
 
 
-def signed_area(ring):
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
-
-
-def single_region(labels, **kwargs):
-    (region,) = regions_from_labels(labels, PROPS, **kwargs)
-    return region
-
-
 def two_regions():
     labels = np.zeros((20, 30), np.int32)
     labels[2:12, 2:12] = 1
