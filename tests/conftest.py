@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sebre_ij.stores import write_slide
 from sebre_ij.synth import CLASSES, synth_section
 
 
@@ -119,3 +120,50 @@ def write_synth_set(root, n=3, shape=(96, 96)):
     classes = [{"index": i, "name": name, "rgb": list(rgb)} for i, (name, rgb) in enumerate(CLASSES)]
     (root / "sections.json").write_text(json.dumps({"classes": classes, "sections": sections}))
     return root
+
+
+@pytest.fixture(scope="module", params=["0.4", "0.5"])
+def store(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"ngff{request.param}") / "slide.zarr"
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (3, 600, 800), dtype=np.uint8)
+    labels = np.zeros((600, 800), np.uint8)
+    labels[100:300, 200:500] = 1
+    write_slide(path, image, labels, 2.0, ngff=request.param, chunk=128)
+    return path, request.param, image
+
+
+@pytest.fixture
+def http_store(tmp_path):
+    """A slide served by a real `python -m http.server`, which the test stops and starts."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from sebre_ij.stores import make_slide_store
+
+    make_slide_store(tmp_path / "s.zarr", sections=1, size=(512, 512), pixel_size=8.0, seed=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def start():
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    return server
+            time.sleep(0.05)
+        raise RuntimeError("http.server did not start")
+
+    servers = [start()]
+    yield f"http://127.0.0.1:{port}/s.zarr", servers, start
+    for server in servers:
+        server.kill()
+        server.wait()
