@@ -150,7 +150,7 @@ def test_user_errors_are_one_line_exit_2(args, words, tmp_path):
 
 
 def test_blank_slide_is_refused_and_nothing_written(run, tmp_path):
-    from sebre_ij.synth import write_slide
+    from sebre_ij.stores import write_slide
 
     _, _, model, _, _ = run
     blank = tmp_path / "blank.zarr"

@@ -170,8 +170,10 @@ def test_runs_on_two_names_share_a_store(small, tmp_path):
 def test_second_run_on_a_name_is_refused_while_the_first_holds_it(small, tmp_path):
     store, model = Path(shutil.copytree(small[0], tmp_path / "slide.zarr")), small[1]
     first = subprocess.Popen(segment_cmd(store, model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: progress_of(store) >= 1, first)
-    os.kill(first.pid, signal.SIGSTOP)  # paused mid-run, holding the lock, while the second run starts
+    # paused as soon as it holds the lock (a 12-tile run may finish within one poll of its progress),
+    # while the second run starts
+    wait_for(lambda: (store / "labels" / ".sebre-lock-sebre").exists(), first)
+    os.kill(first.pid, signal.SIGSTOP)
     try:
         assert first.poll() is None, "the first run ended before the second started"
         second = in_process(segment_cmd(store, model))
