@@ -76,6 +76,7 @@ class ChunkFiles:
         self.shape, self.chunks = array.shape, array.chunks
         self.fill = np.asarray(array.metadata.fill_value, dtype).item()
         self._made: set[Path] = set()  # folders known to exist
+        self._constant: dict[int, bytes] = {}  # value -> a whole chunk of it, encoded once
 
     def _path(self, coords: tuple[int, ...]) -> Path:
         return self.folder / self.array.metadata.encode_chunk_key(coords)
@@ -90,14 +91,28 @@ class ChunkFiles:
 
     def write_chunk(self, coords: tuple[int, ...], values: np.ndarray) -> None:
         """Store a whole chunk (at its full chunk shape); one of only the fill value is removed instead."""
-        path = self._path(coords)
         if not values.any() if self.fill == 0 else (values == self.fill).all():
-            path.unlink(missing_ok=True)
+            self._path(coords).unlink(missing_ok=True)
             return
+        self._store(coords, self.compressor.encode(np.ascontiguousarray(values, self.dtype)))
+
+    def write_constant(self, coords: tuple[int, ...], value: int) -> None:
+        """Store a chunk holding one value throughout: encoded once per value, the bytes reused for
+        every such chunk (a region's inside fills most of a fine level's chunks). The fill value is
+        left out, as write_chunk leaves it."""
+        if value == self.fill:
+            self._path(coords).unlink(missing_ok=True)
+            return
+        if value not in self._constant:
+            self._constant[value] = self.compressor.encode(np.full(self.chunks, value, self.dtype))
+        self._store(coords, self._constant[value])
+
+    def _store(self, coords: tuple[int, ...], data: bytes) -> None:
+        """A chunk's encoded bytes into its file, through a temporary file renamed into place."""
+        path = self._path(coords)
         if path.parent not in self._made:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(path.parent)
-        data = self.compressor.encode(np.ascontiguousarray(values, self.dtype))
         partial = path.with_name(
             f"{path.name}.{uuid.uuid4().hex}.partial"
         )  # as zarr's LocalStore: readers never see half a chunk
