@@ -1,6 +1,6 @@
 """`sebre segment` on slides of real geometry: what level 0 at scanner resolution costs, as one JSON object.
 
-    python benchmarks/bench_wsi.py [--chunk 512] [--repeats 1]
+    python benchmarks/bench_wsi.py [--chunk 512] [--repeats 1] [--model PATH]
 
 A 75 x 25 mm slide holding 8 synthetic mouse-sized sections (tissue about 10 x 6 mm each), written
 twice as a scanner writes it (NGFF 0.4, levels halving down to 1024 px, `stores.write_scan`):
@@ -9,12 +9,17 @@ levels). The image's pixels exist from 8 µm/px up; the finer levels hold only z
 since `segment` never reads them, but the label layer is written at every level. The model is a
 random-weight light model with a semantic branch (`tiny_fpn`, 256 px tiles, 64 px overlap) at
 50 µm/px, so tiles are resampled from the 32 µm/px level, which is the layer's inference level.
+The random weights' class maps are patchy, but not unrealistically so for outline length: the
+JSON's `outline_mm` (cells of the inference level whose four pixels differ, times its pixel size)
+is about 50 mm per section, what a mouse coronal section's dozen regions have. (The shipped mouse
+model was not there yet when this was written; `--model PATH` runs another checkpoint instead.)
 
 Each measured run is its own process (peak RSS by getrusage of that process):
 
 - `segment` on the slide: wall time, peak RSS, seconds per pyramid level (`level_seconds`, the
   layer's own counters: thread seconds summed), level-0 label pixels written per second of level
   0's time (`level0_px_per_s`: chunk files written at level 0 x pixels per chunk);
+- `outline_mm`: the length of the outlines the finer levels follow, at the inference level;
 - the model alone on the same tiles already in memory (the semantic branch alone, as `segment` runs
   it), same batch size: `segment_over_model`.
 
@@ -26,13 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import zarr
 
 from sebre_ij.allocator import kept_heap
 from sebre_ij.checkpoint import load_checkpoint, save_checkpoint
@@ -56,7 +64,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def make_inputs(work: Path, chunk: int) -> None:
+def make_inputs(work: Path, chunk: int, model: str | None = None) -> None:
     shape = tuple(round(mm * 1000 / IMAGE_UM) for mm in SLIDE_MM)
     image, _ = synth_slide(8, shape, DRAWN_UM, seed=7)
     for name, level0 in LEVEL0_UM.items():
@@ -74,7 +82,10 @@ def make_inputs(work: Path, chunk: int) -> None:
         OVERLAP,
         semantic=True,
     )
-    save_checkpoint(work / "model.safetensors", random_model(card), card)
+    if model:
+        shutil.copyfile(model, work / "model.safetensors")
+    else:
+        save_checkpoint(work / "model.safetensors", random_model(card), card)
 
 
 def model_tiles(slide_path: Path, card: ModelCard) -> list[torch.Tensor]:
@@ -95,6 +106,16 @@ def model_only(model, images: list[torch.Tensor]) -> float:
         for i in range(0, len(images), BATCH):
             detect(model, images[i : i + BATCH], paste_masks=False, instances=False)
     return time.perf_counter() - start
+
+
+def outline_mm(slide: Path, name: str, level: int) -> float:
+    """Outline length at the inference level: cells between four pixels not all of one label, times the pixel size."""
+    opened = open_slide(slide)
+    values = np.asarray(zarr.open_array(slide / "labels" / name / opened.levels[level].path, mode="r")[:])
+    values = values.reshape(values.shape[-2:])
+    corners = values[:-1, :-1], values[:-1, 1:], values[1:, :-1], values[1:, 1:]
+    mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+    return float(mixed.sum()) * opened.pixel_size(level) / 1000
 
 
 def level0_files(slide: Path, name: str) -> int:
@@ -131,6 +152,7 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
         "sections": result.sections,
         "inference_level": result.level,
         "level_seconds": {k: round(v, 2) for k, v in result.level_seconds.items()},
+        "outline_mm": round(outline_mm(slide, f"bench{repeats - 1}", result.level), 1),
         "level0_chunk_files": files,
         "level0_px_per_s": round(files * chunk * chunk / level0_s) if level0_s else None,
     }
@@ -138,7 +160,9 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
 
 def child(work: Path, kind: str, name: str, args) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--slide", name, "--work", str(work)]
-    command += ["--chunk", str(args.chunk), "--repeats", str(args.repeats)]
+    command += ["--chunk", str(args.chunk), "--repeats", str(args.repeats)] + (
+        ["--model", args.model] if args.model else []
+    )
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {kind} {name} failed:\n{proc.stderr}")
@@ -149,12 +173,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=512, help="chunk side of every level (image and labels)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of `segment` per slide (the fastest counts)")
+    parser.add_argument("--model", help="a checkpoint to run instead of the random-weight tiny_fpn")
     parser.add_argument("--child", choices=["make", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "make":
-        make_inputs(Path(args.work), args.chunk)
+        make_inputs(Path(args.work), args.chunk, args.model)
         return
     if args.child:
         print(json.dumps(run_child(Path(args.work), args.slide, args.repeats)))
@@ -166,6 +191,7 @@ def main() -> None:
         runs = {name: child(work, "ours", name, args) for name in LEVEL0_UM}
     report = {
         "chunk": args.chunk,
+        "model": args.model or "random-weight tiny_fpn",
         "model_um_per_px": MODEL_UM,
         "torch_threads": torch.get_num_threads(),
         "level0_05um": runs["05"],

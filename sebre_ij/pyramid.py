@@ -201,16 +201,17 @@ def _tiled_blocks(layer: LabelLayer, dst: LabelArray) -> Iterator[Block]:
             yield (*front, *yx)
 
 
-def build_pyramid(layer: LabelLayer) -> dict[int, float]:
-    """Fill every other level: the finer ones by finer.build_finer, the coarser ones chunk by chunk
+def build_pyramid(layer: LabelLayer, client=None) -> dict[int, float]:
+    """Fill every other level: the finer ones by finer.build_finer (on the workers of a Dask
+    `client`, if given), the coarser ones chunk by chunk
     with Dask, label-safe, each from the one above it, so a task reads about four chunks whatever
     the level (a coarse chunk read straight from the inference level can span gigabytes).
 
     Only chunks over the tiles that ran are computed (`layer.tiled_chunks`): on a slide that is
     mostly glass, time follows tissue, and the glass chunks are never visited nor written. Coarser
     chunks that CoarserLevels wrote in this process are left as they are. Returns the seconds spent
-    on each level here (the finer levels' summed over their threads)."""
-    seconds = build_finer(layer)
+    on each level (the finer levels' summed over their threads or workers)."""
+    seconds = build_finer(layer, client)
     inference = layer.array(layer.level)
     for i in range(layer.level + 1, len(layer.slide.levels)):  # in order: each needs the one before it complete
         start, dst = time.perf_counter(), layer.array(i)

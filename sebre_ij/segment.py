@@ -288,16 +288,17 @@ def run_tiles_on_cluster(
 
 
 def finish(
-    layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict
+    layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict, client=None
 ) -> tuple[list[dict], dict[str, float]]:
-    """Step 4: number instances (instance mode), build the pyramid and mark the layer complete;
-    returns its region rows and the seconds spent on each pyramid level."""
+    """Step 4: number instances (instance mode), build the pyramid (on the cluster's workers with a
+    Dask `client`) and mark the layer complete; returns its region rows and the seconds spent on
+    each pyramid level."""
     pixel_area = layer.slide.pixel_size(layer.level) ** 2
     if mode == "instance":
         rows = instance_table(number_layer(layer), stats, card, pixel_area)
     else:
         rows = region_table(stats, card, pixel_area)
-    seconds = build_pyramid(layer)
+    seconds = build_pyramid(layer, client)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, provenance)
     layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
@@ -392,6 +393,7 @@ def segment(
                     "resampling_factor": inputs.factor,
                     "mode": options.mode,
                 },
+                client,
             )
     result = SegmentResult(
         str(slide_url),

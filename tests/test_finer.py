@@ -1,9 +1,11 @@
 """Finer levels: smooth outlines from the class margins, constant chunks stored once, cost near outlines."""
 
 import numpy as np
+import pytest
 import zarr
 
-from sebre_ij.finer import Axis, Band, finer_chunk, vote
+import sebre_ij.finer
+from sebre_ij.finer import Axis, Band, finer_chunk, outline_labels, vote
 from sebre_ij.layer import MARGIN, create_layer
 from sebre_ij.pyramid import build_pyramid
 from sebre_ij.slide import open_slide
@@ -110,9 +112,9 @@ def test_constant_chunks_are_encoded_once_per_value_and_glass_left_out(tmp_path)
     assert glass and not any((path / "labels" / "regions" / "s0" / str(r) / str(c)).exists() for r, c in glass)
 
 
-def test_blocks_give_the_pixel_rule_at_every_pixel():
-    """The block test is exact: a chunk computed block by block equals the pixel rule at each pixel,
-    with three and four labels meeting and unknown margins among known ones."""
+def test_runs_give_the_pixel_rule_at_every_pixel():
+    """Runs split in closed form are exact: a chunk computed as runs equals the pixel rule at each
+    pixel, with three and four labels meeting and unknown margins among known ones."""
     rng = np.random.default_rng(0)
     values = rng.integers(1, 4, (12, 12)).astype(np.uint32)
     values[:6, :6] = 1
@@ -126,3 +128,32 @@ def test_blocks_give_the_pixel_rule_at_every_pixel():
     want = vote(band, rows, cols, ys, xs)[0].reshape(300, 300)
     np.testing.assert_array_equal(got, want)
     assert finer_chunk(band, rows, cols, (slice(0, 100), slice(0, 100))) == 1  # one value: an int
+
+
+@pytest.mark.parametrize("pixelwise", [0, 10**9])  # every cell pixel by pixel; none (runs throughout)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_row_of_chunks_done_together_equals_the_pixel_rule(monkeypatch, seed, pixelwise):
+    """Several chunks of a row (some side by side) at once, at factors that divide and that do not,
+    with equal margins (ties within rounding), unknown ones and three labels: each chunk is the
+    pixel rule's labels as a C-ordered array, and says whether it holds one value."""
+    monkeypatch.setattr(sebre_ij.finer, "PIXELWISE", pixelwise)
+    rng = np.random.default_rng(seed)
+    n, factor, side = int(rng.integers(6, 14)), [2, 4, 7, 8, 25, 64][seed % 6], [5, 16, 33][seed % 3]
+    values = rng.integers(1, 4, (n, n)).astype(np.uint32)
+    if seed % 3 == 0:  # two labels either side of a diagonal
+        values = np.where(np.add.outer(np.arange(n), np.arange(n)) > n, 1, 2).astype(np.uint32)
+    margins = rng.integers(0, 65535, (n, n)).astype(np.uint16)
+    if seed % 4 == 1:
+        margins[:] = 7
+    if seed % 5 == 2:
+        margins[: n // 2] = 0
+    band, axis = Band(values, margins, 0), Axis(n, n * factor)
+    starts = sorted({int(c) for c in rng.integers(0, max(1, n * factor // side), 4)} | {0, 1})
+    windows = [slice(c * side, min((c + 1) * side, n * factor)) for c in starts if c * side < n * factor]
+    ys = slice(min(side, n * factor - 1), min(2 * side, n * factor))
+    parts, one = outline_labels(band, axis, axis, ys, windows)
+    for xs, part, alone in zip(windows, parts, one):
+        yy, xx = (a.ravel() for a in np.mgrid[ys, xs])
+        want = vote(band, axis, axis, yy, xx)[0].reshape(part.shape)
+        np.testing.assert_array_equal(part, want)
+        assert part.flags.c_contiguous and alone == (want.min() == want.max())
