@@ -67,6 +67,18 @@ def chunk_files(array: zarr.Array) -> ChunkFiles | None:
     return ChunkFiles(array, Path(store.root) / array.path, *codec)
 
 
+def write_file(path: str, data: bytes) -> None:
+    """Write a new file with os calls (a chunk file is written thousands of times a level: pathlib's
+    and io's layers cost more than the system calls here)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class ChunkFiles:
     """`array[index]` and `array[index] = values` over whole chunks; a chunk the window only
     partly covers is read, changed and written again, as zarr does."""
@@ -142,13 +154,7 @@ class ChunkFiles:
             self._made.add(parent)
         partial = f"{path}.{uuid.uuid4().hex}.partial"
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            write_file(partial, data)
             os.replace(partial, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -26,7 +26,7 @@ from ome_zarr.writer import add_metadata, write_multiscales_metadata
 from .chunkfiles import ChunkFiles, chunk_files
 from .errors import UserError
 from .instances import SCRATCH
-from .labels import LABEL_DTYPE, label_axes
+from .labels import LABEL_DTYPE, MARGIN, label_axes
 from .lock import locked
 from .ngff import ome_attrs
 from .slide import Level, Slide
@@ -34,7 +34,6 @@ from .slide import Level, Slide
 LabelArray = zarr.Array | ChunkFiles  # a level of the layer, as written
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LOCK = ".sebre-lock"  # lock files start with ".", which layer names cannot: the two never collide
-MARGIN = "margins"  # scratch array of the model's class margins at the inference level, until the layer is finished
 MARGIN_DTYPE = np.uint16  # 0: no margin known (that pixel's finer levels go by nearest pixel)
 PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <key>.<uuid hex>.partial, then renames it
 
@@ -244,11 +243,11 @@ class LabelLayer:
         )
 
     def drop_scratch(self) -> None:
-        """Delete the scratch arrays (instance mode's regions, the margins) once the layer is finished."""
-        for path in (SCRATCH, MARGIN):
-            if path in self.group:
-                del self.group[path]
-                self.opened.pop(path, None)
+        """Delete the scratch array of instance mode once the layer is finished. The margins stay:
+        exports trace outlines at the inference level by the rule the finer levels follow."""
+        if SCRATCH in self.group:
+            del self.group[SCRATCH]
+            self.opened.pop(SCRATCH, None)
 
 
 def create_layer(
@@ -309,8 +308,8 @@ def _sweep_partials(slide: Slide, name: str) -> None:
 
 
 def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
-    """The layer's empty arrays, one per image level chunked like it, and the scratch arrays at the
-    inference level (the margins; instance mode's regions), where missing."""
+    """The layer's empty arrays, one per image level chunked like it, and at the inference level
+    the margins and (instance mode) the scratch array of regions, where missing."""
     options = slide.ngff.array_options(label_axes(slide))
     wanted = [(lv.path, lv, LABEL_DTYPE) for lv in slide.levels] + [(MARGIN, slide.levels[level], MARGIN_DTYPE)]
     wanted += [(SCRATCH, slide.levels[level], LABEL_DTYPE)] if scratch else []
