@@ -44,8 +44,9 @@ import zarr
 
 from sebre_ij.allocator import kept_heap
 from sebre_ij.checkpoint import load_checkpoint, save_checkpoint
-from sebre_ij.infer import read_tile
+from sebre_ij.infer import tile_reader
 from sebre_ij.model import ModelCard, detect, random_model
+from sebre_ij.model_input import input_map
 from sebre_ij.segment import SegmentOptions, segment
 from sebre_ij.slide import inference_level, open_slide
 from sebre_ij.stores import write_scan
@@ -95,8 +96,8 @@ def model_tiles(slide_path: Path, card: ModelCard) -> list[torch.Tensor]:
     (tissue,) = find_tissue(slide)
     grid = Grid(slide.yx_shape(level), factor)
     tiles = tile_grid(grid.shape, card.tile_size, card.overlap, tissue.sections)
-    array = slide.array(level)
-    return [torch.from_numpy(read_tile(array, slide.axes, t, 0, tissue.glass, factor)) for t in tiles]
+    read = tile_reader(slide.array(level), slide.axes, 0, input_map(card.input, tissue.image, tissue.coarse), factor)
+    return [torch.from_numpy(read(t)) for t in tiles]
 
 
 def model_only(model, images: list[torch.Tensor]) -> float:
@@ -127,7 +128,11 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
     slide = work / f"{name}.zarr"
     model, card = load_checkpoint(work / "model.safetensors", "cpu")
     with torch.inference_mode():  # torch's first-call setup, untimed
-        detect(model, [torch.rand(3, TILE, TILE) for _ in range(BATCH)], instances=False)
+        detect(
+            model,
+            [torch.rand(len(card.channels), card.tile_size, card.tile_size) for _ in range(BATCH)],
+            instances=False,
+        )
     runs, result = [], None
     for repeat in range(repeats):
         start = time.perf_counter()
@@ -192,7 +197,7 @@ def main() -> None:
     report = {
         "chunk": args.chunk,
         "model": args.model or "random-weight tiny_fpn",
-        "model_um_per_px": MODEL_UM,
+        "model_um_per_px": MODEL_UM if not args.model else load_checkpoint(args.model, "cpu")[1].pixel_size_um,
         "torch_threads": torch.get_num_threads(),
         "level0_05um": runs["05"],
         "level0_025um": runs["025"],
