@@ -84,6 +84,7 @@ class Band:
     values: np.ndarray
     margins: np.ndarray
     row0: int  # the first row's index in the level
+    col0: int = 0  # the first column's
 
     def __post_init__(self):
         v = self.values
@@ -92,7 +93,7 @@ class Band:
 
     def one_value(self, r0, r1, c0, c1) -> np.ndarray:
         """Whether the inference pixels [r0, r1] x [c0, c1] (level rows, inclusive; arrays) hold one value."""
-        r0, r1 = r0 - self.row0, r1 - self.row0
+        r0, r1, c0, c1 = r0 - self.row0, r1 - self.row0, c0 - self.col0, c1 - self.col0
         return (_window_sum(self._across, r0, r1, c0, c1 - 1) == 0) & (_window_sum(self._down, r0, r1 - 1, c0, c1) == 0)
 
 
@@ -113,7 +114,7 @@ def vote(band: Band, rows: Axis, cols: Axis, ys: np.ndarray, xs: np.ndarray) -> 
     """The pixel rule at finer pixels (ys[k], xs[k]): their labels, and whether each label's lead
     over every other label is strict (always so where the nearest rule applies)."""
     y0, y1, ty = rows.lower(ys) - band.row0, rows.upper(ys) - band.row0, rows.weight(ys)
-    x0, x1, tx = cols.lower(xs), cols.upper(xs), cols.weight(xs)
+    x0, x1, tx = cols.lower(xs) - band.col0, cols.upper(xs) - band.col0, cols.weight(xs)
     corners = ((y0, x0), (y0, x1), (y1, x0), (y1, x1))
     labels = np.stack([band.values[y, x] for y, x in corners])
     margins = np.stack([band.margins[y, x] for y, x in corners]).astype(np.float64)
@@ -126,7 +127,7 @@ def vote(band: Band, rows: Axis, cols: Axis, ys: np.ndarray, xs: np.ndarray) -> 
     label = np.take_along_axis(labels, best[None], 0)[0]
     lead = np.take_along_axis(totals, best[None], 0)[0]
     second = np.where(labels != label, totals, -1.0).max(0)
-    nearest = band.values[rows.nearest(ys) - band.row0, cols.nearest(xs)]
+    nearest = band.values[rows.nearest(ys) - band.row0, cols.nearest(xs) - band.col0]
     known = most > 0
     return np.where(known, label, nearest), ~known | (lead > second)
 
@@ -178,8 +179,8 @@ def outline_labels(
     widths = np.array([w.stop - w.start for w in windows])
     xs = np.concatenate([np.arange(w.start, w.stop) for w in windows])
     y, x = Runs.of(rows, np.arange(ys.start, ys.stop)), Runs.of(cols, xs, np.cumsum(widths))
-    v, row0 = band.values, band.row0
-    cell_labels = [v[a[:, None] - row0, b] for a in (y.lower, y.upper) for b in (x.lower, x.upper)]
+    v, row0, col0 = band.values, band.row0, band.col0
+    cell_labels = [v[a[:, None] - row0, b - col0] for a in (y.lower, y.upper) for b in (x.lower, x.upper)]
     first = cell_labels[0]
     uniform = (first == cell_labels[1]) & (first == cell_labels[2]) & (first == cell_labels[3])
     run0 = np.searchsorted(x.start, np.cumsum(widths) - widths)  # each window's first run
@@ -236,8 +237,9 @@ def _split_rows(band: Band, rows: Axis, cols: Axis, ys: slice, x: Runs, r, j):
     and whether the row needs `vote` pixel by pixel (three labels or more, or a tie)."""
     v, m, row0 = band.values, band.margins, band.row0
     ylo, yhi = rows.lower(r + ys.start) - row0, rows.upper(r + ys.start) - row0
-    labels = [v[a, b] for a in (ylo, yhi) for b in (x.lower[j], x.upper[j])]
-    margins = np.stack([m[a, b] for a in (ylo, yhi) for b in (x.lower[j], x.upper[j])]).astype(np.float64)
+    xlo, xhi = x.lower[j] - band.col0, x.upper[j] - band.col0
+    labels = [v[a, b] for a in (ylo, yhi) for b in (xlo, xhi)]
+    margins = np.stack([m[a, b] for a in (ylo, yhi) for b in (xlo, xhi)]).astype(np.float64)
     most = margins.max(0)
     margins = np.where(margins > 0, margins, most)
     first = labels[0]
@@ -270,8 +272,8 @@ def _split_rows(band: Band, rows: Axis, cols: Axis, ys: slice, x: Runs, r, j):
     tie = back | on | ((split > 0) & (np.abs(f(split - 1)) <= tol)) | ((split < n) & (np.abs(f(split)) <= tol))
     known = most > 0
     near = rows.nearest(r + ys.start) - row0  # the nearest rule, where no margin is known
-    left = np.where(known, np.where(q < 0, first, other), v[near, x.lower[j]])  # where f < 0 ...
-    right = np.where(known, np.where(q < 0, other, first), v[near, x.upper[j]])  # ... and f >= 0
+    left = np.where(known, np.where(q < 0, first, other), v[near, xlo])  # where f < 0 ...
+    right = np.where(known, np.where(q < 0, other, first), v[near, xhi])  # ... and f >= 0
     return left, right, np.where(known, split, x.near_lower[j]), known & (many | tie)
 
 
@@ -287,7 +289,7 @@ def finer_chunk(band: Band, rows: Axis, cols: Axis, window: tuple[slice, slice])
     r0, r1 = rows.lower(ys.start), rows.upper(ys.stop - 1)
     c0, c1 = cols.lower(xs.start), cols.upper(xs.stop - 1)
     if band.one_value(r0, r1, c0, c1):
-        return int(band.values[r0 - band.row0, c0])
+        return int(band.values[r0 - band.row0, c0 - band.col0])
     return outline_labels(band, rows, cols, ys, [xs])[0][0]
 
 
@@ -316,8 +318,15 @@ def _band(layer: LabelLayer, z: int, band_row: int) -> tuple[Band | None, list[t
         return None, plan
     top = min(int(rows.lower(ys.start)) for _, rows, _, ys in plan)
     bottom = max(int(rows.upper(ys.stop - 1)) for _, rows, _, ys in plan) + 1
-    window = (slice(top, bottom), slice(0, w))
-    return Band(layer.read(z, window), layer.read(z, window, MARGIN), top), plan
+    left, right = 0, w
+    if layer.tiled_chunks is not None:  # the columns under the tiles of these rows, and a finer chunk's width beside
+        cy, cx = layer.chunks
+        tiled = np.flatnonzero(layer.tiled_chunks[top // cy : (bottom - 1) // cy + 1].any(0))
+        halo = max(-(-layer.level_chunks(level)[1] * w // layer.slide.yx_shape(level)[1]) for level, *_ in plan) + 1
+        if len(tiled):
+            left, right = max(int(tiled[0]) * cx - halo, 0), min((int(tiled[-1]) + 1) * cx + halo, w)
+    window = (slice(top, bottom), slice(left, right))
+    return Band(layer.read(z, window), layer.read(z, window, MARGIN), top, left), plan
 
 
 def _timed_row(layer: LabelLayer, z: int, band: Band, level: int, rows: Axis, cols: Axis, ys: slice):
@@ -362,19 +371,23 @@ def _chunk_row(layer: LabelLayer, z: int, band: Band, level: int, rows: Axis, co
     x1 = np.minimum(x0 + fx, dw)
     r0, r1 = int(rows.lower(ys.start)), int(rows.upper(ys.stop - 1))
     c0, c1 = cols.lower(x0), cols.upper(x1 - 1)
+    inside = (c0 >= band.col0) & (c1 < band.col0 + band.values.shape[1])  # the rest lies over no tile
+    c0, c1 = (np.clip(c, band.col0, band.col0 + band.values.shape[1] - 1) for c in (c0, c1))
     one = band.one_value(r0, r1, c0, c1)
-    value = band.values[r0 - band.row0, c0]
+    value = band.values[r0 - band.row0, c0 - band.col0]
     array = layer.array(level)
     files = isinstance(array, ChunkFiles) and all(c == 1 for c in array.chunks[:-2])
-    todo = ~(one & (value == array.fill)) if files else np.ones(len(x0), bool)  # zarr removes fill chunks itself
+    visit = inside.copy()
     if layer.tiled_chunks is not None:  # glass: no tile ran under it, nothing to write
         cy, cx = layer.chunks
         tiled = np.r_[0, np.cumsum(layer.tiled_chunks[r0 // cy : r1 // cy + 1].any(0))]
-        todo &= tiled[c1 // cx + 1] > tiled[c0 // cx]
+        visit &= tiled[c1 // cx + 1] > tiled[c0 // cx]
+    fill = one & (value == array.fill) if files else np.zeros(len(x0), bool)  # zarr removes fill chunks itself
+    todo = visit & ~fill
     lead = tuple(z if a == "z" else 0 for a in label_axes(layer.slide)[:-2])
     row, path = ys.start // layer.level_chunks(level)[0], layer.slide.levels[level].path
     if files:  # chunks of the fill value from an earlier try of this layer (if any) go
-        for c in np.flatnonzero(~todo & one):
+        for c in np.flatnonzero(visit & fill):
             array.clear((*lead, row, int(c)))
     for c in np.flatnonzero(todo & one):
         if files:

@@ -157,3 +157,31 @@ def test_a_row_of_chunks_done_together_equals_the_pixel_rule(monkeypatch, seed, 
         want = vote(band, axis, axis, yy, xx)[0].reshape(part.shape)
         np.testing.assert_array_equal(part, want)
         assert part.flags.c_contiguous and alone == (want.min() == want.max())
+
+
+def test_only_chunks_over_tiles_are_written_from_a_band_cut_to_their_columns(tmp_path):
+    """On a sparse slide a band reads only the columns under its tiles (and a finer chunk's width
+    beside them): the chunks over the tiles are the pixel rule's over the whole level, and the
+    chunks over no tile are no files."""
+    path = tmp_path / "s.zarr"
+    write_slide(path, np.full((3, *SHAPE), 240, np.uint8), np.zeros(SHAPE, np.uint8), 1.0, chunk=CHUNK, levels=LEVELS)
+    values, margins, _ = oblique((128, 128))
+    slide = open_slide(path)
+    layer = create_layer(slide, "sparse", LEVELS - 1)
+    layer.write(0, (slice(0, 128), slice(0, 128)), values)
+    layer.write(0, (slice(0, 128), slice(0, 128)), quantized(margins), MARGIN)
+    layer.tiled_chunks = np.array([[False, False], [False, True]])  # one tile's chunk: rows and columns 64-127
+    build_pyramid(layer)
+    band, axis = Band(values, quantized(margins), 0), Axis(128, 1024)
+    level0 = zarr.open_array(path / "labels" / "sparse" / "s0", mode="r")
+    for r in range(1024 // CHUNK):
+        for c in range(1024 // CHUNK):
+            window = (slice(r * CHUNK, (r + 1) * CHUNK), slice(c * CHUNK, (c + 1) * CHUNK))
+            over = max(axis.upper(window[0].stop - 1), axis.upper(window[1].stop - 1)) >= 64
+            over &= min(axis.upper(window[0].stop - 1), axis.upper(window[1].stop - 1)) >= 64
+            stored = (path / "labels" / "sparse" / "s0" / str(r) / str(c)).exists()
+            if not over:
+                assert not stored
+            else:
+                want = finer_chunk(band, axis, axis, window)
+                np.testing.assert_array_equal(np.asarray(level0[window]), np.broadcast_to(want, (CHUNK, CHUNK)))
