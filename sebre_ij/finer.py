@@ -21,8 +21,9 @@ checked at the pixels beside the split; then one np.repeat makes the chunks' lab
 cells of three or four labels, and pixels within rounding of a tie, are computed pixel by pixel
 (`vote`), as are cells only a few pixels wide (the levels just finer than the inference level).
 
-Memory: a band of inference chunk rows (with a halo of a pixel and a chunk) and a row's outline
-chunks (OUTLINE_PIXELS) per thread or worker, whatever the size of level 0.
+Memory: a band of inference chunk rows (with a halo of a pixel and a chunk; only the columns under
+its tiles, on a sparse slide) and a row's outline chunks (OUTLINE_PIXELS) per thread or worker,
+whatever the size of level 0.
 """
 
 from __future__ import annotations
@@ -169,13 +170,13 @@ def outline_labels(
     a row's chunks), each a C-ordered array, and whether each holds one value. The windows are done
     together, a numpy call for all rather than one per window.
 
-    A cell whose four inference pixels hold one label is that label throughout: each window starts
-    as its cells' first labels, repeated over their pixels. The pixels of the other cells are then
-    set: where cells are a few pixels wide, by `vote` pixel by pixel; else row by row, since along a
-    finer row each label's votes are linear in the position, so with two labels in a cell the row
-    is a run of each, split where their votes cross (found in closed form, then checked at the
-    pixels beside the split). Rows of cells with three or four labels, and rows with a pixel within
-    rounding of a tie, get `vote` pixel by pixel."""
+    A cell whose four inference pixels hold one label is that label throughout. Where cells are a
+    few pixels wide (PIXELWISE), the windows are their cells' labels repeated, and the other cells'
+    pixels are set by `vote`. Else each finer row is a run per side of each cell's split: along a
+    row each label's votes are linear in the position, so with two labels in a cell the row is a
+    run of each, split where their votes cross (found in closed form, then checked at the pixels
+    beside it; one label: an empty run), and one np.repeat makes all the windows. Rows of cells
+    with three or four labels, and rows with a pixel within rounding of a tie, get `vote`."""
     widths = np.array([w.stop - w.start for w in windows])
     xs = np.concatenate([np.arange(w.start, w.stop) for w in windows])
     y, x = Runs.of(rows, np.arange(ys.start, ys.stop)), Runs.of(cols, xs, np.cumsum(widths))
