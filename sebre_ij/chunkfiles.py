@@ -67,6 +67,18 @@ def chunk_files(array: zarr.Array) -> ChunkFiles | None:
     return ChunkFiles(array, Path(store.root) / array.path, *codec)
 
 
+def write_file(path: str, data: bytes) -> None:
+    """Write a new file with os calls (a chunk file is written thousands of times a level: pathlib's
+    and io's layers cost more than the system calls here)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class ChunkFiles:
     """`array[index]` and `array[index] = values` over whole chunks; a chunk the window only
     partly covers is read, changed and written again, as zarr does."""
@@ -75,38 +87,78 @@ class ChunkFiles:
         self.array, self.folder, self.compressor, self.dtype = array, folder, compressor, dtype
         self.shape, self.chunks = array.shape, array.chunks
         self.fill = np.asarray(array.metadata.fill_value, dtype).item()
-        self._made: set[Path] = set()  # folders known to exist
+        self._root = str(folder)
+        self._made: set[str] = set()  # folders known to exist
+        self._fresh: set[str] = set()  # folders this object made or found missing: no file there it did not write
+        self._constant: dict[int, bytes] = {}  # value -> a whole chunk of it, encoded once
 
-    def _path(self, coords: tuple[int, ...]) -> Path:
-        return self.folder / self.array.metadata.encode_chunk_key(coords)
+    def _path(self, coords: tuple[int, ...]) -> str:
+        return f"{self._root}/{self.array.metadata.encode_chunk_key(coords)}"
 
     def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         """A chunk's values at its full chunk shape (edge chunks too); the fill value where none is stored."""
         try:
-            data = self._path(coords).read_bytes()
+            with open(self._path(coords), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return np.full(self.chunks, self.fill, self.dtype)
         return np.frombuffer(self.compressor.decode(data), self.dtype).reshape(self.chunks).copy()
 
-    def write_chunk(self, coords: tuple[int, ...], values: np.ndarray) -> None:
-        """Store a whole chunk (at its full chunk shape); one of only the fill value is removed instead."""
-        path = self._path(coords)
-        if not values.any() if self.fill == 0 else (values == self.fill).all():
-            path.unlink(missing_ok=True)
+    def write_chunk(self, coords: tuple[int, ...], values: np.ndarray, check: bool = True) -> None:
+        """Store a whole chunk (at its full chunk shape); one of only the fill value is removed
+        instead (`check=False`: the caller knows it holds another value)."""
+        if check and (not values.any() if self.fill == 0 else (values == self.fill).all()):
+            self._unlink(self._path(coords))
             return
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        data = self.compressor.encode(np.ascontiguousarray(values, self.dtype))
-        partial = path.with_name(
-            f"{path.name}.{uuid.uuid4().hex}.partial"
-        )  # as zarr's LocalStore: readers never see half a chunk
+        self._store(coords, self.compressor.encode(np.ascontiguousarray(values, self.dtype)))
+
+    def write_constant(self, coords: tuple[int, ...], value: int) -> None:
+        """Store a chunk holding one value throughout: encoded once per value, the bytes reused for
+        every such chunk (a region's inside fills most of a fine level's chunks). The fill value is
+        left out, as write_chunk leaves it."""
+        if value == self.fill:
+            self._unlink(self._path(coords))
+            return
+        if value not in self._constant:
+            self._constant[value] = self.compressor.encode(np.full(self.chunks, value, self.dtype))
+        self._store(coords, self._constant[value])
+
+    def clear(self, coords: tuple[int, ...]) -> None:
+        """A chunk of only the fill value: remove its file, if one could be there. A folder this
+        object made, or found missing, holds only files it wrote, so it costs no system call."""
+        path = self._path(coords)
+        parent = os.path.dirname(path)
+        if parent in self._fresh:
+            return
+        if parent not in self._made:
+            if not os.path.isdir(parent):
+                self._fresh.add(parent)
+                return
+            self._made.add(parent)
+        self._unlink(path)
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _store(self, coords: tuple[int, ...], data: bytes) -> None:
+        """A chunk's encoded bytes into its file, through a temporary file renamed into place (as
+        zarr's LocalStore: readers never see half a chunk)."""
+        path = self._path(coords)
+        parent = os.path.dirname(path)
+        if parent not in self._made:
+            if not os.path.isdir(parent):
+                os.makedirs(parent, exist_ok=True)
+                self._fresh.add(parent)
+            self._made.add(parent)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
         try:
-            partial.write_bytes(data)
+            write_file(partial, data)
             os.replace(partial, path)
         except BaseException:
             with contextlib.suppress(OSError):
-                partial.unlink()
+                os.unlink(partial)
             raise
 
     def _window(self, index: Index) -> tuple[list[slice], tuple[int, ...]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .labels import LabelInfo, open_labels, read_plane
+from .labels import LabelInfo, open_labels, read_margins, read_plane
 from .measure import measure_regions, write_csv
 from .outlines import Region, regions_from_labels
 from .preview import write_preview
@@ -67,16 +67,16 @@ def layer_regions(
     slide: Slide, info: LabelInfo, level: int, tolerance: float | None = None, frame: int = 0
 ) -> list[Region]:
     """Every plane's regions traced at `level`, in the pixel coordinates of level `frame` (0: full
-    resolution), each at its 1-based stack position (0 for one plane). Off level 0, every ROI says
+    resolution), each at its 1-based stack position (0 for one plane). At the layer's inference
+    level, outlines follow the model's class margins where the layer keeps them (sub-pixel). Off level 0, every ROI says
     which level and µm/px its coordinates are in."""
     props = region_properties(info)
     (hf, wf), (h, w) = slide.yx_shape(frame), slide.yx_shape(level)
     extra = {"coordinate_level": frame, "um_per_px": slide.pixel_size(frame)} if frame else {}
     regions = []
     for z in range(slide.n_planes):
-        plane = regions_from_labels(
-            read_plane(info, slide, level, z), props, scale=(hf / h, wf / w), tolerance=tolerance
-        )
+        labels, margins = read_plane(info, slide, level, z), read_margins(info, slide, level, z)
+        plane = regions_from_labels(labels, props, scale=(hf / h, wf / w), tolerance=tolerance, margins=margins)
         for r in plane:
             r.position = z + 1 if slide.n_planes > 1 else 0
             area = props.get(r.value, {}).get("area_um2")

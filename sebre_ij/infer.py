@@ -134,6 +134,16 @@ def best_classes(evidence: torch.Tensor, threshold: float = EVIDENCE_THRESHOLD) 
     return (torch.where(inside, classes, 0).to(torch.uint8).cpu().numpy(), torch.where(inside, best, 0).cpu().numpy())
 
 
+def class_margins(evidence: torch.Tensor) -> np.ndarray:
+    """Per pixel, how far the best class's evidence leads the second's (0 to 1): where the model's
+    probabilities change smoothly, so does this lead, and the finer levels of the layer place
+    outlines where it crosses from one class to the next (finer.py)."""
+    if evidence.shape[0] < 2:
+        return np.ones(evidence.shape[1:], np.float32)
+    top = evidence.topk(2, dim=0).values
+    return (top[0] - top[1]).clamp(0, 1).float().cpu().numpy()
+
+
 def instance_map(
     output: dict, min_score: float, shape: tuple[int, int], threshold: float = EVIDENCE_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -257,8 +267,9 @@ def predict_tiles(
     min_score: float = 0.3,
     flips: bool = False,
     instances: bool = True,
-) -> Iterable[tuple[Tile, np.ndarray, np.ndarray]]:
-    """Yield (tile, classes, scores) for every tile. Beside the model's work on batch i, threads read
+) -> Iterable[tuple]:
+    """Yield (tile, classes, scores[, margins]) for every tile (margins: class_margins, where the
+    class maps come from class evidence). Beside the model's work on batch i, threads read
     batch i+1 and turn batch i-1's instances into class maps, so the model waits for neither.
 
     With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged.
@@ -305,19 +316,19 @@ def run_model(
 
 def _class_maps(
     batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int, min_score: float
-) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
-    """(tile, classes, scores) of a batch from the model's outputs for all its views: straight from the
-    instances where their masks were left in their boxes (one view on the CPU), else
-    by each view's class evidence, averaged."""
+) -> list[tuple]:
+    """(tile, classes, scores[, margins]) of a batch from the model's outputs for all its views:
+    straight from the instances where their masks were left in their boxes (one view on the CPU),
+    else by each view's class evidence, averaged, with its class margins (class_margins)."""
     with torch.inference_mode():
         out = []
         for j, tile in enumerate(batch):
             views = [outputs[k * len(batch) + j] for k in range(len(dims))]
-            if "box_masks" in views[0] and "semantic" not in views[0]:
+            if "box_masks" in views[0] and "semantic" not in views[0]:  # no margins: finer levels by nearest pixel
                 out.append((tile, *instance_map(views[0], min_score, (tile.size, tile.size))))
                 continue
             evidence = sum(
                 _unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)
             ) / len(dims)
-            out.append((tile, *best_classes(evidence)))
+            out.append((tile, *best_classes(evidence), class_margins(evidence)))
         return out

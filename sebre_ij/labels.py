@@ -19,6 +19,9 @@ from .ngff import ome_attrs
 from .slide import Slide, node, read_levels, read_multiscale
 
 LABEL_DTYPE = np.uint32
+# The model's class margins at the inference level (uint16; layer.py writes them): the finer levels
+# are drawn from them (finer.py) and exports trace outlines on the same rule (outlines.py).
+MARGIN = "margins"
 
 
 def class_base(n_classes: int) -> int:
@@ -133,6 +136,18 @@ def class_lut(info: LabelInfo, max_value: int) -> np.ndarray:
         if value <= max_value and "class" in p:
             lut[value] = int(p["class"])
     return lut
+
+
+def read_margins(info: LabelInfo, slide: Slide, level: int, z: int = 0) -> np.ndarray | None:
+    """The model's class margins of plane `z` (uint16, 0 where none is known) when the layer keeps
+    them at `level` (its inference level, `sebre segment` writes them there); else None."""
+    if MARGIN not in info.group or dict(info.group.attrs).get("sebre", {}).get("level") != level:
+        return None
+    arr = info.group[MARGIN]
+    if tuple(arr.shape[-2:]) != slide.yx_shape(level):
+        return None
+    index = tuple(z if a == "z" else 0 if a == "t" else slice(None) for a in label_axes(slide))
+    return np.asarray(arr[index])
 
 
 def read_plane(info: LabelInfo, slide: Slide, level: int, z: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ from ome_zarr.writer import add_metadata, write_multiscales_metadata
 from .chunkfiles import ChunkFiles, chunk_files
 from .errors import UserError
 from .instances import SCRATCH
-from .labels import LABEL_DTYPE, label_axes
+from .labels import LABEL_DTYPE, MARGIN, label_axes
 from .lock import locked
 from .ngff import ome_attrs
 from .slide import Level, Slide
@@ -34,6 +34,7 @@ from .slide import Level, Slide
 LabelArray = zarr.Array | ChunkFiles  # a level of the layer, as written
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LOCK = ".sebre-lock"  # lock files start with ".", which layer names cannot: the two never collide
+MARGIN_DTYPE = np.uint16  # 0: no margin known (that pixel's finer levels go by nearest pixel)
 PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's LocalStore writes <key>.<uuid hex>.partial, then renames it
 
 
@@ -127,7 +128,7 @@ class LabelLayer:
 
     Knows the layer's chunks and windows, reads and writes its arrays (as chunk files where it
     can), and records the run's progress in the layer's attributes. The other levels' pixels are
-    pyramid.py's to compute; `finer_done` and `coarser_done` say which of them this process wrote.
+    pyramid.py's and finer.py's to compute; `coarser_done` says which coarser chunks this process wrote.
     """
 
     slide: Slide
@@ -139,8 +140,6 @@ class LabelLayer:
     tiled_chunks: np.ndarray | None = None
     # arrays by path (opening one reads its metadata), as chunk files where they can be (chunkfiles.py)
     opened: dict[str, LabelArray] = field(default_factory=dict, repr=False)
-    # (plane, row, column) of the inference-level chunks whose finer levels this process has written
-    finer_done: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
     # (level, plane, row, column) of the coarser levels' chunks this process has written
     coarser_done: set[tuple[int, int, int, int]] = field(default_factory=set, repr=False)
 
@@ -205,6 +204,20 @@ class LabelLayer:
         """Write `values` into plane z of the array at `path`: by default where tiles go (`target`)."""
         self._open(path or self.target)[self._plane_index(z, window)] = values
 
+    def write_constant(self, z: int, window: tuple[slice, slice], value: int, path: str) -> None:
+        """Fill a window of plane z with one value: chunks it covers whole, inside the array, are
+        stored from bytes encoded once per value (ChunkFiles.write_constant); the rest as `write`."""
+        array = self._open(path)
+        chunks, shape = array.chunks[-2:], array.shape[-2:]
+        inside = all(w.start % c == 0 and w.stop % c == 0 and w.stop <= n for w, c, n in zip(window, chunks, shape))
+        if not isinstance(array, ChunkFiles) or not inside or any(c != 1 for c in array.chunks[:-2]):
+            self.write(z, window, np.full([w.stop - w.start for w in window], value, LABEL_DTYPE), path)
+            return
+        lead = [z if a == "z" else 0 for a in label_axes(self.slide)[:-2]]
+        for r in range(window[0].start // chunks[0], window[0].stop // chunks[0]):
+            for c in range(window[1].start // chunks[1], window[1].stop // chunks[1]):
+                array.write_constant((*lead, r, c), value)
+
     def read(self, z: int, window: tuple[slice, slice], path: str | None = None) -> np.ndarray:
         """Plane z's values in a window of the array at `path`, by default `target`."""
         return np.asarray(self._open(path or self.target)[self._plane_index(z, window)])
@@ -230,7 +243,8 @@ class LabelLayer:
         )
 
     def drop_scratch(self) -> None:
-        """Delete the scratch array of instance mode (once the layer is finished)."""
+        """Delete the scratch array of instance mode once the layer is finished. The margins stay:
+        exports trace outlines at the inference level by the rule the finer levels follow."""
         if SCRATCH in self.group:
             del self.group[SCRATCH]
             self.opened.pop(SCRATCH, None)
@@ -294,16 +308,18 @@ def _sweep_partials(slide: Slide, name: str) -> None:
 
 
 def _make_arrays(slide: Slide, group: zarr.Group, level: int, scratch: bool) -> None:
-    """The layer's empty arrays, one per image level chunked like it (and the scratch array), where missing."""
+    """The layer's empty arrays, one per image level chunked like it, and at the inference level
+    the margins and (instance mode) the scratch array of regions, where missing."""
     options = slide.ngff.array_options(label_axes(slide))
-    wanted = [(lv.path, lv) for lv in slide.levels] + ([(SCRATCH, slide.levels[level])] if scratch else [])
-    for path, lv in wanted:
+    wanted = [(lv.path, lv, LABEL_DTYPE) for lv in slide.levels] + [(MARGIN, slide.levels[level], MARGIN_DTYPE)]
+    wanted += [(SCRATCH, slide.levels[level], LABEL_DTYPE)] if scratch else []
+    for path, lv, dtype in wanted:
         if path not in group:
             group.create_array(
                 path,
                 shape=_drop_channel(slide, lv.shape),
                 chunks=_drop_channel(slide, lv.chunks),
-                dtype=LABEL_DTYPE,
+                dtype=dtype,
                 fill_value=0,
                 **options,
             )

@@ -11,6 +11,11 @@ has area w*h - 0.5, a lone pixel is a diamond of area 0.5, and rasterising an
 outline with ImageJ's rule (pixel centre inside) gives back the mask exactly
 before simplification. Foreground is 4-connected, background 8-connected.
 
+With the model's class margins (``regions_from_labels(margins=...)``, at the layer's inference
+level) the contour crosses each segment between pixel centres in and out of the region where
+their margins balance instead of at its midpoint: the outline the finer levels draw (finer.py),
+with sub-pixel vertices; rasterised, it gives that outline rather than the mask.
+
 Rings are stored open (the first vertex is not repeated at the end); exteriors
 have positive and holes negative signed (shoelace) area in (x, y).
 """
@@ -78,8 +83,15 @@ def regions_from_labels(
     scale: tuple[float, float] = (1.0, 1.0),
     offset: tuple[float, float] = (0.0, 0.0),
     tolerance: float | None = None,
+    margins: np.ndarray | None = None,
 ) -> list[Region]:
     """Outline every label value of a level-L label image in level-0 pixels.
+
+    With the model's class ``margins`` (the layer's margin array at its inference level, 0 where
+    none is known), an outline crosses the segment between a pixel in the region and one out of it
+    where their margins balance (at mA / (mA + mB) from the first), the rule the finer levels
+    follow (finer.py), rather than at its midpoint: sub-pixel vertices along the smooth outline
+    the model's probabilities draw. Equal margins, or none known, give the outline above.
 
     ``scale`` is (sy, sx), the size of a level-L pixel in level-0 pixels, and
     ``offset`` (oy, ox) is added after scaling. ``tolerance`` is the
@@ -101,7 +113,7 @@ def regions_from_labels(
             continue
         mask = np.zeros((box[0].stop - box[0].start + 2, box[1].stop - box[1].start + 2), np.float32)
         mask[1:-1, 1:-1] = labels[box] == index + 1
-        contours = find_contours(mask, 0.5)
+        contours = find_contours(mask, 0.5) if margins is None else find_contours(_field(mask, margins, box), 0.0)
         parts = [[len(chains) + i for i in part] for part in _group_parts(contours, mask)]
         chains.extend(contours)
         # -1 undoes the padding, +0.5 moves pixel centres (contour space) to ImageJ corners
@@ -116,6 +128,22 @@ def regions_from_labels(
         polygons = [(level0(ext), [level0(h) for h in holes]) for ext, *holes in parts]
         regions.append(_region(value, properties, polygons))
     return regions
+
+
+def _field(mask: np.ndarray, margins: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """The padded mask of a region as a field whose zero crossings are where the margins of the
+    pixels in and out of it balance: + margin inside, - margin outside. A margin not known takes
+    the largest beside it (as the finer levels' rule counts it the largest of the four)."""
+    (h, w), weights = margins.shape, np.zeros(mask.shape, np.float64)
+    y0, x0 = box[0].start - 1, box[1].start - 1  # the padding's row and column in the image
+    ys, xs = slice(max(y0, 0), min(box[0].stop + 1, h)), slice(max(x0, 0), min(box[1].stop + 1, w))
+    weights[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = margins[ys, xs]
+    if not weights.any():
+        return mask - 0.5  # crossings at midpoints, as the mask's at 0.5
+    unknown = weights == 0
+    weights[unknown] = ndimage.maximum_filter(weights, 3)[unknown]
+    weights[weights == 0] = weights.max()
+    return np.where(mask > 0, weights, -weights)
 
 
 def _region(value: int, properties: dict[int, dict], polygons: list[Part]) -> Region:

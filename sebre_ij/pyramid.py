@@ -1,12 +1,13 @@
-"""The label layer's pyramid: every level but the inference level, by one pixel rule.
+"""The label layer's pyramid: every level but the inference level.
 
-Each pixel of a level takes the label of the source pixel under its centre (`source_index`):
-nearest neighbour, so no label value is invented, up or down. Two paths apply the rule. Beside the
-model, the stitcher hands each inference-level chunk to `FinerLevels` and `CoarserLevels` as soon
-as its values are final, and they write the pixels that chunk decides from values still in memory.
-After the model, `build_pyramid` fills every chunk they did not write (those over a killed run's
-chunks, and all of them in instance mode or on a cluster) with Dask, from the store. Both take each pixel from the same
-source pixel, so which path wrote a chunk does not change its bytes.
+Coarser levels: each pixel takes the label of the source pixel under its centre (`source_index`),
+nearest neighbour, so no label value is invented. Two paths apply the rule. Beside the model, the
+stitcher hands each inference-level chunk to `CoarserLevels` as soon as its values are final, and
+it writes the coarser chunks that chunk completes from values still in memory. After the model,
+`build_pyramid` fills every chunk it did not write (those over a killed run's chunks, and all of
+them in instance mode or on a cluster) with Dask, from the store. Both take each pixel from the
+same source pixel, so which path wrote a chunk does not change its bytes. Finer levels, where
+users zoom in, follow the model's class margins between inference pixels: finer.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import dask
 import dask.threaded
 import numpy as np
 
+from .finer import build_finer
 from .labels import LABEL_DTYPE, label_axes
 from .layer import LabelArray, LabelLayer
 
@@ -92,29 +95,6 @@ def source_ends(block: Block, src_shape: tuple[int, ...], dst_shape: tuple[int, 
         (min(int((b.start + 0.5) * s / d), s - 1), min(int((b.stop - 1 + 0.5) * s / d), s - 1))
         for b, s, d in zip(block, src_shape, dst_shape)
     ]
-
-
-class FinerLevels:
-    """A plane's finer levels, written from each inference-level chunk once the stitcher has its final
-    values: every pixel whose source lies in the chunk (`sampled_from`, exactly those build_pyramid
-    would take from it). Finer levels hold most of a pyramid's chunks, so they are written on the
-    stitcher's thread beside the model rather than after it; build_pyramid then leaves them out."""
-
-    def __init__(self, layer: LabelLayer, z: int):
-        self.layer, self.z = layer, z
-
-    def chunk_final(self, key: tuple[int, int], values: np.ndarray) -> None:
-        """Inference-level chunk `key` of the plane holds its final `values`: write them to every finer level."""
-        layer = self.layer
-        window, src = layer.chunk_window(key), layer.slide.yx_shape(layer.level)
-        for i in range(layer.level):
-            block, index = [], []
-            for w, s, d in zip(window, src, layer.slide.yx_shape(i)):
-                pixels, source = sampled_from(w, s, d)
-                block.append(slice(int(pixels[0]), int(pixels[-1]) + 1))
-                index.append(source - w.start)
-            layer.write(self.z, tuple(block), values.take(index[0], 0).take(index[1], 1), layer.slide.levels[i].path)
-        layer.finer_done.add((self.z, *key))
 
 
 class CoarserLevels:
@@ -221,20 +201,21 @@ def _tiled_blocks(layer: LabelLayer, dst: LabelArray) -> Iterator[Block]:
             yield (*front, *yx)
 
 
-def build_pyramid(layer: LabelLayer) -> None:
-    """Fill every other level chunk by chunk with Dask, label-safe: finer levels from the inference
-    level, each coarser level from the one above it, so a task reads about four chunks whatever
+def build_pyramid(layer: LabelLayer, client=None) -> dict[int, float]:
+    """Fill every other level: the finer ones by finer.build_finer (on the workers of a Dask
+    `client`, if given), the coarser ones chunk by chunk
+    with Dask, label-safe, each from the one above it, so a task reads about four chunks whatever
     the level (a coarse chunk read straight from the inference level can span gigabytes).
 
     Only chunks over the tiles that ran are computed (`layer.tiled_chunks`): on a slide that is
-    mostly glass, time follows tissue, and the glass chunks are never visited nor written. Chunks
-    that FinerLevels and CoarserLevels wrote in this process are left as they are."""
+    mostly glass, time follows tissue, and the glass chunks are never visited nor written. Coarser
+    chunks that CoarserLevels wrote in this process are left as they are. Returns the seconds spent
+    on each level (the finer levels' summed over their threads or workers)."""
+    seconds = build_finer(layer, client)
     inference = layer.array(layer.level)
-    finer = list(range(layer.level))
-    coarser = list(range(layer.level + 1, len(layer.slide.levels)))
-    for i in finer + coarser:  # coarser levels in order: each needs the one before it complete
-        dst = layer.array(i)
-        src = inference if i < layer.level else layer.array(i - 1)
+    for i in range(layer.level + 1, len(layer.slide.levels)):  # in order: each needs the one before it complete
+        start, dst = time.perf_counter(), layer.array(i)
+        src = layer.array(i - 1)
         if layer.tiled_chunks is None:
             blocks = _blocks(dst)
         else:
@@ -245,25 +226,13 @@ def build_pyramid(layer: LabelLayer) -> None:
             )
         # plane by plane, row by row: neighbours in a row meet (_row_runs)
         blocks = sorted(blocks, key=lambda b: [s.start for s in b])
-        if i < layer.level and layer.finer_done:
-            blocks = [b for b in blocks if not _finer_by_stitcher(layer, b, dst)]
-        if i > layer.level and layer.coarser_done:
+        if layer.coarser_done:
             blocks = [b for b in blocks if not _coarser_by_stitcher(layer, i, b, dst)]
         # a partial: Dask does not walk the zarr arrays' fields
         write = dask.delayed(functools.partial(_write_block, src, dst))
         dask.compute(*[write(run) for run in _row_runs(blocks)], scheduler=_scheduler())
-
-
-def _finer_by_stitcher(layer: LabelLayer, block: Block, dst: LabelArray) -> bool:
-    """Does a finer level's chunk lie over inference chunks whose finer levels are written already (FinerLevels)?"""
-    cy, cx = layer.chunks
-    rows, cols = source_ends(block[-2:], layer.slide.yx_shape(layer.level), dst.shape[-2:])
-    return all(
-        (z, r, c) in layer.finer_done
-        for z in _planes(layer, block)
-        for r in range(rows[0] // cy, rows[1] // cy + 1)
-        for c in range(cols[0] // cx, cols[1] // cx + 1)
-    )
+        seconds[i] = time.perf_counter() - start
+    return seconds
 
 
 def _coarser_by_stitcher(layer: LabelLayer, level: int, block: Block, dst: LabelArray) -> bool:

@@ -55,6 +55,7 @@ class SegmentResult:
     seconds: float = 0.0
     resumed_tiles: int = 0  # tiles a killed run had already written
     batch_size: int = 0  # tiles per model call (chosen when asked for "auto")
+    level_seconds: dict[str, float] = field(default_factory=dict)  # pyramid levels' time after the model
 
 
 def region_table(stats: RegionStats, card: ModelCard, pixel_area_um2: float) -> list[dict]:
@@ -286,19 +287,22 @@ def run_tiles_on_cluster(
         )
 
 
-def finish(layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict) -> list[dict]:
-    """Step 4: number instances (instance mode), build the pyramid and mark the layer complete;
-    returns its region rows."""
+def finish(
+    layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict, client=None
+) -> tuple[list[dict], dict[str, float]]:
+    """Step 4: number instances (instance mode), build the pyramid (on the cluster's workers with a
+    Dask `client`) and mark the layer complete; returns its region rows and the seconds spent on
+    each pyramid level."""
     pixel_area = layer.slide.pixel_size(layer.level) ** 2
     if mode == "instance":
         rows = instance_table(number_layer(layer), stats, card, pixel_area)
     else:
         rows = region_table(stats, card, pixel_area)
-    build_pyramid(layer)
+    seconds = build_pyramid(layer, client)
     colors = [{"label-value": r["label-value"], "rgba": [*card.colors[r["class"]], 255]} for r in rows]
     finish_layer(layer, rows, colors, provenance)
     layer.drop_scratch()  # after the layer is complete: a kill before this renumbers from the scratch again
-    return rows
+    return rows, {str(level): spent for level, spent in sorted(seconds.items())}
 
 
 WRITE_FAULTS = {
@@ -377,7 +381,7 @@ def segment(
             if stop is not None and stop.is_set():
                 raise Stopped(run.tiles, run.tiles)
             # inside `connect`: the pyramid is built by the cluster's workers when there is one
-            rows = finish(
+            rows, level_seconds = finish(
                 layer,
                 card,
                 run.stats,
@@ -389,6 +393,7 @@ def segment(
                     "resampling_factor": inputs.factor,
                     "mode": options.mode,
                 },
+                client,
             )
     result = SegmentResult(
         str(slide_url),
@@ -400,6 +405,7 @@ def segment(
         rows,
         resumed_tiles=min(resumed, run.tiles),
         batch_size=inputs.batch_size,
+        level_seconds=level_seconds,
     )
     result.outputs = export_regions(open_slide(slide_url, options.pixel_size), name, exports)
     result.seconds = time.perf_counter() - started

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .labels import LABEL_DTYPE, encode
-from .layer import LabelLayer
-from .pyramid import CoarserLevels, FinerLevels
+from .layer import MARGIN, MARGIN_DTYPE, LabelLayer
+from .pyramid import CoarserLevels
 from .tiles import Grid, Tile
 from .tissue import SectionMap
 
@@ -26,7 +26,8 @@ from .tissue import SectionMap
 # section at a time, so a section's two rows of chunks are open, far below this.
 MAX_OPEN_BYTES = 256 << 20
 
-Result = tuple[Tile, np.ndarray, np.ndarray]  # (tile, classes, scores) from the model or an oracle
+# (tile, classes, scores) from the model or an oracle, and the class margins (0 to 1) where known
+Result = tuple[Tile, np.ndarray, np.ndarray] | tuple[Tile, np.ndarray, np.ndarray, np.ndarray]
 Key = tuple[int, int]  # (row, column) of a chunk of the layer's level
 
 
@@ -95,6 +96,11 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     return index
 
 
+def quantized(margins: np.ndarray) -> np.ndarray:
+    """Class margins (0 to 1) as stored in the layer's margin array: 1 to 65535, 0 kept for unknown."""
+    return (1 + np.rint(np.clip(margins, 0, 1) * 65534)).astype(MARGIN_DTYPE)
+
+
 def _gather(tile: np.ndarray, local: tuple) -> np.ndarray:
     """Tile pixels at (rows, columns), each a slice or an index array."""
     rows, cols = local
@@ -109,6 +115,7 @@ def no_lock(layer: LabelLayer, window: tuple[slice, slice]) -> contextlib.Abstra
 @dataclass
 class _Chunk:
     values: np.ndarray  # label values written so far
+    margins: np.ndarray  # their class margins (quantized), 0 where the model gave none
     written: np.ndarray  # which pixels this writer wrote
     first: int  # the first tile that wrote into it since it was opened
     merge: bool  # the store may hold pixels this writer does not: keep them when writing
@@ -120,9 +127,10 @@ class ChunkWriter:
     A chunk that tiles outside the range also touch (a killed run's, another worker's task) is
     merged with the store when written, under `lock`, which guards it against other processes.
     `durable()` says how far every tile is in the store: where a killed run resumes. With `pyramid`
-    (one process runs all the plane's tiles, in region mode), each chunk's finer levels are written
-    as soon as it is final, and the coarser levels as their chunks' chunks are: beside the model
-    instead of after it."""
+    (one process runs all the plane's tiles, in region mode), the coarser levels are written as
+    their chunks' chunks are final: beside the model instead of after it. The class margins go
+    into the layer's margin array chunk for chunk with the values: the finer levels are drawn from
+    both once every tile is in (finer.py)."""
 
     def __init__(
         self,
@@ -146,10 +154,10 @@ class ChunkWriter:
                 else:
                     self.outside.add(key)
         written = set(self.last)
-        self.finer = FinerLevels(layer, plane.z) if pyramid else None
         self.coarser = CoarserLevels(layer, plane.z, written, self.outside - written) if pyramid else None
         self.open: dict[Key, _Chunk] = {}  # oldest first
-        self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * (LABEL_DTYPE().itemsize + 1)))
+        per_pixel = LABEL_DTYPE().itemsize + MARGIN_DTYPE().itemsize + 1
+        self.max_open = max(1, max_open_bytes // (layer.chunks[0] * layer.chunks[1] * per_pixel))
         self.next = start
 
     def _window(self, tile: Tile) -> tuple[slice, slice]:
@@ -159,7 +167,7 @@ class ChunkWriter:
         """Store results of the next tiles; write the chunks no later tile of the range touches.
         Returns their region stats."""
         stats = RegionStats()
-        for tile, classes, scores in results:
+        for tile, classes, scores, *margins in results:
             i, self.next = self.next, self.next + 1
             ys, xs = window = self._window(tile)
             grid = self.plane.grid
@@ -171,9 +179,10 @@ class ChunkWriter:
             own = tile.owns(sections)
             values = encode(np.where(own, sections, 0), _gather(classes, local), self.plane.class_base)
             stats.add(values, _gather(scores, local))
+            known = quantized(_gather(margins[0], local)) if margins else np.zeros(values.shape, MARGIN_DTYPE)
             keys = self.layer.chunks_under(window)
             for key in keys:
-                self._place(key, i, window, values, own)
+                self._place(key, i, window, (values, known), own)
             for key in keys:
                 if self.last[key] == i:
                     self._write(key)
@@ -181,34 +190,43 @@ class ChunkWriter:
             self._write(next(iter(self.open)), early=True)
         return stats
 
-    def _place(self, key: Key, i: int, window: tuple[slice, slice], values: np.ndarray, own: np.ndarray) -> None:
-        """Copy a core's own pixels into the part of a chunk it covers."""
+    def _place(self, key: Key, i: int, window: tuple[slice, slice], core: tuple, own: np.ndarray) -> None:
+        """Copy a core's own pixels (`core`: its values and margins) into the part of a chunk it covers."""
         cw = self.layer.chunk_window(key)
         chunk = self.open.get(key)
         if chunk is None:
             shape = tuple(s.stop - s.start for s in cw)
-            chunk = self.open[key] = _Chunk(np.zeros(shape, LABEL_DTYPE), np.zeros(shape, bool), i, key in self.outside)
+            chunk = self.open[key] = _Chunk(
+                np.zeros(shape, LABEL_DTYPE),
+                np.zeros(shape, MARGIN_DTYPE),
+                np.zeros(shape, bool),
+                i,
+                key in self.outside,
+            )
         part = tuple(slice(max(w.start, c.start), min(w.stop, c.stop)) for w, c in zip(window, cw))
         src = tuple(slice(p.start - w.start, p.stop - w.start) for p, w in zip(part, window))
         dst = tuple(slice(p.start - c.start, p.stop - c.start) for p, c in zip(part, cw))
         mask = own[src]
-        np.copyto(chunk.values[dst], values[src], where=mask)
+        np.copyto(chunk.values[dst], core[0][src], where=mask)
+        np.copyto(chunk.margins[dst], core[1][src], where=mask)
         chunk.written[dst] |= mask
 
     def _write(self, key: Key, early: bool = False) -> None:
         chunk = self.open.pop(key)
-        window, values = self.layer.chunk_window(key), chunk.values
+        window, values, margins, z = self.layer.chunk_window(key), chunk.values, chunk.margins, self.plane.z
         if not chunk.merge:
-            self.layer.write(self.plane.z, window, values)
+            self.layer.write(z, window, values)
+            self.layer.write(z, window, margins, MARGIN)
         else:
             with self.lock(self.layer, window):
                 if not chunk.written.all():
-                    values = np.where(chunk.written, values, self.layer.read(self.plane.z, window))
-                self.layer.write(self.plane.z, window, values)
+                    values = np.where(chunk.written, values, self.layer.read(z, window))
+                    margins = np.where(chunk.written, margins, self.layer.read(z, window, MARGIN))
+                self.layer.write(z, window, values)
+                self.layer.write(z, window, margins, MARGIN)
         if early:  # written before its last tile: the rest of its tiles merge with what is there now
             self.outside.add(key)
         elif self.coarser is not None:
-            self.finer.chunk_final(key, values)
             self.coarser.chunk_final(key, values)
 
     def durable(self) -> int:

@@ -192,3 +192,48 @@ def write_sparse_slide(
     ]
     multiscales = [{"version": v04.version, "name": "sparse", "axes": axes, "datasets": datasets}]
     v04.set_attrs(root, {"multiscales": multiscales, "omero": _omero()})
+
+
+def write_scan(path, image: np.ndarray, image_pixel_size: float, level0_pixel_size: float, *, chunk: int = 512) -> None:
+    """A scanner's slide of real geometry from a (3, H, W) uint8 image at `image_pixel_size` µm/px:
+    NGFF 0.4, level 0 at `level0_pixel_size` (a power-of-two fraction of the image's), levels
+    halving until the long side is at most 1024. The image fills the levels at its pixel size and
+    coarser; the finer levels are declared but hold only zarr's fill value (the glass colour), as
+    `segment` never reads them: the labels are written at every level all the same."""
+    steps = image_pixel_size / level0_pixel_size
+    k = round(np.log2(steps))
+    if k < 0 or abs(2**k - steps) > 1e-9:
+        raise ValueError(f"image_pixel_size / level0_pixel_size must be a power of two, got {steps}")
+    shape = (image.shape[1] * 2**k, image.shape[2] * 2**k)
+    n = 1
+    while max(shape) / 2 ** (n - 1) > 1024:
+        n += 1
+    border = np.concatenate([image[:, :8].reshape(3, -1), image[:, -8:].reshape(3, -1)], axis=1)
+    v04 = ngff_format("0.4")
+    root = zarr.open_group(os.fspath(path), mode="w-", zarr_format=v04.zarr_format)
+    coarse = _mean_pyramid(image, max(n - k, 1))
+    datasets = []
+    for level in range(n):
+        f = 2**level
+        arr = root.create_array(
+            str(level),
+            shape=(3, -(-shape[0] // f), -(-shape[1] // f)),
+            chunks=(3, chunk, chunk),
+            dtype="uint8",
+            fill_value=int(np.median(border)),
+            **v04.array_options("cyx"),
+        )
+        if level >= k:
+            content = coarse[level - k]
+            arr[:, : content.shape[1], : content.shape[2]] = content
+        scale = level0_pixel_size * f
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]}
+        )
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    multiscales = [{"version": v04.version, "name": "scan", "axes": axes, "datasets": datasets}]
+    v04.set_attrs(root, {"multiscales": multiscales, "omero": _omero()})

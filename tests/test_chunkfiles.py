@@ -115,3 +115,20 @@ def test_label_layers_write_chunk_files(tmp_path, ngff):
     slide = open_slide(tmp_path / "s.zarr")
     layer = create_layer(slide, "x", 0)
     assert all(isinstance(layer.array(level), ChunkFiles) for level in range(len(slide.levels)))
+
+
+def test_clear_removes_a_chunk_file_and_costs_nothing_in_a_folder_it_made(tmp_path):
+    """clear() removes a stored chunk; in a row folder this object made (or found missing), it
+    knows no other writer's file can be there and leaves the folder alone."""
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=(8, 8), chunks=(4, 4), dtype="uint32", fill_value=0, zarr_format=2
+    )
+    files = chunk_files(array)
+    files.write_constant((0, 0), 5)
+    stored = tmp_path / "a.zarr" / array.metadata.encode_chunk_key((0, 0))
+    assert stored.exists()
+    other = chunk_files(zarr.open_array(tmp_path / "a.zarr", mode="r+"))  # a later try: did not make the folder
+    other.clear((0, 0))
+    assert not stored.exists()
+    files.clear((1, 1))  # a folder missing: nothing to remove
+    np.testing.assert_array_equal(np.asarray(array[:]), 0)

@@ -86,6 +86,31 @@ def test_local_cluster_of_two_workers_gives_the_in_process_labels(work, tmp_path
     assert "regions" not in open_slide(store).group["labels"][mode]  # instance scratch dropped
 
 
+def test_the_finer_levels_are_built_by_the_workers(work, tmp_path, monkeypatch):
+    """On a cluster the levels finer than the inference level are written by the workers, band by
+    band (this process would fail at the first chunk row), and equal the in-process run's."""
+    import sebre_ij.finer
+
+    work, local = work
+    store = tmp_path / "slide.zarr"
+    shutil.copytree(work / "slide.zarr", store)
+
+    def not_here(*args):
+        raise AssertionError("a finer chunk row built by the client")
+
+    monkeypatch.setattr(sebre_ij.finer, "_timed_row", not_here)
+    result = segment(
+        store,
+        work / "m.safetensors",
+        SegmentOptions(labels="region", min_score=0.0, batch_size=2, progress=False),
+        cluster=ClusterOptions(workers=2),
+    )
+    assert result.level > 0 and "0" in result.level_seconds  # level 0 is finer than the inference level
+    written = label_arrays(store, "region")
+    assert any(key.startswith("s0/") for key in written)
+    assert written == label_arrays(work / "local.zarr", "region")
+
+
 def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
     """Also a slide named by an fsspec URL: the workers open it and write into it themselves."""
     work, _ = work

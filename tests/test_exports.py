@@ -70,3 +70,35 @@ def test_pushing_to_imagej_without_a_display_says_how(slide, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     with pytest.raises(UserError, match=r"no display for the ImageJ ROI Manager .*xvfb-run -a.*rois=RoiSet.zip"):
         push_regions(slide, "truth")
+
+
+def test_rois_at_the_inference_level_follow_the_class_margins_the_layer_keeps(tmp_path):
+    """A layer written with the model's class margins keeps them once finished, and its ROIs, traced
+    at the inference level, run where those margins balance: on the straight line the class
+    probabilities cross, in level-0 pixels, not along the inference pixels' staircase."""
+    from sebre_ij.layer import MARGIN, create_layer, finish_layer
+    from sebre_ij.pyramid import build_pyramid
+    from sebre_ij.stitch import quantized
+    from sebre_ij.stores import write_slide
+
+    path, shape = tmp_path / "s.zarr", (256, 256)
+    write_slide(path, np.full((3, *shape), 240, np.uint8), np.zeros(shape, np.uint8), 1.0, chunk=64, levels=3)
+    slide = open_slide(path)  # level 2 (64 px) is the inference level, 4 level-0 px per pixel
+    a, b = np.cos(0.4), np.sin(0.4)
+    c = a * 32 + b * 32 + 0.3
+    y, x = np.mgrid[:64, :64]
+    d = a * x + b * y - c
+    layer = create_layer(slide, "smooth", 2)
+    layer.write(0, (slice(0, 64), slice(0, 64)), np.where(d > 0, 101, 102).astype(np.uint32))
+    layer.write(0, (slice(0, 64), slice(0, 64)), quantized(np.clip(np.abs(0.2 * d), 0, 1)), MARGIN)
+    build_pyramid(layer)
+    rows = [{"label-value": v, "name": n, "class": k, "section": 1} for v, n, k in ((101, "a", 1), (102, "b", 2))]
+    finish_layer(layer, rows, [{"label-value": r["label-value"], "rgba": [255, 0, 0, 255]} for r in rows])
+    layer.drop_scratch()
+    info = open_labels(slide, "smooth")
+    assert MARGIN in info.group
+    ring = next(r for r in layer_regions(slide, info, 2, tolerance=0) if r.value == 101).polygons[0][0]
+    u, v = ring[:, 0] / 4 - 0.5, ring[:, 1] / 4 - 0.5  # level-0 corners to inference pixel centres
+    inner = (u > 1) & (u < 62) & (v > 1) & (v < 62)
+    off = np.abs(a * u[inner] + b * v[inner] - c)
+    assert inner.sum() > 40 and off.max() < 0.01

@@ -162,10 +162,12 @@ def test_the_semantic_branch_alone_gives_the_class_maps_the_whole_network_gives(
     model.rpn.register_forward_hook(lambda *a: calls.append("rpn"))
     alone = run(instances=False)
     assert not calls and len(alone) == len(whole) == len(tiles)
-    for (t1, c1, s1), (t2, c2, s2) in zip(whole, alone):
+    for (t1, c1, s1, m1), (t2, c2, s2, m2) in zip(whole, alone):
         assert t1 == t2 and c1.any()
         np.testing.assert_array_equal(c1, c2)
         np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(m1, m2)  # the class margins too (finer.py)
+        assert ((m1 >= 0) & (m1 <= 1)).all() and m1.std() > 0
     with torch.inference_mode():
         (out,) = detect(model, [torch.from_numpy(images[0])], instances=False)
     assert set(out) == {"semantic"}

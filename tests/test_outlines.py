@@ -117,3 +117,48 @@ def test_simplification_stays_within_tolerance():
         simple = single_region(labels, tolerance=tolerance).polygons[0][0]
         assert len(simple) < len(full)
         assert distance_to_ring(full, simple).max() <= tolerance + 1e-9
+
+
+def oblique_with_margins(shape=(40, 40)):
+    """Label 1 on one side of a straight oblique line, 2 on the other, and margins that grow with
+    the distance from it, as a model's class probabilities ramp across it (quantized as the
+    layer stores them). Returns labels, margins and the line (a, b, c): a x + b y = c in pixel
+    centres."""
+    a, b = np.cos(0.4), np.sin(0.4)
+    c = a * shape[1] / 2 + b * shape[0] / 2 + 0.3
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    d = a * x + b * y - c
+    margins = (1 + np.rint(np.clip(np.abs(0.2 * d), 0, 1) * 65534)).astype(np.uint16)
+    return np.where(d > 0, 1, 2).astype(np.uint32), margins, (a, b, c)
+
+
+def test_with_margins_the_outline_follows_the_line_the_probabilities_cross_with_sub_pixel_vertices():
+    """Traced with the class margins, the boundary between two regions lies on the line where the
+    model's probabilities cross (to rounding of the stored margins); traced from the labels alone
+    it is a staircase of pixel edges, up to half a pixel off."""
+    labels, margins, (a, b, c) = oblique_with_margins()
+
+    def distances(found):
+        ring = next(r for r in found if r.value == 1).polygons[0][0]
+        cx, cy = ring[:, 0] - 0.5, ring[:, 1] - 0.5  # ImageJ corners to pixel centres
+        inner = (cx > 1) & (cx < 38) & (cy > 1) & (cy < 38)  # the image border is not the boundary
+        return np.abs(a * cx[inner] + b * cy[inner] - c)
+
+    smooth = distances(regions_from_labels(labels, {}, tolerance=0, margins=margins))
+    staircase = distances(regions_from_labels(labels, {}, tolerance=0))
+    assert len(smooth) > 40 and smooth.max() < 0.01
+    assert staircase.max() > 0.3
+    assert not np.allclose(smooth, np.round(smooth * 2) / 2)  # sub-pixel, not on half pixels
+
+
+def test_equal_or_unknown_margins_give_the_outline_of_the_labels():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, (30, 30)).astype(np.uint32)
+    plain = regions_from_labels(labels, {})
+    for margins in (np.full(labels.shape, 900, np.uint16), np.zeros(labels.shape, np.uint16)):
+        same = regions_from_labels(labels, {}, margins=margins)
+        assert [r.value for r in same] == [r.value for r in plain]
+        for r, p in zip(same, plain):
+            for (ext, holes), (ext0, holes0) in zip(r.polygons, p.polygons, strict=True):
+                np.testing.assert_array_equal(ext, ext0)
+                assert all(np.array_equal(h, h0) for h, h0 in zip(holes, holes0, strict=True))

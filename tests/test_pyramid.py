@@ -7,7 +7,6 @@ from sebre_ij.layer import create_layer
 from sebre_ij.pyramid import (
     RUN_CHUNKS,
     CoarserLevels,
-    FinerLevels,
     _blocks,
     _row_runs,
     _tiled_blocks,
@@ -121,8 +120,8 @@ def test_resample_nearest_follows_the_pyramid_rule():
 
 @pytest.mark.parametrize("level", [1, 2])
 def test_levels_written_beside_the_model_equal_build_pyramids(tmp_path, level):
-    """One pixel rule: the levels FinerLevels and CoarserLevels write from the inference level's chunks
-    as they become final, in any order, are build_pyramid's, pixel for pixel, on levels that are not
+    """One pixel rule: the coarser levels CoarserLevels writes from the inference level's chunks as
+    they become final, in any order, are build_pyramid's, pixel for pixel, on levels that are not
     exact halves of each other."""
     path = tmp_path / "s.zarr"
     shape = (1001, 1301)
@@ -135,12 +134,13 @@ def test_levels_written_beside_the_model_equal_build_pyramids(tmp_path, level):
         layer.write(0, tuple(slice(0, n) for n in values.shape), values)
     rows, cols = (-(-n // c) for n, c in zip(values.shape, beside.chunks))
     keys = [(r, c) for r in range(rows) for c in range(cols)]
-    finer, coarser = FinerLevels(beside, 0), CoarserLevels(beside, 0, set(keys), set())
+    coarser = CoarserLevels(beside, 0, set(keys), set())
     for k in np.random.default_rng(0).permutation(len(keys)):
         key = keys[k]
-        finer.chunk_final(key, values[beside.chunk_window(key)])
         coarser.chunk_final(key, values[beside.chunk_window(key)])
     assert not coarser.open and not coarser.waiting  # every coarser chunk was completed and written
+    assert beside.coarser_done
+    build_pyramid(beside)  # the finer levels, and no coarser chunk again
     build_pyramid(after)
     for i in range(len(slide.levels)):
         np.testing.assert_array_equal(beside.array(i)[:], after.array(i)[:])

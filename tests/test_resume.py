@@ -256,21 +256,22 @@ def test_a_full_disk_is_one_line_exit_2_and_the_same_command_resumes(setup, tmp_
     one line naming the store and the fix, exit code 2, no temporary file left, the lock released;
     once there is space, the same command finishes a layer byte-identical to an uninterrupted run."""
     import errno
-    from pathlib import Path as PathType
+
+    import sebre_ij.chunkfiles
 
     work, clean, batches, steps = setup
     store = fresh_copy(work, tmp_path)
-    real_write, written = PathType.write_bytes, []
+    real_write, written = sebre_ij.chunkfiles.write_file, []
 
     def fill_up(path, data):
-        if path.name.endswith(".partial") and "labels/sebre" in str(path):
+        if path.endswith(".partial") and "labels/sebre" in path:
             written.append(path)
             if len(written) > 6:
                 real_write(path, data[: len(data) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+                raise OSError(errno.ENOSPC, "No space left on device", path)
         return real_write(path, data)
 
-    monkeypatch.setattr(PathType, "write_bytes", fill_up)
+    monkeypatch.setattr(sebre_ij.chunkfiles, "write_file", fill_up)
     result = CliRunner().invoke(app, segment_cmd(store, work / "m.safetensors")[3:])
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1
@@ -280,7 +281,7 @@ def test_a_full_disk_is_one_line_exit_2_and_the_same_command_resumes(setup, tmp_
         result.stderr,
     )
     assert not list(store.rglob("*.partial")) and not (store / "labels" / ".sebre-lock-sebre").exists()
-    monkeypatch.setattr(PathType, "write_bytes", real_write)
+    monkeypatch.setattr(sebre_ij.chunkfiles, "write_file", real_write)
     rerun = CliRunner().invoke(app, segment_cmd(store, work / "m.safetensors")[3:])
     assert rerun.exit_code == 0, rerun.output
     assert layer_files(store) == clean
