@@ -6,6 +6,7 @@ is what region-mode stitching needs: one label per class per section, whatever t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -204,10 +205,14 @@ def predict_image(
         flips=flips,
         instances=not card.semantic,
     )
-    for tile, classes, _ in predicted:
-        ys, xs = tile.core
-        own = tile.owns(sections[ys, xs])
-        out[ys, xs][own] = classes[ys.start - tile.y : ys.stop - tile.y, xs.start - tile.x : xs.stop - tile.x][own]
+    # closed whatever happens here: the generator holds torch's inference mode while it is suspended,
+    # and a training loop that validates with it must get its gradients back
+    with contextlib.closing(predicted):
+        for tile, classes, *_ in predicted:
+            ys, xs = tile.core
+            own = tile.owns(sections[ys, xs])
+            window = classes[ys.start - tile.y : ys.stop - tile.y, xs.start - tile.x : xs.stop - tile.x]
+            out[ys, xs][own] = window[own]
     return out
 
 
