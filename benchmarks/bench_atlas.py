@@ -20,16 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sebre_ij.atlas import (
-    SectionRecipe,
-    atlas_section,
-    crop,
-    cut_section,
-    damage,
-    load_atlas,
-    picture,
-    random_plane,
-)
+from sebre_ij.atlas import SectionRecipe, atlas_section, crop, cut_section, damage, load_atlas, picture, random_plane
 
 DEFAULT_ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ccfv3"
 

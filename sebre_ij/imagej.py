@@ -230,11 +230,7 @@ def _read_entry(stream):
 
 
 def save_overlay_tiff(
-    image: str | os.PathLike | np.ndarray,
-    regions: list[Region],
-    out_path: str | os.PathLike,
-    *,
-    groups: bool = False,
+    image: str | os.PathLike | np.ndarray, regions: list[Region], out_path: str | os.PathLike, *, groups: bool = False
 ) -> Path:
     """Save ``image`` as an ImageJ TIFF with the regions as its Overlay (works headless).
 

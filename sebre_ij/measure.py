@@ -13,11 +13,7 @@ from .rois import atomic_output
 
 
 def measure_regions(
-    labels: np.ndarray,
-    image: np.ndarray,
-    properties: dict[int, dict],
-    pixel_size_um: float,
-    channel_names: list[str],
+    labels: np.ndarray, image: np.ndarray, properties: dict[int, dict], pixel_size_um: float, channel_names: list[str]
 ) -> list[dict]:
     """One row per label value present: section, name, class, area_um2,
     perimeter_um, and mean_<channel> / sd_<channel> for every channel.

@@ -144,11 +144,7 @@ def _composite_roi(rings: list[np.ndarray]) -> ImagejRoi:
 
 
 def write_roiset(
-    path: str | os.PathLike,
-    regions: list[Region],
-    *,
-    position: int | None = None,
-    groups: bool = False,
+    path: str | os.PathLike, regions: list[Region], *, position: int | None = None, groups: bool = False
 ) -> int:
     """Write one ImageJ ROI per region to a RoiSet.zip that Fiji's ROI Manager opens.
 

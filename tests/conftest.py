@@ -11,6 +11,11 @@ from PIL import Image
 from sebre_ij.stores import write_slide
 from sebre_ij.synth import CLASSES, synth_section
 
+# the command line as a subprocess runs it
+SEBRE = (sys.executable, "-m", "sebre_ij.cli")
+# a light model's training flags, for tests that train one in seconds
+TINY_TRAIN = ("--pixel-size", "16", "--tile-size", "128", "--overlap", "32", "--batch-size", "2")
+
 
 @pytest.fixture(scope="session")
 def ij_jar():
@@ -52,7 +57,7 @@ def trained_slide(tmp_path_factory):
     Tests copy the slide (copy_slide) before writing into it."""
     work = tmp_path_factory.mktemp("trained")
     slide, model = work / "slide.zarr", work / "model.safetensors"
-    cli = [sys.executable, "-m", "sebre_ij.cli"]
+    cli = list(SEBRE)
     subprocess.run(
         [*cli, "synth", str(slide), "--sections", "2", "--size", "1024", "1536", "--pixel-size", "8", "--seed", "3"],
         check=True,
@@ -68,14 +73,7 @@ def trained_slide(tmp_path_factory):
             str(model),
             "--steps",
             "120",
-            "--pixel-size",
-            "16",
-            "--tile-size",
-            "128",
-            "--overlap",
-            "32",
-            "--batch-size",
-            "2",
+            *TINY_TRAIN,
         ],
         check=True,
         capture_output=True,

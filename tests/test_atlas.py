@@ -13,16 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sebre_ij.atlas import (
-    MIDLINE_X,
-    ORIENTATIONS,
-    Plane,
-    SectionRecipe,
-    atlas_section,
-    cut,
-    load_atlas,
-    random_plane,
-)
+from sebre_ij.atlas import MIDLINE_X, ORIENTATIONS, Plane, SectionRecipe, atlas_section, cut, load_atlas, random_plane
 from sebre_ij.atlas_preview import main as preview_main
 from sebre_ij.errors import UserError
 from sebre_ij.render import Look

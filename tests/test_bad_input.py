@@ -9,7 +9,6 @@ import pickle
 import shutil
 import socket
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import SEBRE
 from ome_zarr.format import FormatV04
 from ome_zarr.writer import write_image
 from PIL import Image
@@ -466,7 +466,7 @@ def test_read_only_store_is_refused_before_anything_runs(base, tmp_path):
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
     try:
         before = checksum(store)
-        cmd = [sys.executable, "-m", "sebre_ij.cli", *segment(store, base)]
+        cmd = [*SEBRE, *segment(store, base)]
         proc = subprocess.run(
             cmd,
             capture_output=True,

@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import SEBRE
 from distributed import LocalCluster
 
 from sebre_ij.checkpoint import save_checkpoint
@@ -119,9 +119,7 @@ def test_existing_scheduler_by_address_through_the_cli(work, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         run = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "sebre_ij.cli",
+                *SEBRE,
                 "segment",
                 f"file://{store}",
                 "--model",
@@ -173,17 +171,7 @@ def test_batch_size_auto_on_the_cpu_and_bad_values(work):
     assert auto_batch_size(model, card, torch.device("cpu")) == 4
     before = sorted((work / "slide.zarr").rglob("*"))
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
-            "segment",
-            str(work / "slide.zarr"),
-            "--model",
-            str(work / "m.safetensors"),
-            "--batch-size",
-            "0",
-        ],
+        [*SEBRE, "segment", str(work / "slide.zarr"), "--model", str(work / "m.safetensors"), "--batch-size", "0"],
         capture_output=True,
         text=True,
         timeout=300,

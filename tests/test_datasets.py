@@ -5,11 +5,11 @@ the shared data is present), SeBRe's original layout, mixed pixel sizes, the val
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SEBRE
 from PIL import Image
 
 from sebre_ij.checkpoint import read_card
@@ -190,9 +190,7 @@ def test_train_on_a_folder_holds_out_validation_sections(tmp_path):
     model = tmp_path / "m.safetensors"
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "train",
             str(root),
             "--out",
@@ -220,10 +218,6 @@ def test_train_on_a_folder_holds_out_validation_sections(tmp_path):
     assert card.classes == ["background", "cortex", "thalamus"] and card.training["val_sections"] == ["s2"]
     assert "held out for validation: s2" in run.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "sebre_ij.cli", "train", str(tmp_path), "--out", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [*SEBRE, "train", str(tmp_path), "--out", str(model)], capture_output=True, text=True, timeout=300, check=False
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -2,10 +2,10 @@
 carries, segmented by the shipped model, every output written and the Dice printed."""
 
 import subprocess
-import sys
 
 import numpy as np
 import zarr
+from conftest import SEBRE
 
 from sebre_ij.demo import DEMO_ATLAS, DemoSlide, coronal, demo_slide
 from sebre_ij.labels import open_labels, read_plane
@@ -33,9 +33,7 @@ def test_coronal_planes_are_dorsal_side_up_and_cut_across_both_hemispheres():
 
 def test_demo_writes_every_output_with_the_shipped_model(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "sebre_ij.cli", "demo", "--out", str(out)], capture_output=True, text=True, timeout=900
-    )
+    done = subprocess.run([*SEBRE, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mean Dice" in done.stdout and "shipped" not in done.stderr
     for name in ("RoiSet.zip", "regions.geojson", "measurements.csv", "preview.png"):

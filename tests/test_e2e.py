@@ -9,13 +9,12 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import copy_slide
+from conftest import SEBRE, copy_slide
 from ome_zarr_models.v04.image import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
@@ -24,8 +23,6 @@ from sebre_ij.exports import layer_regions, roi_level
 from sebre_ij.labels import open_labels
 from sebre_ij.rois import read_roiset
 from sebre_ij.slide import open_slide
-
-SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
 
 
 def sebre(*args, check=True):

@@ -4,12 +4,12 @@ import csv
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SEBRE
 from PIL import Image
 from roifile import ImagejRoi
 
@@ -112,9 +112,7 @@ def test_cli_writes_metrics_and_pictures(tmp_path):
     out = tmp_path / "eval"
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "evaluate",
             str(tmp_path / "pred.png"),
             str(tmp_path / "RoiSet.zip"),
@@ -155,9 +153,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "pred.png")
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "evaluate",
             str(tmp_path / "pred.png"),
             str(tmp_path / "broken.zip"),

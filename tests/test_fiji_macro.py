@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_slide
+from conftest import SEBRE, copy_slide
 
 from sebre_ij.rois import read_roiset
 from sebre_ij.slide import open_slide
@@ -18,7 +18,6 @@ from sebre_ij.slide import open_slide
 ROOT = Path(__file__).resolve().parents[1]
 MACRO = ROOT / "fiji_scripts" / "SeBRe_Segment.ijm"
 SEBRE_BIN = Path(sys.executable).parent / "sebre"
-SEBRE = [sys.executable, "-m", "sebre_ij.cli"]
 
 
 def sebre(*args, check=True, env=None, wrap=()):

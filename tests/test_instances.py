@@ -2,12 +2,11 @@
 chunk borders, equal (up to numbering) to connected components of the whole image."""
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import zarr
-from conftest import oracle
+from conftest import SEBRE, oracle
 from ome_zarr_models.v04.image_label import ImageLabel
 from skimage.measure import label as connected
 
@@ -102,9 +101,7 @@ def test_segment_instance_mode(trained_slide, tmp_path):
     store = copy_slide(slide, tmp_path)
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "segment",
             str(store),
             "--model",
@@ -128,19 +125,7 @@ def test_segment_instance_mode(trained_slide, tmp_path):
     assert names and all(n.rsplit("-", 1)[1].isdigit() for n in names)
     assert len(set(names)) == len(names)
     bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
-            "segment",
-            str(store),
-            "--model",
-            str(model),
-            "--mode",
-            "cells",
-            "--labels",
-            "x",
-        ],
+        [*SEBRE, "segment", str(store), "--model", str(model), "--mode", "cells", "--labels", "x"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -5,13 +5,7 @@ import pytest
 
 from sebre_ij.measure import measure_regions, write_csv
 
-LABELS = np.array(
-    [
-        [0, 1, 1, 0],
-        [0, 1, 1, 0],
-        [2, 2, 0, 3],
-    ]
-)
+LABELS = np.array([[0, 1, 1, 0], [0, 1, 1, 0], [2, 2, 0, 3]])
 IMAGE = np.stack([np.arange(12).reshape(3, 4), np.full((3, 4), 7)]).astype(np.uint16)
 PROPS = {1: {"name": "cortex", "class": 4, "section": 2}, 2: {"name": "striatum", "class": 5}}
 

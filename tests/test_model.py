@@ -4,12 +4,11 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 
 import pytest
 import torch
 import torchvision
-from conftest import write_synth_set
+from conftest import SEBRE, write_synth_set
 from safetensors.torch import save_file
 
 from sebre_ij.checkpoint import load_checkpoint, load_init, read_card, save_checkpoint
@@ -210,19 +209,7 @@ def test_init_refuses_files_that_are_not_weights(tmp_path):
         load_init(build_model(mobilenet_card()), unrelated)
     root = write_synth_set(tmp_path / "set")
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
-            "train",
-            str(root),
-            "--out",
-            str(tmp_path / "m.safetensors"),
-            "--init",
-            str(evil),
-            "--steps",
-            "1",
-        ],
+        [*SEBRE, "train", str(root), "--out", str(tmp_path / "m.safetensors"), "--init", str(evil), "--steps", "1"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,7 +3,6 @@ with their pixel size, and `sebre train IMAGE --rois RoiSet.zip` on a RoiSet wri
 
 import json
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import scyjava
 import tifffile
+from conftest import SEBRE, TINY_TRAIN
 from PIL import Image
 from roifile import ImagejRoi
 
@@ -159,9 +159,7 @@ def test_train_from_a_roiset_written_by_imagej(imagej, tmp_path):
     model = tmp_path / "model.safetensors"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "train",
             str(image),
             "--rois",
@@ -170,16 +168,9 @@ def test_train_from_a_roiset_written_by_imagej(imagej, tmp_path):
             str(model),
             "--steps",
             "5",
-            "--pixel-size",
-            "16",
             "--pixel-size-in",
             "16",
-            "--tile-size",
-            "128",
-            "--overlap",
-            "32",
-            "--batch-size",
-            "2",
+            *TINY_TRAIN,
         ],
         capture_output=True,
         text=True,
@@ -203,9 +194,7 @@ def test_train_names_the_unknown_roi(tmp_path):
     mapping.write_text(json.dumps({"hippo": "hippocampus"}))
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "train",
             str(image),
             "--rois",

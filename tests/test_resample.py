@@ -3,12 +3,11 @@ level, mapped back without seams or gaps; slides without a pyramid; --pixel-size
 
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import zarr
-from conftest import oracle
+from conftest import SEBRE, oracle
 
 from sebre_ij.infer import read_tile
 from sebre_ij.labels import class_base, open_labels, read_plane
@@ -125,7 +124,7 @@ def test_oracle_stitching_on_a_resampled_grid(tmp_path, factor, tile, overlap):
 
 
 def segment(store, model, *extra):
-    cmd = [sys.executable, "-m", "sebre_ij.cli", "segment", str(store), "--model", str(model), *extra]
+    cmd = [*SEBRE, "segment", str(store), "--model", str(model), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

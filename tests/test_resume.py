@@ -11,11 +11,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import SEBRE
 from typer.testing import CliRunner
 
 from sebre_ij.checkpoint import save_checkpoint
@@ -36,9 +36,7 @@ def layer_files(store, name="sebre", chunks_only=False):
 
 def segment_cmd(store, model, name="sebre"):
     return [
-        sys.executable,
-        "-m",
-        "sebre_ij.cli",
+        *SEBRE,
         "segment",
         str(store),
         "--model",

@@ -3,6 +3,7 @@ run works from, what a killed run must share to be resumed, and the result of a 
 
 import numpy as np
 import pytest
+from conftest import SEBRE
 
 from sebre_ij.checkpoint import save_checkpoint
 from sebre_ij.errors import UserError
@@ -198,16 +199,13 @@ def test_a_run_capped_at_twice_the_documented_peak_completes(slide_and_models, t
     import os
     import shutil
     import subprocess
-    import sys
 
     store = tmp_path / "slide.zarr"
     shutil.copytree(slide_and_models / "slide.zarr", store)
     limit = 2 * DOCUMENTED_PEAK_MB << 20
     (memory_cgroup / "memory.limit_in_bytes").write_text(str(limit))
     cmd = [
-        sys.executable,
-        "-m",
-        "sebre_ij.cli",
+        *SEBRE,
         "segment",
         str(store),
         "--model",

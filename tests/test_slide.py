@@ -49,10 +49,7 @@ def test_zyx_plane_view(tmp_path):
 
 @pytest.mark.parametrize(
     "make, words",
-    [
-        (lambda p: p.mkdir(), "not a zarr store"),
-        (lambda p: zarr.open_group(p, mode="w", zarr_format=2), "multiscales"),
-    ],
+    [(lambda p: p.mkdir(), "not a zarr store"), (lambda p: zarr.open_group(p, mode="w", zarr_format=2), "multiscales")],
 )
 def test_bad_stores_are_user_errors(tmp_path, make, words):
     path = tmp_path / "bad.zarr"

@@ -9,13 +9,12 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_synth_set
+from conftest import SEBRE, write_synth_set
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -288,9 +287,7 @@ def test_an_atlas_share_without_an_atlas_names_the_flag(tmp_path, monkeypatch):
     monkeypatch.delenv("SEBRE_ATLAS", raising=False)
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "sebre_ij.cli",
+            *SEBRE,
             "train",
             str(root),
             "--out",
