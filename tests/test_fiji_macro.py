@@ -80,22 +80,15 @@ def test_macro_reports_a_bad_slide_in_one_line(trained, ij_jar, xvfb_run, tmp_pa
     assert "ROIs" not in proc.stdout
 
 
+def imagej_segment(slide, model, labels: str) -> tuple:
+    """`sebre segment` arguments that push the regions into ImageJ."""
+    return ("segment", slide, "--model", model, "--labels", labels, "--min-score", 0.05, "--imagej")
+
+
 def test_segment_imagej_without_display_writes_labels_then_hints(trained):
     _, slide, model = trained
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    proc = sebre(
-        "segment",
-        slide,
-        "--model",
-        model,
-        "--labels",
-        "nodisplay",
-        "--min-score",
-        0.05,
-        "--imagej",
-        check=False,
-        env=env,
-    )
+    proc = sebre(*imagej_segment(slide, model, "nodisplay"), check=False, env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "xvfb-run -a sebre segment" in proc.stderr and "--rois" in proc.stderr
     assert "nodisplay" in open_slide(slide).label_names()  # written (and registered) before the push
@@ -105,17 +98,9 @@ def test_segment_imagej_under_xvfb_pushes_every_region(trained, xvfb_run, ij_jar
     work, slide, model = trained
     roiset = work / "pushed.zip"
     proc = sebre(
-        "segment",
-        slide,
-        "--model",
-        model,
-        "--labels",
-        "pushed",
-        "--min-score",
-        0.05,
+        *imagej_segment(slide, model, "pushed"),
         "--rois",
         roiset,
-        "--imagej",
         wrap=(xvfb_run, "-a"),
         env={**os.environ, "SEBRE_IJ_JAR": str(ij_jar)},
     )

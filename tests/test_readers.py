@@ -146,6 +146,12 @@ def imagej_mask(roi, shape):
     return out
 
 
+def train_on_rois(image, roiset, out, *flags) -> subprocess.CompletedProcess:
+    """`sebre train IMAGE --rois ROISET --out OUT FLAGS...` as a user runs it."""
+    cmd = [*SEBRE, "train", image, "--rois", roiset, "--out", out, *flags]
+    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
 def test_train_from_a_roiset_written_by_imagej(imagej, tmp_path):
     image = tmp_path / "section.tif"
     tifffile.imwrite(image, section_image(), photometric="rgb")
@@ -157,26 +163,7 @@ def test_train_from_a_roiset_written_by_imagej(imagej, tmp_path):
         np.testing.assert_array_equal(rasterise_rois([ours], [cls], (256, 256)) == cls, imagej_mask(theirs, (256, 256)))
 
     model = tmp_path / "model.safetensors"
-    proc = subprocess.run(
-        [
-            *SEBRE,
-            "train",
-            str(image),
-            "--rois",
-            str(roiset),
-            "--out",
-            str(model),
-            "--steps",
-            "5",
-            "--pixel-size-in",
-            "16",
-            *TINY_TRAIN,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    proc = train_on_rois(image, roiset, model, "--steps", "5", "--pixel-size-in", "16", *TINY_TRAIN)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     card = read_card(model)
     assert card.classes == ["background", "cortex", "thalamus"]
@@ -192,25 +179,7 @@ def test_train_names_the_unknown_roi(tmp_path):
     with zipfile.ZipFile(roiset, "w") as zf:
         zf.writestr("s1-ctx.roi", roi.tobytes())
     mapping.write_text(json.dumps({"hippo": "hippocampus"}))
-    proc = subprocess.run(
-        [
-            *SEBRE,
-            "train",
-            str(image),
-            "--rois",
-            str(roiset),
-            "--out",
-            str(tmp_path / "m.safetensors"),
-            "--class-map",
-            str(mapping),
-            "--pixel-size-in",
-            "16",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    proc = train_on_rois(image, roiset, tmp_path / "m.safetensors", "--class-map", mapping, "--pixel-size-in", "16")
     assert proc.returncode == 2
     assert (
         proc.stderr.strip() == f"sebre: error: {roiset}: ROI 's1-ctx' is not in the class map; "
