@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .cli_support import _positive_int, _run, console, print_regions, state, stop_on_signals
+from .cli_support import _positive_int, _run, console, options_from, print_regions, state, stop_on_signals
 from .cli_train import evaluate, train
 from .errors import Stopped
 
@@ -129,39 +129,10 @@ def segment(
     from .segment import SegmentOptions
     from .segment import segment as run_segment
 
-    options = SegmentOptions(
-        labels=labels,
-        overwrite=overwrite,
-        resume=resume,
-        mode=mode,
-        device=device,
-        batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
-        min_score=min_score,
-        tile_size=tile_size,
-        overlap=overlap,
-        tta=tta,
-        pixel_size=pixel_size,
-    )
-    exports = Exports(
-        rois=rois,
-        geojson=geojson,
-        measurements=measurements,
-        preview=preview,
-        roi_groups=roi_groups,
-        roi_level=roi_level,
-        roi_tolerance=roi_tolerance,
-    )
-    where = ClusterOptions(
-        workers=workers,
-        scheduler=scheduler,
-        cluster=cluster,
-        queue=queue,
-        cores=cores,
-        memory=memory,
-        gpus=gpus,
-        jobs=jobs,
-        walltime=walltime,
-    )
+    given = locals()
+    batch = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
+    options = options_from(SegmentOptions, given, batch_size=batch)
+    exports, where = options_from(Exports, given), options_from(ClusterOptions, given)
     with kept_heap(), stop_on_signals() as stop:  # the mask head's big blocks stay mapped between calls
         try:
             result = _run(run_segment, slide, model, options, exports, where, stop)

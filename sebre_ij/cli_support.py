@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import fields
 
 import typer
 from rich.console import Console
@@ -154,3 +155,11 @@ def print_regions(rows: list[dict], dice: dict[str, float] | None = None) -> Non
             *extra,
         )
     console.print(table)
+
+
+def options_from(cls, given: dict, **overrides):
+    """`cls` (an options dataclass) from the command's parameters of its fields' names, each flag
+    being named as the field it sets; `overrides` for those the command line gives in another form.
+    Fields no parameter names keep their defaults."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{**{k: v for k, v in given.items() if k in names}, **overrides})

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli_support import _run, console
+from .cli_support import _run, console, options_from
 
 
 def train(
@@ -91,36 +91,11 @@ def train(
     from .train import TrainOptions
     from .train import train as train_model
 
-    inputs = TrainingData(
-        tuple(data),
-        rois=tuple(str(r) for r in rois or ()),
-        label_name=labels,
-        class_map=class_map,
-        pixel_size_in=pixel_size_in,
-        classes=classes,
-    )
-    options = TrainOptions(
-        arch=arch,
-        pixel_size=pixel_size,
-        tile_size=tile_size,
-        overlap=overlap,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        val_sections=tuple(val_sections or ()),
-        val_fraction=val_fraction,
-        test_sections=tuple(test_sections or ()),
-        val_every=val_every,
-        init=init,
-        workers=workers,
-        semantic=semantic,
-        input=input_mode,
-        atlas=atlas,
-        atlas_fraction=atlas_fraction,
-        instance_loss=instance_loss,
-    )
+    given = locals()
+    rois = tuple(str(r) for r in rois or ())
+    inputs = options_from(TrainingData, given, inputs=tuple(data), rois=rois, label_name=labels)
+    sections = {"val_sections": tuple(val_sections or ()), "test_sections": tuple(test_sections or ())}
+    options = options_from(TrainOptions, given, input=input_mode, **sections)
     card = _run(train_model, inputs, out, options)
     console.print(
         f"wrote {out}: {card.architecture}, {len(card.classes) - 1} classes, {card.pixel_size_um} µm/px, "

@@ -230,27 +230,34 @@ def _blur_within(image: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarra
     return np.where(mask, blurred / np.maximum(weight, 1e-3), image).astype(np.float32)
 
 
-def _laminae(
-    structures: np.ndarray,
-    tissue: np.ndarray,
-    tree: StructureTree,
-    pixel_um: float,
-    look: Look,
-    rng: np.random.Generator,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Drawing:
+    """What every step of a section's texture draws from: its structure indices of `tree`, where
+    tissue is seen, the pixel size, the look and the random generator."""
+
+    structures: np.ndarray
+    tissue: np.ndarray
+    tree: StructureTree
+    pixel_um: float
+    look: Look
+    rng: np.random.Generator
+
+
+def _laminae(d: Drawing) -> np.ndarray:
     """Density factors of a band along the tissue's edge and one along the fibre tracts, per class.
 
     Notes
     -----
     Equals exp(a[c] * 2 * near(glass) + b[c] * 2 * near(tracts)), c each pixel's class, a[c] the rim
     plus, in grey matter, a class's own, near(m) mask m blurred by a random band width (0.5 at its edge)."""
+    tree, look, rng, pixel_um = d.tree, d.look, d.rng, d.pixel_um
     n = len(tree.class_names)
-    pixel_class = tree.classes[structures]
+    pixel_class = tree.classes[d.structures]
     a = rng.uniform(*look.rim) + rng.normal(0.0, look.laminae, n) * tree.grey
     b = rng.normal(0.0, look.laminae, n) * tree.grey
-    glass = ndi.gaussian_filter((~tissue).astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um)
+    glass = ndi.gaussian_filter((~d.tissue).astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um)
     tracts = ndi.gaussian_filter(
-        tree.of_class(FIBRE_TRACTS)[structures].astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um
+        tree.of_class(FIBRE_TRACTS)[d.structures].astype(np.float32), rng.uniform(*look.lamina_um) / pixel_um
     )
     return np.exp(2.0 * (a.astype(np.float32)[pixel_class] * glass + b.astype(np.float32)[pixel_class] * tracts))
 
@@ -277,22 +284,15 @@ def _specks(
     return density
 
 
-def _texture(
-    density: np.ndarray,
-    structures: np.ndarray,
-    tissue: np.ndarray,
-    tree: StructureTree,
-    pixel_um: float,
-    look: Look,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _texture(density: np.ndarray, d: Drawing) -> np.ndarray:
     """Soft boundaries, fine grain and specks per structure, layers, a rim at the cut edge, uneven thickness."""
+    structures, tissue, tree, pixel_um, look, rng = d.structures, d.tissue, d.tree, d.pixel_um, d.look, d.rng
     shape, n = density.shape, len(tree.ids)
     density = _blur_within(density, tissue, rng.uniform(*look.edge_um) / pixel_um)
     grain = (rng.uniform(*look.grain) * rng.uniform(0.5, 1.5, n)).astype(np.float32)[structures]
     density = density * np.exp(grain * _fine_noise(shape, rng.uniform(*look.grain_um) / pixel_um, rng))
     density = _specks(density, structures, tree, pixel_um, look, rng)
-    density = density * _laminae(structures, tissue, tree, pixel_um, look, rng)
+    density = density * _laminae(d)
     mottle = rng.uniform(0.0, look.mottle) * smooth_noise(shape, max(rng.uniform(50, 200) / pixel_um, 1.0), rng)
     thick = mottle + rng.uniform(0.0, look.thickness) * smooth_noise(shape, rng.uniform(10, 40), rng)
     return np.where(tissue, density * np.exp(thick), 0.0).astype(np.float32)
@@ -382,7 +382,7 @@ def render(
     average template at each pixel (called only for the template look, as cutting it costs),
     `overlay` the masks of `atlas.damage` that change only the picture, `pixel_um` the pixel size."""
     density = tissue_density(structures, tissue, template, tree, look, rng)
-    density = _texture(density, structures, tissue, tree, pixel_um, look, rng)
+    density = _texture(density, Drawing(structures, tissue, tree, pixel_um, look, rng))
     density = _optics(_overlay(density, overlay, rng), look, rng)
     if rng.random() < look.fluorescence:
         return fluorescence(density, look, rng)
