@@ -187,13 +187,28 @@ def _model(path: str, stamp: tuple, device: str | None, tile_size: int, overlap:
     return model, card, dev
 
 
-def chunk_lock(layer, window: tuple[slice, slice]):
+@contextlib.contextmanager
+def chunk_lock(layer, window: tuple[slice, slice]) -> Iterator[None]:
     """A cluster-wide lock on the chunks under a window of the layer's level: two workers never
-    read-modify-write one chunk at once."""
-    from distributed import MultiLock
+    read-modify-write one chunk at once.
 
-    names = [f"sebre:{layer.slide.url}:{layer.name}:{r}.{c}" for r, c in layer.chunks_under(window)]
-    return MultiLock(names)
+    Each chunk is a one-lease `distributed.Semaphore`, taken in sorted order (so two tasks never
+    wait on each other). A lease, unlike a Lock, is taken back by the scheduler when its holder
+    stops refreshing it (distributed.scheduler.locks.lease-timeout), so a worker killed while
+    writing delays the chunks it held instead of stalling the run."""
+    from distributed import Semaphore
+
+    names = sorted(f"sebre:{layer.slide.url}:{layer.name}:{r}.{c}" for r, c in layer.chunks_under(window))
+    held = []
+    try:
+        for name in names:
+            chunk = Semaphore(max_leases=1, name=name)
+            chunk.acquire()
+            held.append(chunk)
+        yield
+    finally:
+        for chunk in reversed(held):
+            chunk.release()
 
 
 def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
