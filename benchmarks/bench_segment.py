@@ -164,9 +164,8 @@ def run_naive(work: Path, name: str) -> dict:
     with torch.inference_mode():
         for i in range(0, len(tiles), BATCH):
             batch = tiles[i : i + BATCH]
-            crops = [
-                torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch
-            ]  # a tile may start before the level
+            # a tile may start before the level
+            crops = [torch.from_numpy(read_tile(image, "cyx", t, 0, glass)) for t in batch]
             for t, out in zip(batch, model(crops)):
                 classes, _ = best_classes(class_evidence(out, len(card.classes), 0.3))
                 ys, xs = t.core

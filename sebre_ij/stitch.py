@@ -52,9 +52,8 @@ class RegionStats:
         return stats
 
     def add(self, values: np.ndarray, scores: np.ndarray) -> None:
-        values = values.ravel().astype(
-            np.intp
-        )  # label values are small (section x class base + class): counted, not sorted
+        # label values are small (section x class base + class): counted, not sorted
+        values = values.ravel().astype(np.intp)
         counts = np.bincount(values)
         sums = np.bincount(values, weights=scores.ravel())
         for v in np.flatnonzero(counts[1:]) + 1:

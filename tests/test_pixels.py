@@ -41,16 +41,12 @@ def test_chunk_cache_reads_the_same_windows_decoding_chunks_about_once_while_the
         (slice(None), slice(y, y + 200), slice(x, x + 150))
         for y, x in zip(rng.integers(0, 400, 40), rng.integers(0, 650, 40))
     ]
-    windows += [
-        (1, slice(0, 600), slice(790, 800)),
-        (slice(None), slice(0, 600, 7), slice(3, 800, 5)),
-    ]  # an int index; a stride
+    windows += [(1, slice(0, 600), slice(790, 800)), (slice(None), slice(0, 600, 7), slice(3, 800, 5))]  # int; stride
     for window in windows:
         np.testing.assert_array_equal(cache[window], image[window])
     assert len(cache.held) <= capacity
-    if (
-        capacity == 1000
-    ):  # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
+    # everything fits: the level's 5 x 7 chunks decoded about once (a read's box may hold some again)
+    if capacity == 1000:
         assert counting.chunks_read <= 2 * 35
 
 

@@ -75,9 +75,8 @@ def test_tile_before_the_level_reads_the_same_pixels_shifted(factor):
     before = read_tile(image, "cyx", Tile(-10, -7, 64, (slice(0, 54), slice(0, 57))), z=0, glass=fill, factor=factor)[0]
     inside = read_tile(image, "cyx", Tile(0, 0, 64, (slice(0, 64), slice(0, 64))), z=0, glass=fill, factor=factor)[0]
     assert np.all(before[:10] == 0.5) and np.all(before[:, :7] == 0.5)
-    np.testing.assert_allclose(
-        before[10 + 3 :, 7 + 3 :], inside[3:54, 3:57], atol=1e-6
-    )  # away from the smoothing's edge
+    # away from the smoothing's edge
+    np.testing.assert_allclose(before[10 + 3 :, 7 + 3 :], inside[3:54, 3:57], atol=1e-6)
 
 
 def test_level_choice_resamples_only_past_ten_percent(tmp_path):

@@ -237,9 +237,8 @@ def test_atlas_tiles_hold_their_sections_classes(atlas_dir, mode):
             assert set(np.unique(classes)) == set(np.unique(section.classes))
             assert np.allclose(image[:, 0, 0], glass, atol=0.02)
         if mode == "luminance":
-            assert np.isclose(
-                np.median(section.image[0][section.classes == 0]), 1.0, atol=0.1
-            )  # glass 1, as in model_input
+            # glass 1, as in model_input
+            assert np.isclose(np.median(section.image[0][section.classes == 0]), 1.0, atol=0.1)
     assert 8 <= whole <= 28  # half placed whole, half anywhere (some of those whole too)
 
 
