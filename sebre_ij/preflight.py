@@ -83,15 +83,20 @@ def check_channels(slide: Slide, card: ModelCard) -> None:
 
 
 def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
-    """A slide that fits in less than one tile is not a slide the model can place regions on."""
+    """A slide too small to hold a section at the model's µm/px is refused. A smaller one than a tile
+    is not: training shows each section whole in a tile with glass around it, and inference pads a
+    tile past the slide's edge with the glass the same way (a single-section crop is the common case)."""
     height, width = Grid(slide.yx_shape(level), factor).shape
-    if height < card.tile_size and width < card.tile_size:
+    least = card.tile_size // MIN_TILE_SHARE
+    if height < least and width < least:
         raise UserError(
-            f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, smaller "
-            "than "
-            f"one {card.tile_size} px tile; pass the whole slide (or a larger crop), or "
-            f"tile_size={max(32, max(height, width) // 32 * 32)}"
+            f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, under "
+            f"a quarter of one {card.tile_size} px tile, too small to hold a section; pass the whole slide "
+            f"(or a larger crop), check its pixel size, or tile_size={max(32, max(height, width) // 8 * 32)}"
         )
+
+
+MIN_TILE_SHARE = 4  # a slide under 1/4 of a tile on both sides is too small to hold a section
 
 
 MAX_RESAMPLING = 16.0  # beyond this from the nearest level, a slide's pixel size is far more likely wrong than real

@@ -176,11 +176,11 @@ def blank_slide(tmp, base):
     return segment(store, base), store, ["blank.zarr", "no tissue found"]
 
 
-def smaller_than_a_tile(tmp, base):
-    image = np.full((3, 40, 40), 230, np.uint8)
-    image[:, 10:30, 8:32] = 90
+def too_small_for_a_section(tmp, base):
+    image = np.full((3, 12, 12), 230, np.uint8)
+    image[:, 3:9, 2:10] = 90
     store = write_image_store(tmp / "tiny.zarr", image)
-    return segment(store, base), store, ["tiny.zarr", "smaller than", "tile"]
+    return segment(store, base), store, ["tiny.zarr", "too small to hold a section", "tile"]
 
 
 def wrong_channels(tmp, base):
@@ -406,7 +406,7 @@ CASES = [
     float_with_nan,
     float_with_inf,
     blank_slide,
-    smaller_than_a_tile,
+    too_small_for_a_section,
     wrong_channels,
     corrupt_chunk,
     existing_layer,
