@@ -64,17 +64,11 @@ def test_models_lists_the_shipped_one_then_the_cache_with_unreadable_files_named
 
 
 def glta_slide(entry, out) -> str:
-    """A GLTa section (its own 12.5 µm pixels) on glass of its own colour, with its labels as labels/truth."""
+    """A GLTa section as a user's single-section crop (its own 12.5 µm pixels, smaller than one 320 px
+    tile of the model's 50 µm/px), with its labels as labels/truth."""
     image = read_image(entry.image).pixels
     image = (image * 255).round().astype(np.uint8) if image.dtype != np.uint8 else image
-    glass = np.median(image[:, :8].reshape(3, -1), axis=1).astype(np.uint8)
-    h, w = image.shape[1:]
-    side = max(h, w, 1340) + 200  # at least one 320 px tile at the model's 50 µm/px
-    canvas = np.broadcast_to(glass[:, None, None], (3, side, side)).copy()
-    truth = np.zeros((side, side), np.uint8)
-    canvas[:, 100 : 100 + h, 100 : 100 + w] = image
-    truth[100 : 100 + h, 100 : 100 + w] = read_labels(entry.labels, 13)
-    write_slide(out, canvas, truth, entry.pixel_size_um)
+    write_slide(out, image, read_labels(entry.labels, 13), entry.pixel_size_um)
     return str(out)
 
 
