@@ -105,6 +105,9 @@ def segment(
     tta: bool = typer.Option(
         False, help="Also run each tile mirrored 3 ways and average (4x the model time, better regions)."
     ),
+    atlas_prior: bool = typer.Option(
+        True, help="Weigh region maps against the Allen atlas cut at each section's plane, where the model asks for it."
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
     workers: int = typer.Option(0, help="Run on a local Dask cluster of this many worker processes."),
     scheduler: str | None = typer.Option(None, help="Run on the Dask scheduler at this address (tcp://HOST:8786)."),

@@ -84,6 +84,12 @@ def train(
         help="Weight of Mask R-CNN's losses beside the semantic "
         "branch's (0: the semantic branch alone, a step about 2x cheaper).",
     ),
+    atlas_prior: float = typer.Option(
+        0.0,
+        "--atlas-prior",
+        help="Weight of the Allen atlas cut against the model's region maps at inference (0: none; "
+        "for models of the atlas's classes).",
+    ),
 ):
     """Train a Mask R-CNN and write one checkpoint carrying its model card."""
     from .curves import curve_paths

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import dask
 import torch
 
+from .atlas_prior import AtlasPrior
 from .checkpoint import load_checkpoint
 from .errors import Stopped, UserError
 from .infer import predict_tiles, tile_reader
@@ -176,6 +177,7 @@ class TileJob:
     min_score: float
     tta: bool
     instances: bool  # run the RPN and RoI heads (else the semantic branch alone gives the class maps)
+    prior: AtlasPrior | None  # the atlas prior on the tiles' class maps
     threads: dict[str, int]
 
 
@@ -234,6 +236,7 @@ def run_task(job: TileJob, start: int, stop: int) -> list[dict]:
         min_score=job.min_score,
         flips=job.tta,
         instances=job.instances,
+        prior=job.prior,
     )
     for i, result in enumerate(predicted, start=1):
         results.append(result)

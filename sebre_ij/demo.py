@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .atlas import atlas_folder
+from .atlas import atlas_folder, read_tree
+from .atlas_prior import VOLUME, read_volume
 from .catalog import find_model
 from .checkpoint import read_card
 from .evaluate import compare_layers
@@ -30,7 +31,6 @@ from .slide import open_slide
 from .stores import write_slide
 from .synth import CLASSES
 
-DEMO_ATLAS = Path(__file__).resolve().parent / "data" / "ccf_classes_50um.npz"
 VOXEL_UM = 50.0
 # brightfield DAB on white glass, one stain, no template: the look of the GLTa sections
 LOOK = Look(
@@ -56,12 +56,15 @@ class DemoSlide:
     seed: int = 2
 
 
-def build_demo_atlas(atlas: str | Path | None, out: Path = DEMO_ATLAS) -> Path:
-    """The package's small class volume: the CCFv3 class volume at 50 µm (every other voxel).
-    `python -m sebre_ij.demo build-atlas --atlas ../shared/data/ccfv3` rebuilds it."""
-    classes = tifffile.imread(atlas_folder(atlas) / "classes_25um.tif")[::2, ::2, ::2]
+def build_demo_atlas(atlas: str | Path | None, out: Path = VOLUME) -> Path:
+    """The package's small class volume (atlas_prior.VOLUME): the CCFv3 class volume at 50 µm (every
+    other voxel) and its class names. `python -m sebre_ij.demo build-atlas --atlas ../shared/data/ccfv3`
+    rebuilds it."""
+    folder = atlas_folder(atlas)
+    classes = tifffile.imread(folder / "classes_25um.tif")[::2, ::2, ::2]
+    names = np.array(read_tree(folder / "structures.csv").class_names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, classes=classes)
+    np.savez_compressed(out, classes=classes, names=names)
     return out
 
 
@@ -88,7 +91,7 @@ def coronal(volume: np.ndarray, position: float, pixel_size: float) -> np.ndarra
 
 def demo_slide(path: Path, spec: DemoSlide = DemoSlide()) -> Path:
     """The demo store at `path` (made anew): the sections in a row of two, their truth as labels/truth."""
-    volume = np.load(DEMO_ATLAS)["classes"]
+    volume = read_volume().classes
     rng = np.random.default_rng(spec.seed)
     maps = [np.pad(coronal(volume, p, spec.pixel_size), spec.margin_px) for p in spec.positions]
     cell = tuple(max(m.shape[i] for m in maps) for i in (0, 1))

@@ -17,6 +17,7 @@ from scipy import ndimage
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
+from .atlas_prior import AtlasPrior
 from .model import ModelCard, detect
 from .model_input import InputMap, input_map
 from .tiles import Tile, tile_grid
@@ -185,11 +186,12 @@ def predict_image(
     batch_size: int = 4,
     min_score: float = 0.3,
     flips: bool = False,
+    atlas_prior: bool = True,
 ) -> np.ndarray:
     """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
     `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
-    overlapping tiles whose cores are written, nothing outside the sections. For validation and
-    scoring of images held in memory."""
+    overlapping tiles whose cores are written, nothing outside the sections, the card's atlas prior
+    unless `atlas_prior` is false. For validation and scoring of images held in memory."""
     sections = find_sections(image)
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
@@ -204,6 +206,7 @@ def predict_image(
         min_score=min_score,
         flips=flips,
         instances=not card.semantic,
+        prior=card_prior(card) if atlas_prior else None,
     )
     # closed whatever happens here: the generator holds torch's inference mode while it is suspended,
     # and a training loop that validates with it must get its gradients back
@@ -230,6 +233,11 @@ def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor
+
+
+def card_prior(card: ModelCard) -> AtlasPrior | None:
+    """The atlas prior a model's card asks for (None: none, or classes the atlas lacks)."""
+    return AtlasPrior.for_model(card.classes, card.pixel_size_um, card.atlas_prior) if card.semantic else None
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -272,6 +280,7 @@ def predict_tiles(
     min_score: float = 0.3,
     flips: bool = False,
     instances: bool = True,
+    prior: AtlasPrior | None = None,
 ) -> Iterable[tuple]:
     """Yield (tile, classes, scores[, margins]) for every tile (margins: class_margins, where the
     class maps come from class evidence). Beside the model's work on batch i, threads read
@@ -279,7 +288,8 @@ def predict_tiles(
 
     With `flips`, each tile also runs mirrored three ways and the four views' evidence is averaged.
     Without `instances`, a model whose semantic branch gives the class maps runs that branch alone
-    (the same maps, without the RPN and RoI heads' work)."""
+    (the same maps, without the RPN and RoI heads' work). With a `prior`, each tile's semantic
+    class probabilities are weighed against the atlas cut at its section's plane first."""
     batches = list(batched(tiles, batch_size))
     precision = amp_dtype(device)
     dims = FLIPS if flips else FLIPS[:1]
@@ -303,7 +313,7 @@ def predict_tiles(
                 outputs = run_model(model, views, paste_masks=paste, instances=instances)
             if maps is not None:
                 yield from maps.result()
-            maps = pool.submit(_class_maps, batch, outputs, dims, len(card.classes), min_score)
+            maps = pool.submit(_class_maps, batch, outputs, dims, len(card.classes), min_score, prior)
         if maps is not None:
             yield from maps.result()
 
@@ -320,7 +330,7 @@ def run_model(
 
 
 def _class_maps(
-    batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int, min_score: float
+    batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int, min_score: float, prior=None
 ) -> list[tuple]:
     """(tile, classes, scores[, margins]) of a batch from the model's outputs for all its views:
     straight from the instances where their masks were left in their boxes (one view on the CPU),
@@ -335,5 +345,7 @@ def _class_maps(
             evidence = sum(
                 _unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)
             ) / len(dims)
+            if prior is not None and "semantic" in views[0]:
+                evidence = torch.from_numpy(prior.apply(evidence.cpu().numpy())).to(evidence.device)
             out.append((tile, *best_classes(evidence), class_margins(evidence)))
         return out

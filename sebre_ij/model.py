@@ -49,13 +49,17 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     semantic: bool = False  # a semantic branch gives the class maps (older checkpoints have none)
     input: str = "channels"  # how slide pixels become model input (model_input.py)
+    atlas_prior: float = 0.0  # weight of the Allen atlas cut against the class maps (atlas_prior.py); 0: none
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
-        """The card as JSON; a channels-mode card leaves `input` out, as cards were before it existed."""
+        """The card as JSON; a channels-mode card leaves `input` out, and one without an atlas prior
+        `atlas_prior`, as cards were before they existed."""
         data = asdict(self)
         if data["input"] == "channels":
             del data["input"]
+        if not data["atlas_prior"]:
+            del data["atlas_prior"]
         return json.dumps(data)
 
     @classmethod
@@ -135,6 +139,10 @@ class ModelCard:
             (not isinstance(self.training, dict), "training must be an object"),
             (not isinstance(self.semantic, bool), "semantic must be true or false"),
             (self.input not in INPUT_MODES, f"input must be one of {', '.join(INPUT_MODES)}"),
+            (
+                not numbers([self.atlas_prior], 1) or self.atlas_prior < 0 or isinstance(self.atlas_prior, bool),
+                "atlas_prior must be a number, 0 or more",
+            ),
             (self.input == "luminance" and self.channels != LUMINANCE, f"a luminance model's channels are {LUMINANCE}"),
         ]
         bad = [message for failed, message in problems if failed]

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from .atlas_prior import AtlasPrior
 from .checkpoint import load_checkpoint
 from .errors import UserError
 from .exports import Exports, check_roi_level
-from .infer import auto_batch_size
+from .infer import auto_batch_size, card_prior
 from .layer import check_name, check_writable
 from .model import ModelCard, pick_device
 from .slide import Slide, inference_level, open_slide
@@ -34,8 +35,9 @@ class SegmentOptions:
     on finishing a killed run of the same settings (the same call resumes one anyway). `mode`
     "region" keeps one label per class per section (SeBRe's rule), "instance" gives every connected
     piece its own label. `tile_size` and `overlap` override the card's, `pixel_size` the slide's
-    level-0 µm/px. `tta` averages each tile with its three mirror images. `batch_size` may be "auto"
-    (on a GPU, from its free memory)."""
+    level-0 µm/px. `tta` averages each tile with its three mirror images. `atlas_prior` weighs region
+    maps against the Allen atlas where the model's card asks for it (atlas_prior.py). `batch_size`
+    may be "auto" (on a GPU, from its free memory)."""
 
     labels: str = "sebre"
     overwrite: bool = False
@@ -47,6 +49,7 @@ class SegmentOptions:
     tile_size: int | None = None
     overlap: int | None = None
     tta: bool = False
+    atlas_prior: bool = True
     pixel_size: float | None = None
     progress: bool = True
 
@@ -155,4 +158,9 @@ def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
         "tta": options.tta,
         "mode": options.mode,
         "card": inputs.card.to_json(),
-    }
+    } | ({"atlas_prior": True} if run_prior(inputs.card, options) else {})
+
+
+def run_prior(card: ModelCard, options: SegmentOptions) -> AtlasPrior | None:
+    """The atlas prior of the run: the card's, on region maps, unless the options turn it off."""
+    return card_prior(card) if options.atlas_prior and options.mode == "region" else None

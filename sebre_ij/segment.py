@@ -32,7 +32,7 @@ from .layer import LabelLayer, create_layer, finish_layer, hold_layer
 from .model import ModelCard
 from .model_input import input_map
 from .pixels import ChunkCache
-from .preflight import Inputs, SegmentOptions, open_inputs, run_key, run_settings
+from .preflight import Inputs, SegmentOptions, open_inputs, run_key, run_prior, run_settings
 from .pyramid import build_pyramid
 from .slide import Slide, open_slide
 from .stitch import ChunkWriter, PlaneTiles, RegionStats, Result, TileRun
@@ -226,6 +226,7 @@ def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions, s
         min_score=options.min_score,
         flips=options.tta,
         instances=runs_instances(inputs.card, options),
+        prior=run_prior(inputs.card, options),
     )
     return run_tiles(
         inputs.slide,
@@ -270,6 +271,7 @@ def run_tiles_on_cluster(
             min_score=options.min_score,
             tta=options.tta,
             instances=runs_instances(inputs.card, options),
+            prior=run_prior(inputs.card, options),
             threads=threads,
         )
 

@@ -108,7 +108,9 @@ class TrainOptions:
     DEFAULT_ATLAS_FRACTION); at 1.0 the real sections only validate. `augmentation` defaults to
     the input's (`Augmentation()`, or `Augmentation.luminance()`). `instance_loss` weighs the Mask
     R-CNN losses beside the semantic branch's; at 0 only the semantic branch learns (its maps give
-    the regions; boxes and instances stay untrained), a step about half as costly on a CPU."""
+    the regions; boxes and instances stay untrained), a step about half as costly on a CPU.
+    `atlas_prior` goes into the card: the weight of the Allen atlas cut against the semantic maps
+    at inference and validation (atlas_prior.py; for a model of the atlas's classes)."""
 
     arch: str = "tiny_fpn"
     pixel_size: float = 16.0
@@ -133,6 +135,7 @@ class TrainOptions:
     atlas_fraction: float | None = None
     atlas_recipe: SectionRecipe = field(default_factory=SectionRecipe)
     instance_loss: float = 1.0
+    atlas_prior: float = 0.0
 
     def check(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -150,6 +153,11 @@ class TrainOptions:
             raise UserError(
                 f"instance_loss={self.instance_loss} weighs Mask R-CNN's losses against the semantic "
                 "branch's: give 0 or more, with semantic=True"
+            )
+        if self.atlas_prior < 0 or (self.atlas_prior and not self.semantic):
+            raise UserError(
+                f"atlas_prior={self.atlas_prior} weighs the atlas against the semantic branch's maps: "
+                "give 0 or more, with semantic=True"
             )
 
     @property
@@ -299,6 +307,7 @@ def model_card(
         training=training,
         semantic=o.semantic,
         input=o.input,
+        atlas_prior=o.atlas_prior,
     )
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import zarr
 from conftest import SEBRE
 
-from sebre_ij.demo import DEMO_ATLAS, DemoSlide, coronal, demo_slide
+from sebre_ij.atlas_prior import read_volume
+from sebre_ij.demo import DemoSlide, coronal, demo_slide
 from sebre_ij.labels import open_labels, read_plane
 from sebre_ij.slide import open_slide
 
@@ -24,7 +25,7 @@ def test_the_demo_slide_holds_its_sections_with_their_atlas_classes(tmp_path):
 
 
 def test_coronal_planes_are_dorsal_side_up_and_cut_across_both_hemispheres():
-    plane = coronal(np.load(DEMO_ATLAS)["classes"], 0.5, 50.0)
+    plane = coronal(read_volume().classes, 0.5, 50.0)
     rows = np.flatnonzero((plane == 1).any(axis=1))
     assert rows[0] < 0.1 * plane.shape[0]  # the cortex reaches the top: dorsal side up
     brain = plane > 0

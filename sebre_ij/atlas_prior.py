@@ -1,0 +1,226 @@
+"""The Allen atlas as a prior on a section's class probabilities.
+
+Every section a mouse model meets is a cut through one brain whose anatomy the Allen CCFv3 holds. A
+model's class maps err by patches (a region too large here, missing there); the atlas cut at the
+section's plane errs only by how well that plane is found and how far the brain differs from the
+average. `AtlasPrior.apply` weighs one against the other, for one tile's probabilities, in three
+steps (the model sees a whole mouse section in one tile: 320 px at 50 µm/px):
+
+1. `whole_section`: the section is the largest connected piece of tissue (background probability
+   under one half); a piece touching the tile's edge is not whole, and gets no prior.
+2. `fit_plane`: the plane through the atlas whose cut best explains the probabilities: the mean log
+   probability, over the section and a ring of glass around it, of the class the cut gives each
+   pixel. Eight numbers (`Plane`): the section centre's place in the atlas, the plane's tilts, the
+   in-plane angle and the two in-plane scales. A coarse search over anteroposterior position and
+   angle (scale from the areas), then Powell's method from the best few starts.
+3. `fuse`: log p + weight x log q, q the cut's classes softened at their edges, as probabilities
+   again. Where the cut and the model's own classes agree on less than `MIN_AGREEMENT` of the
+   section (a sagittal section, a brain of another species, a model of other regions), the fit is
+   not trusted and the probabilities stay as the model gave them.
+
+The volume is the CCFv3 class volume at 50 µm the package carries (`VOLUME`, 0.3 MB; Allen Institute
+for Brain Science, CCFv3 2017, Wang et al., Cell 2020). A model uses the prior when its card says so
+(`ModelCard.atlas_prior`, the weight) and its classes include the volume's.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import minimize
+
+VOLUME = Path(__file__).resolve().parent / "data" / "ccf_classes_50um.npz"
+VOXEL_MM = 0.05
+MIN_AGREEMENT = 0.3  # share of the section where cut and model agree, below which the fit is not used
+EDGE_PX = 1.0  # sd of the blur softening the cut's class edges (registration is not exact)
+FLOOR = 0.1  # share of the cut's probability spread over all classes: the model may still overrule it
+FIT_FLOOR = 1e-4  # probabilities below this count as this in the fit: how much a confident error costs
+PAD = 64  # voxels of background padding the volume
+RING_PX = 4  # glass around the section the fit also explains (the brain's outline)
+ANGLES = np.radians(np.arange(0, 360, 15))  # in-plane angles of the coarse search
+AP_STEP = 4  # voxels between anteroposterior positions of the coarse search (0.2 mm)
+STARTS = 3  # best coarse candidates refined
+COARSE_PX = 1500  # section pixels the coarse search scores (a fixed sample: the same fit each run)
+FINE_PX = 2000  # and the refinement
+MAX_STEPS = 500  # objective evaluations of each refinement
+
+
+class Plane(NamedTuple):
+    """Where a section lies in the atlas: its centre (mm along the atlas axes: left-right,
+    posterior-anterior, inferior-superior), tilts about the left-right (`pitch`) and
+    dorsoventral (`yaw`) axes, in-plane angle (radians) and scales (atlas mm per section mm)."""
+
+    lr: float
+    ap: float
+    dv: float
+    pitch: float
+    yaw: float
+    angle: float
+    sx: float
+    sy: float
+
+
+@dataclass(frozen=True)
+class ClassVolume:
+    """A class volume (axes: left-right, posterior-anterior, inferior-superior; VOXEL_MM voxels)
+    and the names of its classes."""
+
+    classes: np.ndarray
+    names: tuple[str, ...]
+
+    @functools.cached_property
+    def coronal_centres(self) -> list[tuple[int, float, float, int]]:
+        """(ap voxel, lr mm, dv mm, brain voxels) of the coronal slices the coarse search starts from."""
+        out = []
+        for j in range(AP_STEP // 2, self.classes.shape[1], AP_STEP):
+            i, k = np.nonzero(self.classes[:, j, :])
+            if len(i) >= 50:
+                out.append((j, (i.mean() + 0.5) * VOXEL_MM, (k.mean() + 0.5) * VOXEL_MM, len(i)))
+        return out
+
+    @functools.cached_property
+    def padded(self) -> np.ndarray:
+        """The classes with PAD voxels of background around them: a clipped index then finds "outside"."""
+        return np.pad(self.classes, PAD)
+
+
+@functools.lru_cache(maxsize=1)
+def read_volume() -> ClassVolume:
+    """The package's class volume."""
+    with np.load(VOLUME, allow_pickle=False) as data:
+        return ClassVolume(data["classes"], tuple(str(n) for n in data["names"]))
+
+
+def atlas_points(plane: Plane, points: np.ndarray) -> np.ndarray:
+    """Atlas voxel coordinates of section points ((N, 2) mm from the section's centre, x to the
+    right, y down): rotated and scaled in plane, then laid along the tilted coronal axes."""
+    c, s = math.cos(plane.angle), math.sin(plane.angle)
+    a = plane.sx * (c * points[:, 0] - s * points[:, 1])
+    b = plane.sy * (s * points[:, 0] + c * points[:, 1])
+    across = np.array([math.cos(plane.yaw), math.sin(plane.yaw), 0.0])
+    down = np.array([0.0, math.sin(plane.pitch), -math.cos(plane.pitch)])
+    centre = np.array([plane.lr, plane.ap, plane.dv])
+    return (centre + a[:, None] * across + b[:, None] * down) / VOXEL_MM
+
+
+def cut(volume: ClassVolume, plane: Plane, points: np.ndarray) -> np.ndarray:
+    """The volume's class at each point (0 outside it)."""
+    padded = volume.padded
+    index = np.floor(atlas_points(plane, points)).astype(np.int64) + PAD
+    np.clip(index, 0, np.array(padded.shape) - 1, out=index)
+    return padded.ravel()[index @ np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1])]
+
+
+def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray) -> Callable[[Plane], float]:
+    """The fit's objective over fixed points: the mean log probability of the cut's classes
+    (`flat_log_p`: the (classes, N) log probabilities, raveled)."""
+    columns = np.arange(len(points))
+
+    def mean(plane: Plane) -> float:
+        return float(flat_log_p[cut(volume, plane, points).astype(np.int64) * len(points) + columns].mean())
+
+    return mean
+
+
+def whole_section(probabilities: np.ndarray) -> np.ndarray | None:
+    """The tile's section (bool (H, W)): its largest piece of tissue, None when that touches the edge."""
+    pieces, n = ndi.label(probabilities[0] < 0.5)
+    if n == 0:
+        return None
+    largest = 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+    section = pieces == largest
+    if section[0].any() or section[-1].any() or section[:, 0].any() or section[:, -1].any():
+        return None
+    return section
+
+
+def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_mm2: float) -> Plane:
+    """The plane whose cut best explains `log_p` ((classes, N): each point's log class probabilities,
+    in the volume's classes) at `points` ((N, 2) mm from the section's centre)."""
+    rng = np.random.default_rng(0)
+
+    def objective(n: int) -> Callable[[Plane], float]:
+        some = rng.choice(len(points), min(n, len(points)), replace=False)
+        return _mean_log_p(volume, points[some], np.ascontiguousarray(log_p[:, some]).ravel())
+
+    coarse = objective(COARSE_PX)
+    starts = []
+    for j, lr, dv, voxels in volume.coronal_centres:
+        scale = math.sqrt(voxels * VOXEL_MM**2 / area_mm2)
+        for angle in ANGLES:
+            plane = Plane(lr, (j + 0.5) * VOXEL_MM, dv, 0.0, 0.0, float(angle), scale, scale)
+            starts.append((coarse(plane), plane))
+    starts.sort(key=lambda s: -s[0])
+    fine = objective(FINE_PX)
+    found = [
+        minimize(
+            lambda q: -fine(Plane(*q)),
+            np.array(start),
+            method="Powell",
+            options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": MAX_STEPS},
+        )
+        for _, start in starts[:STARTS]
+    ]
+    return Plane(*(float(v) for v in min(found, key=lambda r: r.fun).x))
+
+
+@dataclass(frozen=True)
+class AtlasPrior:
+    """The prior for one model: its weight, the model's µm/px and which model class each volume
+    class is (`classes[k]`: the model's index of the volume's class k)."""
+
+    weight: float
+    pixel_size_um: float
+    classes: tuple[int, ...]
+
+    @classmethod
+    def for_model(cls, class_names: list[str], pixel_size_um: float, weight: float) -> AtlasPrior | None:
+        """The prior of a model with these classes, or None (weight 0, or classes the volume lacks)."""
+        names = read_volume().names
+        if weight <= 0 or not set(names) <= set(class_names):
+            return None
+        return cls(weight, pixel_size_um, tuple(class_names.index(n) for n in names))
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        """A tile's (classes, H, W) probabilities weighed against the atlas cut at its section's
+        plane; as they were where the tile holds no whole section or the fit is not trusted.
+
+        Notes
+        -----
+        On the section, the result equals softmax(log p + weight * log q) over classes, with q the
+        cut's one-hot classes blurred by EDGE_PX and mixed with a uniform FLOOR; off it, p."""
+        section = whole_section(probabilities)
+        if section is None:
+            return probabilities
+        volume = read_volume()
+        px_mm = self.pixel_size_um / 1000
+        log_p = np.log(np.clip(probabilities[list(self.classes)], FIT_FLOOR, 1.0))
+        centre = np.argwhere(section).mean(axis=0)
+        fitted = ndi.binary_dilation(section, iterations=RING_PX) & ~((probabilities[0] < 0.5) & ~section)
+        ys, xs = np.nonzero(fitted)
+        points = np.stack([(xs - centre[1]) * px_mm, (ys - centre[0]) * px_mm], axis=1)
+        plane = fit_plane(volume, log_p[:, ys, xs], points, section.sum() * px_mm**2)
+        return self.fuse(probabilities, volume, plane, section, centre)
+
+    def fuse(self, probabilities, volume, plane: Plane, section, centre) -> np.ndarray:
+        """Step 3: the probabilities weighed against the cut at `plane` on `section`."""
+        h, w = section.shape
+        ys, xs = np.mgrid[0:h, 0:w]
+        px_mm = self.pixel_size_um / 1000
+        points = np.stack([(xs.ravel() - centre[1]) * px_mm, (ys.ravel() - centre[0]) * px_mm], axis=1)
+        labels = np.asarray(self.classes)[cut(volume, plane, points)].reshape(h, w)
+        if np.mean(labels[section] == probabilities[:, section].argmax(0)) < MIN_AGREEMENT:
+            return probabilities
+        n = len(probabilities)
+        q = np.stack([ndi.gaussian_filter((labels == k).astype(np.float32), EDGE_PX) for k in range(n)])
+        score = np.log(np.clip(probabilities, 1e-4, 1.0)) + self.weight * np.log(q * (1 - FLOOR) + FLOOR / n)
+        fused = np.exp(score - score.max(axis=0))
+        fused /= fused.sum(axis=0)
+        return np.where(section, fused, probabilities).astype(probabilities.dtype)
