@@ -44,7 +44,7 @@ from PIL import Image
 
 from sebre_ij.atlas import ATLAS_ENV
 from sebre_ij.augment import affine_matrix, warp
-from sebre_ij.checkpoint import load_checkpoint
+from sebre_ij.checkpoint import load_checkpoint, read_card
 from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
@@ -62,8 +62,9 @@ ANGLES = [0, 90, 45]
 # at any angle and is learnt whole
 CPU = {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4, "lr": 1e-3}
 # the CPU network with one luminance channel in (any stain or modality), a share of the tiles cut from
-# the Allen atlas, and the semantic branch trained alone (a step half as costly, better regions)
-ATLAS = {**CPU, "steps": 6000, "val_every": 500, "input": "luminance", "instance_loss": 0.0}
+# the Allen atlas, the semantic branch trained alone (a step half as costly, better regions), and its
+# maps weighed against the atlas cut at each section's plane (atlas_prior.py)
+ATLAS = {**CPU, "steps": 6000, "val_every": 500, "input": "luminance", "instance_loss": 0.0, "atlas_prior": 1.0}
 RECIPES = {
     "cpu": {**CPU, "steps": 1500, "val_every": 200},
     "atlas": {**ATLAS, "atlas_fraction": 0.5},
@@ -129,15 +130,16 @@ def region_dice(folder: Path, data: Path) -> dict:
     }
 
 
-def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb") -> dict:
+def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb", atlas_prior: bool = True) -> dict:
     """Per-region Dice of the model on the TEST sections at every angle in ANGLES; `look`
-    "fluorescence" shows it each section as `fluorescence` makes it."""
+    "fluorescence" shows it each section as `fluorescence` makes it; without `atlas_prior`, the
+    model's maps alone where its card asks for the atlas prior."""
     device = pick_device()
     model, card = load_checkpoint(model_path, device)
     sections = [e for e in shared_examples(data).examples if e.name in TEST]
     results = {}
     for angle in ANGLES:
-        folder = out / (f"rot{angle}" if look == "rgb" else f"{look}{angle}")
+        folder = out / ((f"rot{angle}" if look == "rgb" else f"{look}{angle}") + ("" if atlas_prior else "_no_prior"))
         for ex in sections:
             shown = fluorescence(ex.image) if look == "fluorescence" else ex.image
             fill = glass_colour(shown, find_sections(shown))
@@ -145,7 +147,7 @@ def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb")
             small, _ = resample(image, truth, ex.pixel_size_um / card.pixel_size_um)
             if small.shape[0] != len(card.channels) and card.input == "channels":
                 small = np.repeat(small.mean(axis=0, keepdims=True), len(card.channels), axis=0)
-            pred = predict_image(model, card, small, device=device, flips=tta)
+            pred = predict_image(model, card, small, device=device, flips=tta, atlas_prior=atlas_prior)
             pred = resample_nearest(pred, pred.shape, 0, truth.shape[0], 0, truth.shape[1], truth.shape)
             write_png(folder / "pred" / f"{ex.name}.png", np.where(frame, pred, 0).astype(np.uint8))
             write_png(folder / "labels" / f"{ex.name}.png", truth)
@@ -274,6 +276,8 @@ def main() -> None:
     }
     wall = time.perf_counter()
     summary["dice"] = score(model_path, args.data, args.out, args.tta)
+    if read_card(model_path).atlas_prior:
+        summary["dice"].update(score(model_path, args.data, args.out, args.tta, atlas_prior=False))
     if args.fluorescence:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, look="fluorescence"))
     summary["scoring_wall_s"] = round(time.perf_counter() - wall, 1)
