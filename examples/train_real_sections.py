@@ -70,7 +70,7 @@ RECIPES = {
     "atlas": {**ATLAS, "atlas_fraction": 0.5},
     # the shipped model (sebre_ij/models/mouse.safetensors, `make model`): a quarter of the tiles cut
     # from the atlas, which keeps most of the real sections' appearance in each batch
-    "mouse": {**ATLAS, "steps": 4000, "atlas_fraction": 0.25},
+    "mouse": {**ATLAS, "steps": 8000, "atlas_fraction": 0.25},
     # atlas sections alone: the real training sections are not used, GLTa only validates
     "atlas-only": {**ATLAS, "atlas_fraction": 1.0},
     # one CUDA GPU: SeBRe's ResNet-50-FPN at the sections' own pixel size
