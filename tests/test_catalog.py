@@ -4,6 +4,8 @@ fluorescence slides alike (GLTa test sections), and `sebre segment` without --mo
 
 import functools
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from sebre_ij.catalog import SHIPPED, find_model, list_models
 from sebre_ij.checkpoint import read_card, save_checkpoint
 from sebre_ij.cli import app
+from sebre_ij.cluster import ClusterOptions
 from sebre_ij.datasets import shared_sections
 from sebre_ij.demo import DemoSlide, demo_slide
 from sebre_ij.errors import UserError
@@ -131,6 +134,22 @@ def test_the_atlas_prior_mends_the_shipped_models_regions_on_real_sections(glta_
     for name, slides in glta_test_sections.items():
         gains[name] = region_dice(slides["brightfield"]) - region_dice(slides["brightfield"], atlas_prior=False)
     assert min(gains.values()) > 0 and np.mean(list(gains.values())) > 0.02, gains
+
+
+def test_the_atlas_prior_runs_on_dask_workers_as_in_process(glta_test_sections, tmp_path):
+    """The prior travels with each task (TileJob.prior) and fits the same plane on a worker."""
+    store = Path(shutil.copytree(glta_test_sections["glta_s079"]["brightfield"], tmp_path / "s.zarr"))
+    options = SegmentOptions(labels="here", progress=False)
+    segment(store, None, options)
+    segment(store, None, replace(options, labels="workers"), cluster=ClusterOptions(workers=1))
+    slide = open_slide(store)
+    here, workers = (read_plane(open_labels(slide, name), slide, 0) for name in ("here", "workers"))
+    assert np.array_equal(here, workers)
+    alone = segment(store, None, SegmentOptions(labels="alone", atlas_prior=False, progress=False))
+    assert not np.array_equal(
+        read_plane(open_labels(slide, "alone"), slide, alone.level),
+        read_plane(open_labels(slide, "here"), slide, alone.level),
+    )
 
 
 @pytest.fixture(scope="module")
