@@ -164,11 +164,11 @@ def models():
     """The shipped model and those in the cache folder, with their cards."""
     from .catalog import cache_dir, list_models
 
-    table = Table("model", "where", "classes", "µm/px", "input", "architecture", "tile", "trained on")
+    table = Table("model", "where", "classes", "µm/px", "input", "architecture", "tile", "atlas prior", "trained on")
     for found in list_models():
         card = found.card
         if card is None:
-            table.add_row(found.path.stem, str(found.path), f"[red]{found.problem}[/]", "", "", "", "", "")
+            table.add_row(found.path.stem, str(found.path), f"[red]{found.problem}[/]", "", "", "", "", "", "")
             continue
         data = card.training.get("atlas", {}).get("version") or ", ".join(
             Path(d).name for d in card.training.get("data", [])
@@ -181,6 +181,7 @@ def models():
             card.input,
             card.architecture,
             f"{card.tile_size} px",
+            f"{card.atlas_prior:g}" if card.atlas_prior else "-",
             data or "-",
         )
     console.print(table)

@@ -66,6 +66,8 @@ def test_models_lists_the_shipped_one_then_the_cache_with_unreadable_files_named
     shown = CliRunner().invoke(app, ["models"], env={"COLUMNS": "250", "SEBRE_CACHE": str(tmp_path)})
     assert shown.exit_code == 0, shown.output
     assert "mouse (shipped)" in shown.output and "mine" in shown.output and str(tmp_path) in shown.output
+    shipped_row = next(line for line in shown.output.splitlines() if "mouse (shipped)" in line)
+    assert "atlas prior" in shown.output and "│ 1 " in shipped_row
 
 
 def glta_slide(entry, out) -> str:
