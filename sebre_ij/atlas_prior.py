@@ -41,7 +41,7 @@ VOXEL_MM = 0.05
 MIN_AGREEMENT = 0.3  # share of the section where cut and model agree, below which the fit is not used
 EDGE_PX = 1.0  # sd of the blur softening the cut's class edges (registration is not exact)
 FLOOR = 0.1  # share of the cut's probability spread over all classes: the model may still overrule it
-FIT_FLOOR = 1e-4  # probabilities below this count as this in the fit: how much a confident error costs
+LOG_FLOOR = 1e-4  # probabilities below this count as this where their log is taken: what a confident error costs
 PAD = 64  # voxels of background padding the volume
 RING_PX = 4  # glass around the section the fit also explains (the brain's outline)
 ANGLES = np.radians(np.arange(0, 360, 15))  # in-plane angles of the coarse search
@@ -129,6 +129,11 @@ def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray)
     return mean
 
 
+def section_points(ys: np.ndarray, xs: np.ndarray, centre: np.ndarray, px_mm: float) -> np.ndarray:
+    """Pixels (ys, xs) as (N, 2) points in mm from the section's `centre` (row, column), x to the right."""
+    return np.stack([(xs - centre[1]) * px_mm, (ys - centre[0]) * px_mm], axis=1)
+
+
 def whole_section(probabilities: np.ndarray) -> np.ndarray | None:
     """The tile's section (bool (H, W)): its largest piece of tissue, None when that touches the edge."""
     pieces, n = ndi.label(probabilities[0] < 0.5)
@@ -201,26 +206,27 @@ class AtlasPrior:
             return probabilities
         volume = read_volume()
         px_mm = self.pixel_size_um / 1000
-        log_p = np.log(np.clip(probabilities[list(self.classes)], FIT_FLOOR, 1.0))
+        log_p = np.log(np.clip(probabilities[list(self.classes)], LOG_FLOOR, 1.0))
         centre = np.argwhere(section).mean(axis=0)
         fitted = ndi.binary_dilation(section, iterations=RING_PX) & ~((probabilities[0] < 0.5) & ~section)
         ys, xs = np.nonzero(fitted)
-        points = np.stack([(xs - centre[1]) * px_mm, (ys - centre[0]) * px_mm], axis=1)
+        points = section_points(ys, xs, centre, px_mm)
         plane = fit_plane(volume, log_p[:, ys, xs], points, section.sum() * px_mm**2)
         return self.fuse(probabilities, volume, plane, section, centre)
 
-    def fuse(self, probabilities, volume, plane: Plane, section, centre) -> np.ndarray:
+    def fuse(
+        self, probabilities: np.ndarray, volume: ClassVolume, plane: Plane, section: np.ndarray, centre: np.ndarray
+    ) -> np.ndarray:
         """Step 3: the probabilities weighed against the cut at `plane` on `section`."""
         h, w = section.shape
         ys, xs = np.mgrid[0:h, 0:w]
-        px_mm = self.pixel_size_um / 1000
-        points = np.stack([(xs.ravel() - centre[1]) * px_mm, (ys.ravel() - centre[0]) * px_mm], axis=1)
+        points = section_points(ys.ravel(), xs.ravel(), centre, self.pixel_size_um / 1000)
         labels = np.asarray(self.classes)[cut(volume, plane, points)].reshape(h, w)
         if np.mean(labels[section] == probabilities[:, section].argmax(0)) < MIN_AGREEMENT:
             return probabilities
         n = len(probabilities)
         q = np.stack([ndi.gaussian_filter((labels == k).astype(np.float32), EDGE_PX) for k in range(n)])
-        score = np.log(np.clip(probabilities, 1e-4, 1.0)) + self.weight * np.log(q * (1 - FLOOR) + FLOOR / n)
+        score = np.log(np.clip(probabilities, LOG_FLOOR, 1.0)) + self.weight * np.log(q * (1 - FLOOR) + FLOOR / n)
         fused = np.exp(score - score.max(axis=0))
         fused /= fused.sum(axis=0)
         return np.where(section, fused, probabilities).astype(probabilities.dtype)

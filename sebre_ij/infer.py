@@ -330,7 +330,12 @@ def run_model(
 
 
 def _class_maps(
-    batch: list[Tile], outputs: list[dict], dims: list[tuple], n_classes: int, min_score: float, prior=None
+    batch: list[Tile],
+    outputs: list[dict],
+    dims: list[tuple],
+    n_classes: int,
+    min_score: float,
+    prior: AtlasPrior | None = None,
 ) -> list[tuple]:
     """(tile, classes, scores[, margins]) of a batch from the model's outputs for all its views:
     straight from the instances where their masks were left in their boxes (one view on the CPU),

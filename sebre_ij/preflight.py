@@ -85,6 +85,9 @@ def check_channels(slide: Slide, card: ModelCard) -> None:
         )
 
 
+MIN_TILE_SHARE = 4  # a slide under 1/4 of a tile on both sides is too small to hold a section
+
+
 def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None:
     """A slide too small to hold a section at the model's µm/px is refused. A smaller one than a tile
     is not: training shows each section whole in a tile with glass around it, and inference pads a
@@ -92,14 +95,12 @@ def check_size(slide: Slide, level: int, factor: float, card: ModelCard) -> None
     height, width = Grid(slide.yx_shape(level), factor).shape
     least = card.tile_size // MIN_TILE_SHARE
     if height < least and width < least:
+        fits = max(32, max(height, width) * MIN_TILE_SHARE // 32 * 32)  # about MIN_TILE_SHARE times its size
         raise UserError(
             f"{slide.url}: the image is {height} x {width} px at the model's {card.pixel_size_um:g} µm/px, under "
             f"a quarter of one {card.tile_size} px tile, too small to hold a section; pass the whole slide "
-            f"(or a larger crop), check its pixel size, or tile_size={max(32, max(height, width) // 8 * 32)}"
+            f"(or a larger crop), check its pixel size, or tile_size={fits}"
         )
-
-
-MIN_TILE_SHARE = 4  # a slide under 1/4 of a tile on both sides is too small to hold a section
 
 
 MAX_RESAMPLING = 16.0  # beyond this from the nearest level, a slide's pixel size is far more likely wrong than real
