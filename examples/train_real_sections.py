@@ -44,7 +44,7 @@ from PIL import Image
 
 from sebre_ij.atlas import ATLAS_ENV
 from sebre_ij.augment import affine_matrix, warp
-from sebre_ij.checkpoint import load_checkpoint, read_card
+from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
@@ -268,7 +268,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "threads": args.threads,
         }
-    model, _ = load_checkpoint(model_path)
+    model, card = load_checkpoint(model_path)
     summary["model"] = {
         "file": str(model_path),
         "megabytes": round(model_path.stat().st_size / 1e6, 1),
@@ -276,7 +276,7 @@ def main() -> None:
     }
     wall = time.perf_counter()
     summary["dice"] = score(model_path, args.data, args.out, args.tta)
-    if read_card(model_path).atlas_prior:
+    if card.atlas_prior:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, atlas_prior=False))
     if args.fluorescence:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, look="fluorescence"))
