@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, read_volume
+from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, read_volume, section_points
 from sebre_ij.catalog import SHIPPED
 from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.model import detect
@@ -34,7 +34,7 @@ def section(rng) -> tuple[np.ndarray, np.ndarray]:
     volume = read_volume()
     plane = Plane(5.7, rng.uniform(3.0, 9.0), 3.8, 0.0, 0.0, rng.uniform(0, 2 * math.pi), 1.0, 1.0)
     ys, xs = np.mgrid[0:TILE, 0:TILE]
-    points = np.stack([(xs.ravel() - TILE / 2) * PX_MM, (ys.ravel() - TILE / 2) * PX_MM], axis=1)
+    points = section_points(ys.ravel(), xs.ravel(), np.array([TILE / 2, TILE / 2]), PX_MM)
     truth = cut(volume, plane, points).reshape(TILE, TILE)
     labels = truth.copy()
     by, bx = np.nonzero(truth > 0)

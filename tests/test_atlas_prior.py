@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, fit_plane, read_volume, whole_section
+from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, fit_plane, read_volume, section_points, whole_section
 from sebre_ij.model import ModelCard
 from sebre_ij.synth import CLASSES
 
@@ -17,9 +17,9 @@ TILE = 320
 PLANE = Plane(lr=5.7, ap=6.2, dv=3.6, pitch=0.06, yaw=-0.04, angle=math.radians(25), sx=1.05, sy=0.95)
 
 
-def tile_points(shape=(TILE, TILE), centre=(TILE / 2, TILE / 2)) -> np.ndarray:
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
-    return np.stack([(xs.ravel() - centre[1]) * PX_MM, (ys.ravel() - centre[0]) * PX_MM], axis=1)
+def tile_points(centre=(TILE / 2, TILE / 2)) -> np.ndarray:
+    ys, xs = np.mgrid[0:TILE, 0:TILE]
+    return section_points(ys.ravel(), xs.ravel(), np.asarray(centre), PX_MM)
 
 
 def section_cut(plane: Plane = PLANE, centre=(TILE / 2, TILE / 2)) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_the_fit_finds_the_plane_whatever_the_angle_in_the_tile():
         section = whole_section(p)
         centre = np.argwhere(section).mean(axis=0)
         ys, xs = np.nonzero(ndi.binary_dilation(section, iterations=4))
-        points = np.stack([(xs - centre[1]) * PX_MM, (ys - centre[0]) * PX_MM], axis=1)
+        points = section_points(ys, xs, centre, PX_MM)
         found = fit_plane(read_volume(), np.log(p[:, ys, xs]), points, section.sum() * PX_MM**2)
         # the section's centre is the tissue's, not the tile's: compare the cuts, and the angle
         refit = cut(read_volume(), found, tile_points(centre=centre)).reshape(TILE, TILE)
