@@ -9,10 +9,10 @@ steps (the model sees a whole mouse section in one tile: 320 px at 50 µm/px):
 1. `whole_section`: the section is the largest connected piece of tissue (background probability
    under one half); a piece touching the tile's edge is not whole, and gets no prior.
 2. `fit_plane`: the plane through the atlas whose cut best explains the probabilities: the mean log
-   probability, over the section and a ring of glass around it, of the class the cut gives each
-   pixel. Eight numbers (`Plane`): the section centre's place in the atlas, the plane's tilts, the
-   in-plane angle and the two in-plane scales. A coarse search over anteroposterior position and
-   angle (scale from the areas), then Powell's method from the best few starts.
+   probability, over the section and a wide ring of glass around it, of the class the cut gives
+   each pixel. Eight numbers (`Plane`): the section centre's place in the atlas, the plane's tilts,
+   the in-plane angle and the two in-plane scales. A coarse search over anteroposterior position
+   and angle (scale from the areas), then Powell's method from the best few starts.
 3. `fuse`: log p + weight x log q, q the cut's classes softened at their edges, as probabilities
    again. Where the cut and the model's own classes agree on less than `MIN_AGREEMENT` of the
    section (a sagittal section, a brain of another species, a model of other regions), the fit is
@@ -43,7 +43,7 @@ EDGE_PX = 1.0  # sd of the blur softening the cut's class edges (registration is
 FLOOR = 0.1  # share of the cut's probability spread over all classes: the model may still overrule it
 LOG_FLOOR = 1e-4  # probabilities below this count as this where their log is taken: what a confident error costs
 PAD = 64  # voxels of background padding the volume
-RING_PX = 4  # glass around the section the fit also explains (the brain's outline)
+RING_MM = 0.8  # glass around the section the fit also explains (it holds the brain's outline)
 ANGLES = np.radians(np.arange(0, 360, 15))  # in-plane angles of the coarse search
 AP_STEP = 4  # voxels between anteroposterior positions of the coarse search (0.2 mm)
 STARTS = 3  # best coarse candidates refined
@@ -208,7 +208,8 @@ class AtlasPrior:
         px_mm = self.pixel_size_um / 1000
         log_p = np.log(np.clip(probabilities[list(self.classes)], LOG_FLOOR, 1.0))
         centre = np.argwhere(section).mean(axis=0)
-        fitted = ndi.binary_dilation(section, iterations=RING_PX) & ~((probabilities[0] < 0.5) & ~section)
+        ring = max(1, round(RING_MM / px_mm))
+        fitted = ndi.binary_dilation(section, iterations=ring) & ~((probabilities[0] < 0.5) & ~section)
         ys, xs = np.nonzero(fitted)
         points = section_points(ys, xs, centre, px_mm)
         plane = fit_plane(volume, log_p[:, ys, xs], points, section.sum() * px_mm**2)
