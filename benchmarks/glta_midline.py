@@ -1,0 +1,111 @@
+"""How far GLTa's labels sit from the tissue they label, along the left-right axis, as JSON.
+
+    python benchmarks/glta_midline.py [--data ../shared/data/glta] [--model sebre_ij/models/mouse.safetensors]
+
+GLTa's labels are the atlas cut along planes DeepSlice predicted, not traced on the tissue. A
+coronal section is near mirror-symmetric about its midline, and so is the atlas cut: for each
+section (at 50 µm/px, the shipped model's), this finds the column the picture is most symmetric
+about (least squared difference of the grey picture and its mirror image over the tissue) and the
+column the label image is (fewest pixels whose class differs from their mirror pixel's). `offset_um`
+is the picture's axis less the labels' (positive: the labels sit left of the tissue's midline).
+`dice_cost` is what the offset alone costs on the test sections: the mean Dice, over the six
+reported regions pooled over the sections, of each test section's labels against the same labels
+moved onto the tissue's midline. With `--model`, `model_dice` and `model_dice_moved` are the model's
+on the test sections at 50 µm/px (mirrored views, its card's atlas prior), against the labels and
+against the moved labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from sebre_ij.checkpoint import load_checkpoint
+from sebre_ij.datasets import resample, shared_examples
+from sebre_ij.infer import predict_image
+from sebre_ij.tissue import find_sections
+
+HERE = Path(__file__).resolve().parent
+PIXEL_UM = 50.0
+TEST = ["glta_s049", "glta_s079", "glta_s104", "glta_s124", "glta_s154"]  # examples/train_real_sections.py
+REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
+
+
+def mirror_axis(values: np.ndarray, mask: np.ndarray, differ) -> float:
+    """The column (0.25 px steps) about which `values` on `mask` best match their mirror image."""
+    h, w = values.shape
+    ys, xs = np.nonzero(mask)
+    best = (np.inf, 0.0)
+    for axis in np.arange(0.35 * w, 0.65 * w, 0.25):
+        mirrored = 2 * axis - xs
+        inside = (mirrored >= 0) & (mirrored <= w - 1)
+        seen = ndi.map_coordinates(values, [ys[inside], mirrored[inside]], order=0 if differ else 1)
+        cost = (
+            np.mean(values[ys[inside], xs[inside]] != seen) if differ else np.mean((values[ys, xs][inside] - seen) ** 2)
+        )
+        best = min(best, (float(cost), float(axis)))
+    return best[1]
+
+
+def pooled_dice(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
+    both = np.zeros(len(classes))
+    either = np.zeros(len(classes))
+    for a, b in pairs:
+        for i, k in enumerate(classes):
+            both[i] += np.sum((a == k) & (b == k))
+            either[i] += np.sum(a == k) + np.sum(b == k)
+    return float(np.mean(2 * both / np.maximum(either, 1)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("SEBRE_GLTA", HERE.parent.parent / "shared/data/glta"))
+    )
+    parser.add_argument("--model", type=Path, help="also score this 50 µm/px checkpoint against both label sets")
+    args = parser.parse_args()
+    model = load_checkpoint(args.model, "cpu") if args.model else None
+    if model and model[1].pixel_size_um != PIXEL_UM:
+        raise SystemExit(f"{args.model}: a {model[1].pixel_size_um} µm/px model; this scores {PIXEL_UM} µm/px ones")
+    examples = shared_examples(args.data)
+    classes = [examples.table.names.index(r) for r in REGIONS]
+    offsets, pairs, predicted = {}, [], []
+    for ex in examples.examples:
+        image, labels = resample(ex.image, ex.classes, ex.pixel_size_um / PIXEL_UM)
+        tissue = find_sections(image) > 0
+        offset = mirror_axis(image.mean(axis=0), tissue, differ=False) - mirror_axis(labels, labels > 0, differ=True)
+        offsets[ex.name] = round(offset * PIXEL_UM, 1)
+        if ex.name in TEST:
+            pairs.append((labels, ndi.shift(labels, (0, offset), order=0, mode="nearest")))
+            if model:
+                predicted.append(predict_image(*model, image, device=torch.device("cpu"), flips=True))
+    scores = {}
+    if model:
+        scores["model_dice"] = round(pooled_dice([(p, a) for p, (a, _) in zip(predicted, pairs)], classes), 4)
+        scores["model_dice_moved"] = round(pooled_dice([(p, b) for p, (_, b) in zip(predicted, pairs)], classes), 4)
+    values = np.array(list(offsets.values()))
+    print(
+        json.dumps(
+            {
+                "sections": len(values),
+                "offset_um_mean": round(float(values.mean()), 1),
+                "offset_um_min": round(float(values.min()), 1),
+                "offset_um_max": round(float(values.max()), 1),
+                "sections_labels_left": int(np.sum(values > 0)),
+                "dice_cost": round(1 - pooled_dice(pairs, classes), 4),
+                **scores,
+                "offset_um": offsets,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
