@@ -1,14 +1,14 @@
 """Dice of a model with and without the atlas prior on sections cut from the atlas, as JSON.
 
-    python benchmarks/prior_on_atlas_sections.py [--atlas DIR] [--model FILE] [--sections 40] [--ring-mm 0.8]
+    python benchmarks/prior_on_atlas_sections.py [--atlas DIR] [--model FILE] [--sections 40] [--orientation coronal]
 
-Sections whose planes are known exactly, unlike GLTa's registration-derived labels: coronal cuts
-drawn by `atlas.atlas_section` with the training recipe's tilts (sd 3°), in-plane turns, shrinkage,
-damage and looks, from a seed no training run uses. Each is segmented at 50 µm/px by the model's
-semantic branch with mirrored views (`model`), then with `AtlasPrior.apply` on those probabilities
-(`prior`). Dice is pooled over the sections for the six regions GLTa reports; `tilted` pools the
-sections cut more than 4° off coronal. `--ring-mm` sets `atlas_prior.RING_MM`, the glass the fit
-explains around each section.
+Sections whose planes are known exactly, unlike GLTa's registration-derived labels: cuts (coronal
+unless `--orientation` says sagittal or horizontal) drawn by `atlas.atlas_section` with the training
+recipe's tilts (sd 3°), in-plane turns, shrinkage, damage and looks, from a seed no training run
+uses. Each is segmented at 50 µm/px by the model's semantic branch with mirrored views (`model`),
+then with `AtlasPrior.apply` on those probabilities (`prior`). Dice is pooled over the sections for
+the six regions GLTa reports; `tilted` pools the sections cut more than 4° off their orientation.
+`--ring-mm` sets `atlas_prior.RING_MM`, the glass the fit explains around each section.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from sebre_ij.tissue import SectionMap, find_sections
 DEFAULT_ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ccfv3"
 REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
 SEED = 12345
+ORIENTATION_AXIS = {"coronal": 1, "sagittal": 0, "horizontal": 2}  # the volume axis each slices across
 
 
 def probabilities(model: torch.nn.Module, card, image: np.ndarray) -> np.ndarray:
@@ -65,10 +66,10 @@ def dice(counts: list[np.ndarray]) -> float:
     return float(np.mean(2 * total[:, 0] / np.maximum(total[:, 1], 1)))
 
 
-def tilt_deg(section) -> float:
-    """How far the section's plane is turned off coronal (its normal off the anteroposterior axis)."""
+def tilt_deg(section, axis: int) -> float:
+    """How far the section's plane is turned off its orientation (its normal off that volume axis)."""
     normal = np.cross(section.plane.u, section.plane.v)
-    return math.degrees(math.acos(abs(normal[1]) / np.linalg.norm(normal)))
+    return math.degrees(math.acos(min(1.0, abs(normal[axis]) / np.linalg.norm(normal))))
 
 
 def main() -> None:
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED)
     parser.add_argument("--sections", type=int, default=40)
     parser.add_argument("--ring-mm", type=float, default=atlas_prior.RING_MM)
+    parser.add_argument("--orientation", choices=list(ORIENTATION_AXIS), default="coronal")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +87,7 @@ def main() -> None:
     model, card = load_checkpoint(args.model, "cpu")
     prior = atlas_prior.AtlasPrior.for_model(card.classes, card.pixel_size_um, card.atlas_prior or 1.0)
     regions = [card.classes.index(r) for r in REGIONS]
-    recipe = SectionRecipe(pixel_size_um=card.pixel_size_um, orientations={"coronal": 1.0})
+    recipe = SectionRecipe(pixel_size_um=card.pixel_size_um, orientations={args.orientation: 1.0})
     rng = np.random.default_rng(SEED)
     rows = {"model": [], "prior": []}
     tilts, seconds = [], 0.0
@@ -97,11 +99,12 @@ def main() -> None:
         seconds += time.perf_counter() - start
         rows["model"].append(overlaps(p.argmax(0), truth, regions))
         rows["prior"].append(overlaps(fused.argmax(0), truth, regions))
-        tilts.append(tilt_deg(section))
+        tilts.append(tilt_deg(section, ORIENTATION_AXIS[args.orientation]))
     tilted = [i for i, t in enumerate(tilts) if t > 4]
     report = {
         "model": str(args.model),
         "sections": args.sections,
+        "orientation": args.orientation,
         "ring_mm": args.ring_mm,
         "tilted_sections": len(tilted),
         "prior_s_mean": round(seconds / args.sections, 3),
