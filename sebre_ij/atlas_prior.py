@@ -46,8 +46,8 @@ PAD = 64  # voxels of background padding the volume
 RING_MM = 0.8  # glass around the section the fit also explains (it holds the brain's outline)
 ANGLES = np.radians(np.arange(0, 360, 15))  # in-plane angles of the coarse search
 AP_STEP = 4  # voxels between anteroposterior positions of the coarse search (0.2 mm)
-STARTS = 3  # best coarse candidates refined
-COARSE_PX = 1500  # section pixels the coarse search scores (a fixed sample: the same fit each run)
+STARTS = 2  # best coarse candidates refined
+COARSE_PX = 600  # section pixels the coarse search scores (a fixed sample: the same fit each run)
 FINE_PX = 2000  # and the refinement
 MAX_STEPS = 500  # objective evaluations of each refinement
 
