@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     parser.add_argument("--steps", type=int, help="override the recipe's optimiser steps")
     parser.add_argument("--workers", type=int, help="override the recipe's tile workers")
+    parser.add_argument("--atlas-fraction", type=float, help="override the recipe's share of tiles cut from the atlas")
     parser.add_argument("--device", help="cpu, cuda (default: CUDA when present)")
     parser.add_argument("--init", type=Path, help="torchvision weights to start from (e.g. COCO Mask R-CNN .pth)")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training one")
@@ -246,7 +247,14 @@ def main() -> None:
         raise SystemExit(f"{args.data}: no sections.json; pass --data pointing at the GLTa set (shared/data/glta)")
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {
-        k: v for k, v in (("steps", args.steps), ("workers", args.workers), ("device", args.device)) if v is not None
+        k: v
+        for k, v in (
+            ("steps", args.steps),
+            ("workers", args.workers),
+            ("device", args.device),
+            ("atlas_fraction", args.atlas_fraction),
+        )
+        if v is not None
     }
     recipe = {**RECIPES[args.recipe], **overrides}
     if "atlas_fraction" in recipe:
