@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,14 @@ from scipy import ndimage as ndi
 from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.datasets import resample, shared_examples
 from sebre_ij.infer import predict_image
+from sebre_ij.metrics import confusion, dice_iou
 from sebre_ij.tissue import find_sections
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples"))
+from train_real_sections import REGIONS, TEST  # noqa: E402
+
 PIXEL_UM = 50.0
-TEST = ["glta_s049", "glta_s079", "glta_s104", "glta_s124", "glta_s154"]  # examples/train_real_sections.py
-REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
 
 
 def mirror_axis(values: np.ndarray, mask: np.ndarray, differ) -> float:
@@ -54,13 +57,10 @@ def mirror_axis(values: np.ndarray, mask: np.ndarray, differ) -> float:
 
 
 def pooled_dice(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
-    both = np.zeros(len(classes))
-    either = np.zeros(len(classes))
-    for a, b in pairs:
-        for i, k in enumerate(classes):
-            both[i] += np.sum((a == k) & (b == k))
-            either[i] += np.sum(a == k) + np.sum(b == k)
-    return float(np.mean(2 * both / np.maximum(either, 1)))
+    """Mean over `classes` of the Dice of (prediction, truth) pairs pooled over the pairs."""
+    n = max(int(max(a.max(), b.max())) for a, b in pairs) + 1
+    dice, _ = dice_iou(sum(confusion(a, b, n) for a, b in pairs))
+    return float(np.mean(dice[classes]))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -27,13 +28,17 @@ from sebre_ij.atlas import SectionRecipe, atlas_section, load_atlas
 from sebre_ij.catalog import SHIPPED
 from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.infer import FLIPS, tile_reader
+from sebre_ij.metrics import confusion, dice_iou
 from sebre_ij.model import detect
 from sebre_ij.model_input import input_map
 from sebre_ij.tiles import tile_grid
 from sebre_ij.tissue import SectionMap, find_sections
 
-DEFAULT_ATLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ccfv3"
-REGIONS = ["cortex", "hippocampus", "striatum_pallidum", "thalamus", "hypothalamus", "midbrain"]
+HERE = Path(__file__).resolve().parent
+DEFAULT_ATLAS = HERE.parent.parent / "shared" / "data" / "ccfv3"
+sys.path.insert(0, str(HERE.parent / "examples"))
+from train_real_sections import REGIONS  # noqa: E402
+
 SEED = 12345
 ORIENTATION_AXIS = {"coronal": 1, "sagittal": 0, "horizontal": 2}  # the volume axis each slices across
 
@@ -55,15 +60,10 @@ def probabilities(model: torch.nn.Module, card, image: np.ndarray) -> np.ndarray
     return out
 
 
-def overlaps(labels: np.ndarray, truth: np.ndarray, classes: list[int]) -> np.ndarray:
-    """(regions, 2): pixels both call each region, and pixels either does (counted twice where both)."""
-    return np.array([[np.sum((labels == k) & (truth == k)), np.sum(labels == k) + np.sum(truth == k)] for k in classes])
-
-
-def dice(counts: list[np.ndarray]) -> float:
-    """Mean over regions of the Dice pooled over sections."""
-    total = np.sum(counts, axis=0)
-    return float(np.mean(2 * total[:, 0] / np.maximum(total[:, 1], 1)))
+def dice(matrices: list[np.ndarray], classes: list[int]) -> float:
+    """Mean over `classes` of the Dice pooled over the sections' confusion matrices."""
+    per_class, _ = dice_iou(sum(matrices))
+    return float(np.mean(per_class[classes]))
 
 
 def tilt_deg(section, axis: int) -> float:
@@ -97,8 +97,8 @@ def main() -> None:
         start = time.perf_counter()
         fused = prior.apply(p)
         seconds += time.perf_counter() - start
-        rows["model"].append(overlaps(p.argmax(0), truth, regions))
-        rows["prior"].append(overlaps(fused.argmax(0), truth, regions))
+        rows["model"].append(confusion(p.argmax(0), truth, len(card.classes)))
+        rows["prior"].append(confusion(fused.argmax(0), truth, len(card.classes)))
         tilts.append(tilt_deg(section, ORIENTATION_AXIS[args.orientation]))
     tilted = [i for i, t in enumerate(tilts) if t > 4]
     report = {
@@ -109,9 +109,9 @@ def main() -> None:
         "tilted_sections": len(tilted),
         "prior_s_mean": round(seconds / args.sections, 3),
     }
-    for name, counts in rows.items():
-        report[f"{name}_dice"] = round(dice(counts), 4)
-        report[f"{name}_dice_tilted"] = round(dice([counts[i] for i in tilted]), 4)
+    for name, matrices in rows.items():
+        report[f"{name}_dice"] = round(dice(matrices, regions), 4)
+        report[f"{name}_dice_tilted"] = round(dice([matrices[i] for i in tilted], regions), 4)
     print(json.dumps(report, indent=1))
 
 
