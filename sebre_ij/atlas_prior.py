@@ -47,7 +47,7 @@ RING_MM = 0.8  # glass around the section the fit also explains (it holds the br
 ANGLES = np.radians(np.arange(0, 360, 15))  # in-plane angles of the coarse search
 AP_STEP = 4  # voxels between anteroposterior positions of the coarse search (0.2 mm)
 STARTS = 2  # best coarse candidates refined
-COARSE_PX = 600  # section pixels the coarse search scores (a fixed sample: the same fit each run)
+COARSE_PX = 600  # pixels (section and ring) the coarse search scores (a fixed sample: the same fit each run)
 FINE_PX = 2000  # and the refinement
 MAX_STEPS = 500  # objective evaluations of each refinement
 
@@ -201,10 +201,17 @@ class AtlasPrior:
         -----
         On the section, the result equals softmax(log p + weight * log q) over classes, with q the
         cut's one-hot classes blurred by EDGE_PX and mixed with a uniform FLOOR; off it, p."""
+        located = self.locate(probabilities)
+        if located is None:
+            return probabilities
+        return self.fuse(probabilities, read_volume(), *located)
+
+    def locate(self, probabilities: np.ndarray) -> tuple[Plane, np.ndarray, np.ndarray] | None:
+        """Steps 1 and 2: the plane of the tile's whole section, the section (bool (H, W)) and its
+        centre (row, column); None where the tile holds no whole section."""
         section = whole_section(probabilities)
         if section is None:
-            return probabilities
-        volume = read_volume()
+            return None
         px_mm = self.pixel_size_um / 1000
         log_p = np.log(np.clip(probabilities[list(self.classes)], LOG_FLOOR, 1.0))
         centre = np.argwhere(section).mean(axis=0)
@@ -212,8 +219,7 @@ class AtlasPrior:
         fitted = ndi.binary_dilation(section, iterations=ring) & ~((probabilities[0] < 0.5) & ~section)
         ys, xs = np.nonzero(fitted)
         points = section_points(ys, xs, centre, px_mm)
-        plane = fit_plane(volume, log_p[:, ys, xs], points, section.sum() * px_mm**2)
-        return self.fuse(probabilities, volume, plane, section, centre)
+        return fit_plane(read_volume(), log_p[:, ys, xs], points, section.sum() * px_mm**2), section, centre
 
     def fuse(
         self, probabilities: np.ndarray, volume: ClassVolume, plane: Plane, section: np.ndarray, centre: np.ndarray

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, fit_plane, read_volume, section_points, whole_section
+from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, read_volume, section_points, whole_section
 from sebre_ij.model import ModelCard
 from sebre_ij.synth import CLASSES
 
@@ -48,6 +48,13 @@ def brain_share(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(labels[brain] == truth[brain]))
 
 
+def located_cut(p: np.ndarray) -> tuple[Plane, np.ndarray]:
+    """The plane the prior finds for `p`, and the tile cut there. The section's centre is the
+    tissue's, not the tile's: tests compare the cuts, and the angles."""
+    found, _, centre = AtlasPrior.for_model(NAMES, 50.0, 1.0).locate(p)
+    return found, cut(read_volume(), found, tile_points(centre=centre)).reshape(TILE, TILE)
+
+
 def test_a_plane_cut_holds_the_regions_of_a_coronal_section_in_the_tile():
     truth = section_cut()
     present = {NAMES[k] for k in np.unique(truth)}
@@ -70,14 +77,7 @@ def test_the_fit_finds_the_plane_whatever_the_angle_in_the_tile():
     for angle in (90.0, 200.0):
         plane = PLANE._replace(angle=math.radians(angle))
         truth = section_cut(plane)
-        p = erring(truth, seed=1)
-        section = whole_section(p)
-        centre = np.argwhere(section).mean(axis=0)
-        ys, xs = np.nonzero(ndi.binary_dilation(section, iterations=4))
-        points = section_points(ys, xs, centre, PX_MM)
-        found = fit_plane(read_volume(), np.log(p[:, ys, xs]), points, section.sum() * PX_MM**2)
-        # the section's centre is the tissue's, not the tile's: compare the cuts, and the angle
-        refit = cut(read_volume(), found, tile_points(centre=centre)).reshape(TILE, TILE)
+        found, refit = located_cut(erring(truth, seed=1))
         assert brain_share(refit, truth) > 0.92, angle
         turn = (found.angle - plane.angle + math.pi) % (2 * math.pi) - math.pi
         assert abs(turn) < math.radians(4), (angle, math.degrees(found.angle))
@@ -87,14 +87,7 @@ def test_a_cut_tilted_ten_degrees_is_found():
     """Real cuts tilt by a few degrees; the fit may not pull them back to coronal."""
     plane = PLANE._replace(pitch=math.radians(10), yaw=0.0)
     truth = section_cut(plane)
-    p = erring(truth, seed=2)
-    section = whole_section(p)
-    centre = np.argwhere(section).mean(axis=0)
-    ys, xs = np.nonzero(ndi.binary_dilation(section, iterations=16))
-    found = fit_plane(
-        read_volume(), np.log(p[:, ys, xs]), section_points(ys, xs, centre, PX_MM), section.sum() * PX_MM**2
-    )
-    refit = cut(read_volume(), found, tile_points(centre=centre)).reshape(TILE, TILE)
+    found, refit = located_cut(erring(truth, seed=2))
     assert brain_share(refit, truth) > 0.9
     assert abs(found.pitch - plane.pitch) < math.radians(4), math.degrees(found.pitch)
 
