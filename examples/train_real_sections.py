@@ -67,8 +67,8 @@ ATLAS = {**CPU, "steps": 6000, "val_every": 500, "input": "luminance", "instance
 RECIPES = {
     "cpu": {**CPU, "steps": 1500, "val_every": 200},
     # the shipped model (sebre_ij/models/mouse.safetensors, `make model`): half the tiles cut from the
-    # atlas (a quarter learnt GLTa's look better and the generator's sections and the template far worse:
-    # benchmarks/prior_on_atlas_sections.py), half from the real training sections
+    # atlas, half from the real training sections (a quarter from the atlas scored a little higher on
+    # GLTa's test sections and far lower on atlas-cut sections and the Allen template: README)
     "mouse": {**ATLAS, "atlas_fraction": 0.5},
     # atlas sections alone: the real training sections are not used, GLTa only validates
     "atlas-only": {**ATLAS, "atlas_fraction": 1.0},
