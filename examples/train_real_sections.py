@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the recipe's optimiser steps")
     parser.add_argument("--workers", type=int, help="override the recipe's tile workers")
     parser.add_argument("--atlas-fraction", type=float, help="override the recipe's share of tiles cut from the atlas")
+    parser.add_argument("--ema", type=float, help="override the recipe's decay of the weights' moving average (0: off)")
     parser.add_argument("--device", help="cpu, cuda (default: CUDA when present)")
     parser.add_argument("--init", type=Path, help="torchvision weights to start from (e.g. COCO Mask R-CNN .pth)")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training one")
@@ -252,6 +253,7 @@ def main() -> None:
             ("workers", args.workers),
             ("device", args.device),
             ("atlas_fraction", args.atlas_fraction),
+            ("ema", args.ema),
         )
         if v is not None
     }

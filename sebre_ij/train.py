@@ -64,6 +64,16 @@ def validate(model: torch.nn.Module, card: ModelCard, sections: list[Example], d
     return float(np.mean(dice[1:][present]))
 
 
+def moving_average(model: torch.nn.Module, decay: float) -> torch.nn.Module:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel; its `module` is the
+    averaged network), or `model` itself when `decay` is 0."""
+    if not decay:
+        return model
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_step(model, optimiser, batch, lr: float, dev) -> float:
     """One optimiser step on a batch of (images, targets); returns the loss."""
     images = [im.to(dev, non_blocking=True) for im in batch[0]]
@@ -110,7 +120,9 @@ class TrainOptions:
     R-CNN losses beside the semantic branch's; at 0 only the semantic branch learns (its maps give
     the regions; boxes and instances stay untrained), a step about half as costly on a CPU.
     `atlas_prior` goes into the card: the weight of the Allen atlas cut against the semantic maps
-    at inference and validation (atlas_prior.py; for a model of the atlas's classes)."""
+    at inference and validation (atlas_prior.py; for a model of the atlas's classes). `ema` above 0
+    validates and keeps an exponential moving average of the weights (that decay per step) instead of
+    the weights themselves: a step's noise then moves the kept model by 1 - ema of it."""
 
     arch: str = "tiny_fpn"
     pixel_size: float = 16.0
@@ -136,6 +148,7 @@ class TrainOptions:
     atlas_recipe: SectionRecipe = field(default_factory=SectionRecipe)
     instance_loss: float = 1.0
     atlas_prior: float = 0.0
+    ema: float = 0.0
 
     def check(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -154,6 +167,8 @@ class TrainOptions:
                 f"instance_loss={self.instance_loss} weighs Mask R-CNN's losses against the semantic "
                 "branch's: give 0 or more, with semantic=True"
             )
+        if not 0 <= self.ema < 1:
+            raise UserError(f"ema={self.ema} is the moving average's decay per step: give 0 (off) or more, below 1")
         if self.atlas_prior < 0 or (self.atlas_prior and not self.semantic):
             raise UserError(
                 f"atlas_prior={self.atlas_prior} weighs the atlas against the semantic branch's maps: "
@@ -284,6 +299,7 @@ def model_card(
         "batch_size": o.batch_size,
         "lr": o.lr,
         "schedule": "linear warm-up 30 steps, cosine to 5 %",
+        **({"ema": o.ema} if o.ema else {}),
         "seed": o.seed,
         "sampling": "class-balanced",
         "augmentation": o.photometry.to_dict(),
@@ -322,13 +338,17 @@ def fit(
     dev: torch.device,
 ) -> Curves:
     """The training loop: a step per batch, the loss logged every 25 steps, the held-out sections
-    scored every `val_every` steps; the best model so far is written to `out` as it is found."""
+    scored every `val_every` steps; the best model so far is written to `out` as it is found. With
+    `options.ema` the scored and kept model is the weights' moving average."""
     curves, window, started = Curves(), [], time.perf_counter()
+    kept = moving_average(model, options.ema)
     steps = options.steps
     with _progress(options.progress) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
         for step in range(1, steps + 1):
             window.append(train_step(model, optimiser, next(stream), lr_at(step - 1, steps, options.lr), dev))
+            if kept is not model:
+                kept.update_parameters(model)
             validating = bool(held_out) and (step % options.val_every == 0 or step == steps)
             if step % 25 and not validating and step != steps:
                 bar.update(task, advance=1, loss=window[-1])
@@ -342,11 +362,12 @@ def fit(
             }
             window = []
             if validating:
-                row["val_dice"] = round(validate(model, card, held_out, dev), 4)
+                scored = kept.module if kept is not model else model
+                row["val_dice"] = round(validate(scored, card, held_out, dev), 4)
                 if row["val_dice"] > curves.best_dice:
                     curves.best_dice, curves.best_step = row["val_dice"], step
-                    curves.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    save_checkpoint(out, model, card)  # a run killed later still leaves its best model
+                    curves.best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+                    save_checkpoint(out, scored, card)  # a run killed later still leaves its best model
             curves.rows.append(row)
             write_curves(out, curves.rows)
             bar.update(

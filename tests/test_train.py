@@ -134,6 +134,36 @@ def test_best_validation_checkpoint_and_curves(tmp_path, monkeypatch):
         assert im.format == "PNG" and im.size[0] > 300
 
 
+def test_moving_average_is_what_is_validated_and_kept(tmp_path, monkeypatch):
+    root = write_synth_set(tmp_path / "set")
+    raw, scored = [], []
+    real_step = train_module.train_step
+
+    def recording_step(model, *args):
+        loss = real_step(model, *args)
+        raw.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return loss
+
+    def recording_validate(model, card, sections, device):
+        scored.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return 0.1 * len(scored)  # each better than the last: the final average is kept
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(train_module, "validate", recording_validate)
+    out = tmp_path / "m.safetensors"
+    options = TrainOptions(steps=3, val_every=1, val_sections=("s2",), ema=0.25, **TINY)
+    card = train(TrainingData((str(root),)), out, options)
+    assert card.training["ema"] == 0.25
+    moving = raw[0]  # torch's average starts at the first step's weights
+    for step in range(3):
+        if step:
+            moving = {k: 0.25 * moving[k] + 0.75 * raw[step][k] for k in moving}
+        assert all(torch.allclose(scored[step][k], moving[k], atol=1e-6) for k in moving)
+    saved = load_file(str(out))
+    assert all(torch.allclose(saved[k], moving[k], atol=1e-6) for k in saved)
+    assert not all(torch.allclose(saved[k], raw[-1][k], atol=1e-6) for k in saved)
+
+
 def test_same_seed_same_weights_and_test_sections_stay_out(tmp_path):
     root = write_synth_set(tmp_path / "set")
     options = TrainOptions(steps=2, seed=7, test_sections=("s1",), **TINY)
