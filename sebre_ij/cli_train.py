@@ -84,6 +84,11 @@ def train(
         help="Weight of Mask R-CNN's losses beside the semantic "
         "branch's (0: the semantic branch alone, a step about 2x cheaper).",
     ),
+    ema: float = typer.Option(
+        0.0,
+        "--ema",
+        help="Keep a moving average of the weights with this decay per step (e.g. 0.998; 0: the weights themselves).",
+    ),
     atlas_prior: float = typer.Option(
         0.0,
         "--atlas-prior",
