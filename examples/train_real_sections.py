@@ -61,9 +61,18 @@ ANGLES = [0, 90, 45]
 # at any angle and is learnt whole
 CPU = {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4, "lr": 1e-3}
 # the CPU network with one luminance channel in (any stain or modality), a share of the tiles cut from
-# the Allen atlas, the semantic branch trained alone (a step half as costly, better regions), and its
-# maps weighed against the atlas cut at each section's plane (atlas_prior.py)
-ATLAS = {**CPU, "steps": 6000, "val_every": 500, "input": "luminance", "instance_loss": 0.0, "atlas_prior": 1.0}
+# the Allen atlas, the semantic branch trained alone (a step half as costly, better regions), a moving
+# average of the weights kept (steadier than the last step's), and its maps weighed against the atlas
+# cut at each section's plane (atlas_prior.py)
+ATLAS = {
+    **CPU,
+    "steps": 6000,
+    "val_every": 500,
+    "input": "luminance",
+    "instance_loss": 0.0,
+    "ema": 0.998,
+    "atlas_prior": 1.0,
+}
 RECIPES = {
     "cpu": {**CPU, "steps": 1500, "val_every": 200},
     # the shipped model (sebre_ij/models/mouse.safetensors, `make model`): half the tiles cut from the
