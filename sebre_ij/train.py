@@ -373,6 +373,8 @@ def fit(
             bar.update(
                 task, advance=1, loss=row["loss"], val=row["val_dice"] if validating else bar.tasks[task].fields["val"]
             )
+    if kept is not model:  # without validation, the average is the model kept
+        model.load_state_dict(kept.module.state_dict())
     return curves
 
 

@@ -162,6 +162,13 @@ def test_moving_average_is_what_is_validated_and_kept(tmp_path, monkeypatch):
     saved = load_file(str(out))
     assert all(torch.allclose(saved[k], moving[k], atol=1e-6) for k in saved)
     assert not all(torch.allclose(saved[k], raw[-1][k], atol=1e-6) for k in saved)
+    raw.clear()  # without validation sections, the last average is written
+    train(TrainingData((str(root),)), out, replace(options, val_sections=()))
+    moving = raw[0]
+    for step in range(1, 3):
+        moving = {k: 0.25 * moving[k] + 0.75 * raw[step][k] for k in moving}
+    saved = load_file(str(out))
+    assert all(torch.allclose(saved[k], moving[k], atol=1e-6) for k in saved)
 
 
 def test_same_seed_same_weights_and_test_sections_stay_out(tmp_path):
