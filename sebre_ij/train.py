@@ -64,11 +64,11 @@ def validate(model: torch.nn.Module, card: ModelCard, sections: list[Example], d
     return float(np.mean(dice[1:][present]))
 
 
-def moving_average(model: torch.nn.Module, decay: float) -> torch.nn.Module:
+def moving_average(model: torch.nn.Module, decay: float):
     """An exponential moving average of `model`'s weights (torch's AveragedModel; its `module` is the
-    averaged network), or `model` itself when `decay` is 0."""
+    averaged network), or None when `decay` is 0."""
     if not decay:
-        return model
+        return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -341,14 +341,15 @@ def fit(
     scored every `val_every` steps; the best model so far is written to `out` as it is found. With
     `options.ema` the scored and kept model is the weights' moving average."""
     curves, window, started = Curves(), [], time.perf_counter()
-    kept = moving_average(model, options.ema)
+    averaged = moving_average(model, options.ema)
+    scored = model if averaged is None else averaged.module  # what is validated and kept
     steps = options.steps
     with _progress(options.progress) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"), val="-")
         for step in range(1, steps + 1):
             window.append(train_step(model, optimiser, next(stream), lr_at(step - 1, steps, options.lr), dev))
-            if kept is not model:
-                kept.update_parameters(model)
+            if averaged is not None:
+                averaged.update_parameters(model)
             validating = bool(held_out) and (step % options.val_every == 0 or step == steps)
             if step % 25 and not validating and step != steps:
                 bar.update(task, advance=1, loss=window[-1])
@@ -362,7 +363,6 @@ def fit(
             }
             window = []
             if validating:
-                scored = kept.module if kept is not model else model
                 row["val_dice"] = round(validate(scored, card, held_out, dev), 4)
                 if row["val_dice"] > curves.best_dice:
                     curves.best_dice, curves.best_step = row["val_dice"], step
@@ -373,8 +373,8 @@ def fit(
             bar.update(
                 task, advance=1, loss=row["loss"], val=row["val_dice"] if validating else bar.tasks[task].fields["val"]
             )
-    if kept is not model:  # without validation, the average is the model kept
-        model.load_state_dict(kept.module.state_dict())
+    if averaged is not None:  # without validation, the average is the model kept
+        model.load_state_dict(scored.state_dict())
     return curves
 
 
