@@ -52,7 +52,8 @@ def probabilities(model: torch.nn.Module, card, image: np.ndarray) -> np.ndarray
     read = tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0)
     with torch.inference_mode():
         for tile in tiles:
-            views = [t.flip(d) if d else t for t, d in zip([torch.from_numpy(read(tile))] * len(FLIPS), FLIPS)]
+            image = torch.from_numpy(read(tile))
+            views = [image.flip(d) if d else image for d in FLIPS]
             maps = detect(model, views, instances=False)
             mean = sum(m["semantic"].flip(d) if d else m["semantic"] for m, d in zip(maps, FLIPS)) / len(FLIPS)
             ys, xs = tile.core
