@@ -50,6 +50,7 @@ class SegmentOptions:
     overlap: int | None = None
     tta: bool = False
     atlas_prior: bool = True
+    shared_tilt: bool = True
     pixel_size: float | None = None
     progress: bool = True
 
@@ -148,8 +149,8 @@ def run_key(model_path: str | Path, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
-    """The settings a resumed run must share with the killed one."""
+def run_settings(inputs: Inputs, options: SegmentOptions, prior: AtlasPrior | None = None) -> dict:
+    """The settings a resumed run must share with the killed one, its atlas `prior` among them."""
     return {
         "grid": TILE_GRID,
         "level": inputs.level,
@@ -159,7 +160,7 @@ def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
         "tta": options.tta,
         "mode": options.mode,
         "card": inputs.card.to_json(),
-    } | ({"atlas_prior": True} if run_prior(inputs.card, options) else {})
+    } | ({"atlas_prior": list(prior.tilt) if prior.tilt else True} if prior else {})
 
 
 def run_prior(card: ModelCard, options: SegmentOptions) -> AtlasPrior | None:
