@@ -46,7 +46,7 @@ from sebre_ij.augment import affine_matrix, warp
 from sebre_ij.checkpoint import load_checkpoint
 from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
-from sebre_ij.infer import predict_image, predict_series
+from sebre_ij.infer import predict_image
 from sebre_ij.model import pick_device
 from sebre_ij.tiles import resample_nearest
 from sebre_ij.tissue import find_sections, glass_colour
@@ -138,37 +138,24 @@ def region_dice(folder: Path, data: Path) -> dict:
     }
 
 
-PRIORS = {"series": "", "alone": "_alone", "none": "_no_prior"}  # how the atlas prior is used: folder suffix
-
-
-def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb", prior: str = "series") -> dict:
+def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb", atlas_prior: bool = True) -> dict:
     """Per-region Dice of the model on the TEST sections at every angle in ANGLES; `look`
-    "fluorescence" shows it each section as `fluorescence` makes it. Where the model's card asks for
-    the atlas prior, `prior` "series" segments the test sections together as one brain's series
-    (their tilt shared), "alone" each by itself, "none" without the prior."""
+    "fluorescence" shows it each section as `fluorescence` makes it; without `atlas_prior`, the
+    model's maps alone where its card asks for the atlas prior."""
     device = pick_device()
     model, card = load_checkpoint(model_path, device)
     sections = [e for e in shared_examples(data).examples if e.name in TEST]
     results = {}
     for angle in ANGLES:
-        folder = out / ((f"rot{angle}" if look == "rgb" else f"{look}{angle}") + PRIORS[prior])
-        shown = [fluorescence(ex.image) if look == "fluorescence" else ex.image for ex in sections]
-        views = [
-            rotated(image, ex.classes, angle, glass_colour(image, find_sections(image)))
-            for image, ex in zip(shown, sections)
-        ]
-        smalls = []
-        for ex, (image, truth, _) in zip(sections, views):
+        folder = out / ((f"rot{angle}" if look == "rgb" else f"{look}{angle}") + ("" if atlas_prior else "_no_prior"))
+        for ex in sections:
+            shown = fluorescence(ex.image) if look == "fluorescence" else ex.image
+            fill = glass_colour(shown, find_sections(shown))
+            image, truth, frame = rotated(shown, ex.classes, angle, fill)
             small, _ = resample(image, truth, ex.pixel_size_um / card.pixel_size_um)
             if small.shape[0] != len(card.channels) and card.input == "channels":
                 small = np.repeat(small.mean(axis=0, keepdims=True), len(card.channels), axis=0)
-            smalls.append(small)
-        given = {"device": device, "flips": tta, "atlas_prior": prior != "none"}
-        if prior == "series":
-            preds = predict_series(model, card, smalls, **given)
-        else:
-            preds = [predict_image(model, card, small, **given) for small in smalls]
-        for ex, (image, truth, frame), pred in zip(sections, views, preds):
+            pred = predict_image(model, card, small, device=device, flips=tta, atlas_prior=atlas_prior)
             pred = resample_nearest(pred, pred.shape, 0, truth.shape[0], 0, truth.shape[1], truth.shape)
             write_png(folder / "pred" / f"{ex.name}.png", np.where(frame, pred, 0).astype(np.uint8))
             write_png(folder / "labels" / f"{ex.name}.png", truth)
@@ -308,8 +295,7 @@ def main() -> None:
     wall = time.perf_counter()
     summary["dice"] = score(model_path, args.data, args.out, args.tta)
     if card.atlas_prior:
-        for prior in ("alone", "none"):
-            summary["dice"].update(score(model_path, args.data, args.out, args.tta, prior=prior))
+        summary["dice"].update(score(model_path, args.data, args.out, args.tta, atlas_prior=False))
     if args.fluorescence:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, look="fluorescence"))
     summary["scoring_wall_s"] = round(time.perf_counter() - wall, 1)

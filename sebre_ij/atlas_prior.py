@@ -12,10 +12,7 @@ steps (the model sees a whole mouse section in one tile: 320 px at 50 µm/px):
    probability, over the section and a wide ring of glass around it, of the class the cut gives
    each pixel. Eight numbers (`Plane`): the section centre's place in the atlas, the plane's tilts,
    the in-plane angle and the two in-plane scales. A coarse search over anteroposterior position
-   and angle (scale from the areas), then Powell's method from the best few starts. The sections
-   of one brain were cut by one blade at one angle: where a series of them is segmented together,
-   each is first fitted alone, and the median of their tilts (`series_tilt`) is then every
-   section's (`AtlasPrior.tilt`), the other six numbers fitted per section.
+   and angle (scale from the areas), then Powell's method from the best few starts.
 3. `fuse`: log p + weight x log q, q the cut's classes softened at their edges, as probabilities
    again. Where the cut and the model's own classes agree on less than `MIN_AGREEMENT` of the
    section (a sagittal section, a brain of another species, a model of other regions), the fit is
@@ -28,10 +25,10 @@ for Brain Science, CCFv3 2017, Wang et al., Cell 2020). A model uses the prior w
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,8 +50,6 @@ STARTS = 2  # best coarse candidates refined
 COARSE_PX = 600  # pixels (section and ring) the coarse search scores (a fixed sample: the same fit each run)
 FINE_PX = 2000  # and the refinement
 MAX_STEPS = 500  # objective evaluations of each refinement
-SERIES_MIN = 3  # trusted sections a series needs before its tilt is shared (a median of three outvotes one bad fit)
-TILT = (3, 4)  # the indices of a Plane's pitch and yaw
 
 
 class Plane(NamedTuple):
@@ -72,7 +67,7 @@ class Plane(NamedTuple):
     sy: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class ClassVolume:
     """A class volume (axes: left-right, posterior-anterior, inferior-superior; VOXEL_MM voxels)
     and the names of its classes."""
@@ -166,24 +161,16 @@ def whole_section(probabilities: np.ndarray) -> np.ndarray | None:
     return section
 
 
-def fit_plane(
-    volume: ClassVolume,
-    log_p: np.ndarray,
-    points: np.ndarray,
-    area_mm2: float,
-    tilt: tuple[float, float] | None = None,
-) -> Plane:
+def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_mm2: float) -> Plane:
     """The plane whose cut best explains `log_p` ((classes, N): each point's log class probabilities,
-    in the volume's classes) at `points` ((N, 2) mm from the section's centre); with a `tilt`
-    (pitch, yaw), the plane of that tilt.
+    in the volume's classes) at `points` ((N, 2) mm from the section's centre).
 
     Notes
     -----
-    Every coronal start (tilted by `tilt`) is scored on COARSE_PX points, and the best STARTS refined
-    by Powell's method on FINE_PX points, over all eight numbers or, with a `tilt`, the six others.
-    Refining more starts and polishing on every point finds planes that explain the probabilities
-    better, yet on average no closer to the true regions, at three times the cost
-    (benchmarks/README.md, the atlas prior)."""
+    Every coronal start is scored on COARSE_PX points, and the best STARTS refined by Powell's
+    method on FINE_PX points. Refining more starts and polishing on every point finds planes that
+    explain the probabilities better, yet on average no closer to the true regions, at three times
+    the cost (benchmarks/README.md, the atlas prior)."""
     rng = np.random.default_rng(0)
 
     def objective(n: int) -> Callable[[Plane], float]:
@@ -191,60 +178,40 @@ def fit_plane(
         return _mean_log_p(volume, points[some], np.ascontiguousarray(log_p[:, some]).ravel())
 
     coarse = objective(COARSE_PX)
-    starts = sorted(coronal_starts(volume, area_mm2, tilt or (0.0, 0.0)), key=coarse, reverse=True)[:STARTS]
+    starts = sorted(coronal_starts(volume, area_mm2), key=coarse, reverse=True)[:STARTS]
     fine = objective(FINE_PX)
-    refined = [_powell(fine, start, MAX_STEPS, fixed=TILT if tilt else ()) for start in starts]
-    return max(refined, key=fine)
+    refined = [_powell(fine, start, MAX_STEPS) for start in starts]
+    return Plane(*(float(v) for v in min(refined, key=lambda r: r.fun).x))
 
 
-def coronal_starts(volume: ClassVolume, area_mm2: float, tilt: tuple[float, float] = (0.0, 0.0)) -> list[Plane]:
-    """Coronal planes of this `tilt` (pitch, yaw) through the centres of the volume's slices every
-    AP_STEP voxels, at every angle in ANGLES, scaled so the brain's slice has the section's area."""
+def coronal_starts(volume: ClassVolume, area_mm2: float) -> list[Plane]:
+    """Untilted coronal planes through the volume's slices every AP_STEP voxels, at every angle in
+    ANGLES, scaled so the brain's slice has the section's area."""
     starts = []
     for j, lr, dv, voxels in volume.coronal_centres:
         scale = math.sqrt(voxels * VOXEL_MM**2 / area_mm2)
-        starts += [Plane(lr, (j + 0.5) * VOXEL_MM, dv, *tilt, float(a), scale, scale) for a in ANGLES]
+        starts += [Plane(lr, (j + 0.5) * VOXEL_MM, dv, 0.0, 0.0, float(a), scale, scale) for a in ANGLES]
     return starts
 
 
-def _powell(objective: Callable[[Plane], float], start: Plane, steps: int, fixed: tuple[int, ...] = ()) -> Plane:
-    """The plane Powell's method reaches maximising `objective` from `start`, the numbers at the
-    indices `fixed` held."""
-    free = [i for i in range(len(start)) if i not in fixed]
-    held = np.array(start, dtype=float)
-
-    def plane(q: np.ndarray) -> Plane:
-        x = held.copy()
-        x[free] = q
-        return Plane(*(float(v) for v in x))
-
-    result = minimize(
-        lambda q: -objective(plane(q)),
-        held[free],
+def _powell(objective: Callable[[Plane], float], start: Plane, steps: int):
+    """scipy's result of Powell's method maximising `objective` from `start` (its `fun` negated)."""
+    return minimize(
+        lambda q: -objective(Plane(*q)),
+        np.array(start),
         method="Powell",
         options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": steps},
     )
-    return plane(result.x)
 
 
-def series_tilt(planes: list[Plane]) -> tuple[float, float] | None:
-    """The tilt (pitch, yaw) a series of sections shares: the median of their own, None under
-    SERIES_MIN of them."""
-    if len(planes) < SERIES_MIN:
-        return None
-    return float(np.median([p.pitch for p in planes])), float(np.median([p.yaw for p in planes]))
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class AtlasPrior:
-    """The prior for one model: its weight, the model's µm/px, which model class each volume class
-    is (`classes[k]`: the model's index of the volume's class k) and the tilt (pitch, yaw) of the
-    series its sections belong to (None: each section's own)."""
+    """The prior for one model: its weight, the model's µm/px and which model class each volume
+    class is (`classes[k]`: the model's index of the volume's class k)."""
 
     weight: float
     pixel_size_um: float
     classes: tuple[int, ...]
-    tilt: tuple[float, float] | None = None
 
     @classmethod
     def for_model(cls, class_names: list[str], pixel_size_um: float, weight: float) -> AtlasPrior | None:
@@ -253,11 +220,6 @@ class AtlasPrior:
         if weight <= 0 or not set(names) <= set(class_names):
             return None
         return cls(weight, pixel_size_um, tuple(class_names.index(n) for n in names))
-
-    def for_series(self, planes: list[Plane]) -> AtlasPrior:
-        """The prior for a series whose sections, each fitted alone, lie in these planes: their
-        median tilt shared (series_tilt), or each section's own under SERIES_MIN planes."""
-        return dataclasses.replace(self, tilt=series_tilt(planes))
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """A tile's (classes, H, W) probabilities weighed against the atlas cut at its section's
@@ -268,15 +230,9 @@ class AtlasPrior:
         On the section, the result equals softmax(log p + weight * log q) over classes, with q the
         cut's one-hot classes blurred by EDGE_PX and mixed with a uniform FLOOR; off it, p."""
         located = self.locate(probabilities)
-        if located is None or not self.trusted(probabilities, *located):
+        if located is None:
             return probabilities
         return self.fuse(probabilities, read_volume(), *located)
-
-    def own_plane(self, probabilities: np.ndarray) -> Plane | None:
-        """The plane of the tile's whole section fitted alone, as a series' first pass needs it;
-        None where there is no whole section or the fit is not trusted."""
-        located = dataclasses.replace(self, tilt=None).locate(probabilities)
-        return located[0] if located is not None and self.trusted(probabilities, *located) else None
 
     def locate(self, probabilities: np.ndarray) -> tuple[Plane, np.ndarray, np.ndarray] | None:
         """Steps 1 and 2: the plane of the tile's whole section, the section (bool (H, W)) and its
@@ -291,15 +247,7 @@ class AtlasPrior:
         fitted = ndi.binary_dilation(section, iterations=ring) & ~((probabilities[0] < 0.5) & ~section)
         ys, xs = np.nonzero(fitted)
         points = section_points(ys, xs, centre, px_mm)
-        plane = fit_plane(read_volume(), log_p[:, ys, xs], points, section.sum() * px_mm**2, self.tilt)
-        return plane, section, centre
-
-    def trusted(self, probabilities: np.ndarray, plane: Plane, section: np.ndarray, centre: np.ndarray) -> bool:
-        """Do the cut at `plane` and the model's own classes agree on MIN_AGREEMENT of the section?"""
-        ys, xs = np.nonzero(section)
-        points = section_points(ys, xs, centre, self.pixel_size_um / 1000)
-        labels = np.asarray(self.classes)[cut(read_volume(), plane, points)]
-        return bool(np.mean(labels == probabilities[:, ys, xs].argmax(0)) >= MIN_AGREEMENT)
+        return fit_plane(read_volume(), log_p[:, ys, xs], points, section.sum() * px_mm**2), section, centre
 
     def fuse(
         self, probabilities: np.ndarray, volume: ClassVolume, plane: Plane, section: np.ndarray, centre: np.ndarray
@@ -309,6 +257,8 @@ class AtlasPrior:
         ys, xs = np.mgrid[0:h, 0:w]
         points = section_points(ys.ravel(), xs.ravel(), centre, self.pixel_size_um / 1000)
         labels = np.asarray(self.classes)[cut(volume, plane, points)].reshape(h, w)
+        if np.mean(labels[section] == probabilities[:, section].argmax(0)) < MIN_AGREEMENT:
+            return probabilities
         n = len(probabilities)
         q = np.stack([ndi.gaussian_filter((labels == k).astype(np.float32), EDGE_PX) for k in range(n)])
         score = np.log(np.clip(probabilities, LOG_FLOOR, 1.0)) + self.weight * np.log(q * (1 - FLOOR) + FLOOR / n)

@@ -108,11 +108,6 @@ def segment(
     atlas_prior: bool = typer.Option(
         True, help="Weigh region maps against the Allen atlas cut at each section's plane, where the model asks for it."
     ),
-    shared_tilt: bool = typer.Option(
-        True,
-        help="With the atlas prior, the slide's sections share their plane's tilt (one brain cut at one angle); "
-        "--no-shared-tilt fits each section's own (sections of several brains).",
-    ),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when present)."),
     workers: int = typer.Option(0, help="Run on a local Dask cluster of this many worker processes."),
     scheduler: str | None = typer.Option(None, help="Run on the Dask scheduler at this address (tcp://HOST:8786)."),

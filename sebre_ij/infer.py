@@ -17,7 +17,7 @@ from scipy import ndimage
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
-from .atlas_prior import SERIES_MIN, AtlasPrior
+from .atlas_prior import AtlasPrior
 from .model import ModelCard, detect
 from .model_input import InputMap, input_map
 from .tiles import Tile, tile_grid
@@ -189,67 +189,25 @@ def predict_image(
     atlas_prior: bool = True,
 ) -> np.ndarray:
     """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
-    `sebre segment` makes a label layer (predict_series of one image)."""
-    return predict_series(
+    `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
+    overlapping tiles whose cores are written, nothing outside the sections, the card's atlas prior
+    unless `atlas_prior` is false. For validation and scoring of images held in memory."""
+    sections = find_sections(image)
+    out = np.zeros(image.shape[1:], np.uint8)
+    tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
+    read = tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0)
+    predicted = predict_tiles(
         model,
         card,
-        [image],
+        tiles,
+        read,
         device=device,
         batch_size=batch_size,
         min_score=min_score,
         flips=flips,
-        atlas_prior=atlas_prior,
-    )[0]
-
-
-def predict_series(
-    model: torch.nn.Module,
-    card: ModelCard,
-    images: list[np.ndarray],
-    *,
-    device: torch.device,
-    batch_size: int = 4,
-    min_score: float = 0.3,
-    flips: bool = False,
-    atlas_prior: bool = True,
-) -> list[np.ndarray]:
-    """The class maps of whole (C, H, W) images in [0, 1] already at the card's µm/px, the sections
-    of one brain, made as `sebre segment` makes a label layer of a slide holding them all: sections
-    found on each image, the glass colour for padding, overlapping tiles whose cores are written,
-    nothing outside the sections, and the card's atlas prior (unless `atlas_prior` is false), its
-    tilt shared by the series (series_prior). For validation and scoring of images held in memory."""
-    found = [find_sections(image) for image in images]
-    series = [
-        (
-            tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape)),
-            tile_reader(image, "cyx", 0, input_map(card.input, image, sections), 1.0),
-        )
-        for image, sections in zip(images, found)
-    ]
-    prior = card_prior(card) if atlas_prior else None
-    if prior is not None and sum(int(sections.max()) for sections in found) >= SERIES_MIN:
-        prior = series_prior(prior, model, card, series, device=device, batch_size=batch_size, flips=flips)
-    out = []
-    for sections, (tiles, read) in zip(found, series):
-        predicted = predict_tiles(
-            model,
-            card,
-            tiles,
-            read,
-            device=device,
-            batch_size=batch_size,
-            min_score=min_score,
-            flips=flips,
-            instances=not card.semantic,
-            prior=prior,
-        )
-        out.append(_stitched(predicted, sections))
-    return out
-
-
-def _stitched(predicted: Iterator[tuple], sections: np.ndarray) -> np.ndarray:
-    """The class map of an image from its tiles' (predict_tiles), each writing its core's pixels of its section."""
-    out = np.zeros(sections.shape, np.uint8)
+        instances=not card.semantic,
+        prior=card_prior(card) if atlas_prior else None,
+    )
     # closed whatever happens here: the generator holds torch's inference mode while it is suspended,
     # and a training loop that validates with it must get its gradients back
     with contextlib.closing(predicted):
@@ -259,55 +217,6 @@ def _stitched(predicted: Iterator[tuple], sections: np.ndarray) -> np.ndarray:
             window = classes[ys.start - tile.y : ys.stop - tile.y, xs.start - tile.x : xs.stop - tile.x]
             out[ys, xs][own] = window[own]
     return out
-
-
-def series_prior(
-    prior: AtlasPrior,
-    model: torch.nn.Module,
-    card: ModelCard,
-    series: list[tuple[list[Tile], Callable[[Tile], np.ndarray]]],
-    *,
-    device: torch.device,
-    batch_size: int = 4,
-    flips: bool = False,
-) -> AtlasPrior:
-    """The prior for a series of sections given as (tiles, read) per image or plane: every whole
-    section's plane fitted alone, then the median of their tilts shared (AtlasPrior.for_series).
-    The sections of one brain were cut at one angle, which one section's fit finds less surely than
-    the series'."""
-    planes = []
-    for tiles, read in series:
-        found = tile_probabilities(model, card, tiles, read, device=device, batch_size=batch_size, flips=flips)
-        for probabilities in found:
-            plane = prior.own_plane(probabilities)
-            if plane is not None:
-                planes.append(plane)
-    return prior.for_series(planes)
-
-
-def tile_probabilities(
-    model: torch.nn.Module,
-    card: ModelCard,
-    tiles: list[Tile],
-    read: Callable[[Tile], np.ndarray],
-    *,
-    device: torch.device,
-    batch_size: int = 4,
-    flips: bool = False,
-) -> Iterator[np.ndarray]:
-    """Each tile's (classes, H, W) class probabilities from a model's semantic branch, its views
-    averaged as predict_tiles averages them, before any prior. One batch is held at a time, and
-    torch's inference mode only while the model runs."""
-    dims = FLIPS if flips else FLIPS[:1]
-    precision = amp_dtype(device)
-    for batch in batched(tiles, batch_size):
-        with torch.inference_mode():
-            tensors = [_to_device(read(tile), device) for tile in batch]
-            views = [t.flip(d) if d else t for d in dims for t in tensors]
-            with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                outputs = run_model(model, views, paste_masks=False, instances=False)
-            found = [_mean_evidence(outputs, j, len(batch), dims, len(card.classes), 0.0) for j in range(len(batch))]
-        yield from (evidence.float().cpu().numpy() for evidence in found)
 
 
 # Test-time views: as is, mirrored left-right, top-bottom and both (about +0.04 mean Dice on the demo).
@@ -420,14 +329,6 @@ def run_model(
     return model(images)
 
 
-def _mean_evidence(
-    outputs: list[dict], j: int, n_tiles: int, dims: list[tuple], n_classes: int, min_score: float
-) -> torch.Tensor:
-    """Tile j's class evidence, averaged over its views (view k of the batch's tiles is outputs[k * n_tiles:])."""
-    views = [outputs[k * n_tiles + j] for k in range(len(dims))]
-    return sum(_unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)) / len(dims)
-
-
 def _class_maps(
     batch: list[Tile],
     outputs: list[dict],
@@ -442,12 +343,14 @@ def _class_maps(
     with torch.inference_mode():
         out = []
         for j, tile in enumerate(batch):
-            first = outputs[j]
-            if "box_masks" in first and "semantic" not in first:  # no margins: finer levels by nearest pixel
-                out.append((tile, *instance_map(first, min_score, (tile.size, tile.size))))
+            views = [outputs[k * len(batch) + j] for k in range(len(dims))]
+            if "box_masks" in views[0] and "semantic" not in views[0]:  # no margins: finer levels by nearest pixel
+                out.append((tile, *instance_map(views[0], min_score, (tile.size, tile.size))))
                 continue
-            evidence = _mean_evidence(outputs, j, len(batch), dims, n_classes, min_score)
-            if prior is not None and "semantic" in first:
+            evidence = sum(
+                _unflip(class_evidence(view, n_classes, min_score), d) for view, d in zip(views, dims)
+            ) / len(dims)
+            if prior is not None and "semantic" in views[0]:
                 evidence = torch.from_numpy(prior.apply(evidence.cpu().numpy())).to(evidence.device)
             out.append((tile, *best_classes(evidence), class_margins(evidence)))
         return out

@@ -50,7 +50,6 @@ class SegmentOptions:
     overlap: int | None = None
     tta: bool = False
     atlas_prior: bool = True
-    shared_tilt: bool = True
     pixel_size: float | None = None
     progress: bool = True
 
@@ -149,8 +148,8 @@ def run_key(model_path: str | Path, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def run_settings(inputs: Inputs, options: SegmentOptions, prior: AtlasPrior | None = None) -> dict:
-    """The settings a resumed run must share with the killed one, its atlas `prior` among them."""
+def run_settings(inputs: Inputs, options: SegmentOptions) -> dict:
+    """The settings a resumed run must share with the killed one."""
     return {
         "grid": TILE_GRID,
         "level": inputs.level,
@@ -160,7 +159,7 @@ def run_settings(inputs: Inputs, options: SegmentOptions, prior: AtlasPrior | No
         "tta": options.tta,
         "mode": options.mode,
         "card": inputs.card.to_json(),
-    } | ({"atlas_prior": list(prior.tilt) if prior.tilt else True} if prior else {})
+    } | ({"atlas_prior": True} if run_prior(inputs.card, options) else {})
 
 
 def run_prior(card: ModelCard, options: SegmentOptions) -> AtlasPrior | None:

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .atlas_prior import SERIES_MIN, AtlasPrior
 from .catalog import find_model
 from .cluster import ClusterOptions, TileJob, connect, run_tiles_on
 from .errors import Stopped, UserError
 from .exports import Exports, export_regions
-from .infer import predict_tiles, series_prior, tile_reader
+from .infer import predict_tiles, tile_reader
 from .instances import number_instances
 from .labels import class_base
 from .layer import LabelLayer, create_layer, finish_layer, hold_layer
@@ -156,7 +155,7 @@ def run_tiles(
     factor: float = 1.0,
     stop: threading.Event | None = None,
 ) -> TileRun:
-    """Step 4, in this process: segment every plane's tissue tiles into the layer's level (the
+    """Step 3, in this process: segment every plane's tissue tiles into the layer's level (the
     source of a `factor` Grid).
 
     `predict(tiles, read)` yields (tile, classes, scores) per tile: the model (infer.predict_tiles),
@@ -216,31 +215,8 @@ def runs_instances(card: ModelCard, options: SegmentOptions) -> bool:
     return options.mode == "instance" or not card.semantic
 
 
-def slide_prior(inputs: Inputs, options: SegmentOptions) -> AtlasPrior | None:
-    """Step 2: the run's atlas prior (preflight.run_prior); with `options.shared_tilt`, and where the
-    slide holds SERIES_MIN sections or more, the tilt its sections share (infer.series_prior): the
-    model runs over their tiles once more to fit each section alone first."""
-    prior, card, slide = run_prior(inputs.card, options), inputs.card, inputs.slide
-    if prior is None or not options.shared_tilt or sum(t.sections.count for t in inputs.planes) < SERIES_MIN:
-        return prior
-    grid = Grid(slide.yx_shape(inputs.level), inputs.factor)
-    array = ChunkCache(slide.pixels(inputs.level))
-    series = [
-        (
-            tile_grid(grid.shape, card.tile_size, card.overlap, tissue.sections),
-            tile_reader(array, slide.axes, z, input_map(card.input, tissue.image, tissue.coarse), inputs.factor),
-        )
-        for z, tissue in enumerate(inputs.planes)
-    ]
-    return series_prior(
-        prior, inputs.model, card, series, device=inputs.device, batch_size=inputs.batch_size, flips=options.tta
-    )
-
-
-def run_tiles_here(
-    inputs: Inputs, layer: LabelLayer, options: SegmentOptions, prior: AtlasPrior | None, stop: threading.Event | None
-) -> TileRun:
-    """Step 4 in this process, with the model."""
+def run_tiles_here(inputs: Inputs, layer: LabelLayer, options: SegmentOptions, stop: threading.Event | None) -> TileRun:
+    """Step 3 in this process, with the model."""
     predict = functools.partial(
         predict_tiles,
         inputs.model,
@@ -250,7 +226,7 @@ def run_tiles_here(
         min_score=options.min_score,
         flips=options.tta,
         instances=runs_instances(inputs.card, options),
-        prior=prior,
+        prior=run_prior(inputs.card, options),
     )
     return run_tiles(
         inputs.slide,
@@ -273,10 +249,9 @@ def run_tiles_on_cluster(
     slide_url,
     model_path,
     options: SegmentOptions,
-    prior: AtlasPrior | None,
     stop: threading.Event | None,
 ) -> TileRun:
-    """Step 4 on Dask distributed: the same tiles and batches, run and written by the workers."""
+    """Step 3 on Dask distributed: the same tiles and batches, run and written by the workers."""
     grid = Grid(layer.slide.yx_shape(layer.level), inputs.factor)
 
     def job_of(plane: PlaneTiles, tissue: PlaneTissue, threads: dict[str, int]) -> TileJob:
@@ -296,7 +271,7 @@ def run_tiles_on_cluster(
             min_score=options.min_score,
             tta=options.tta,
             instances=runs_instances(inputs.card, options),
-            prior=prior,
+            prior=run_prior(inputs.card, options),
             threads=threads,
         )
 
@@ -317,7 +292,7 @@ def run_tiles_on_cluster(
 def finish(
     layer: LabelLayer, card: ModelCard, stats: RegionStats, mode: str, provenance: dict, client=None
 ) -> tuple[list[dict], dict[str, float]]:
-    """Step 5: number instances (instance mode), build the pyramid (on the cluster's workers with a
+    """Step 4: number instances (instance mode), build the pyramid (on the cluster's workers with a
     Dask `client`) and mark the layer complete; returns its region rows and the seconds spent on
     each pyramid level."""
     pixel_area = layer.slide.pixel_size(layer.level) ** 2
@@ -375,24 +350,22 @@ def segment(
 
     1. `open_inputs`: the slide, the model, the level at the card's µm/px and the tissue, all
        checked before anything is written;
-    2. `slide_prior`: the atlas prior, its tilt shared by the slide's sections;
-    3. `create_layer`: the label layer, or a killed run's with the same settings to resume;
-    4. `run_tiles_here`, or `run_tiles_on_cluster` with a Dask cluster (cluster.py): the tiles over
+    2. `create_layer`: the label layer, or a killed run's with the same settings to resume;
+    3. `run_tiles_here`, or `run_tiles_on_cluster` with a Dask cluster (cluster.py): the tiles over
        tissue through the model, stitched into the layer;
-    5. `finish`: the pyramid, then the metadata that marks the layer complete;
-    6. `export_regions`: RoiSet.zip, GeoJSON, measurements and preview, as asked."""
+    4. `finish`: the pyramid, then the metadata that marks the layer complete;
+    5. `export_regions`: RoiSet.zip, GeoJSON, measurements and preview, as asked."""
     started = time.perf_counter()
     model_path = find_model(model_path)
     inputs = open_inputs(slide_url, model_path, options, exports)
     slide, card, name = inputs.slide, inputs.card, options.labels
-    prior = slide_prior(inputs, options)
     with hold_layer(slide, name):
         layer = create_layer(
             slide,
             name,
             inputs.level,
             overwrite=options.overwrite,
-            run_key=run_key(model_path, run_settings(inputs, options, prior)),
+            run_key=run_key(model_path, run_settings(inputs, options)),
             resume=options.resume,
             scratch=options.mode == "instance",
         )
@@ -400,11 +373,9 @@ def segment(
         with connect(cluster) as client, refused_writes(slide, name):
             try:
                 if client is None:
-                    run = run_tiles_here(inputs, layer, options, prior, stop)
+                    run = run_tiles_here(inputs, layer, options, stop)
                 else:
-                    run = run_tiles_on_cluster(
-                        client, cluster, inputs, layer, slide_url, model_path, options, prior, stop
-                    )
+                    run = run_tiles_on_cluster(client, cluster, inputs, layer, slide_url, model_path, options, stop)
             except UserError as exc:
                 raise UserError(
                     f"{exc}; the tiles done so far are kept in labels/{name}, and running the same again resumes"

@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from sebre_ij.atlas_prior import (
-    SERIES_MIN,
-    AtlasPrior,
-    Plane,
-    cut,
-    read_volume,
-    section_points,
-    series_tilt,
-    whole_section,
-)
+from sebre_ij.atlas_prior import AtlasPrior, Plane, cut, read_volume, section_points, whole_section
 from sebre_ij.model import ModelCard
 from sebre_ij.synth import CLASSES
 
@@ -101,40 +92,6 @@ def test_a_cut_tilted_ten_degrees_is_found():
     assert abs(found.pitch - plane.pitch) < math.radians(4), math.degrees(found.pitch)
 
 
-def test_a_series_shares_the_median_of_its_sections_tilts_once_it_has_enough_of_them():
-    planes = [PLANE._replace(pitch=p, yaw=y) for p, y in ((0.1, -0.2), (0.3, 0.0), (-0.5, 0.05), (0.2, 0.4))]
-    assert series_tilt(planes) == (pytest.approx(0.15), pytest.approx(0.025))
-    assert series_tilt(planes[: SERIES_MIN - 1]) is None
-    prior = AtlasPrior.for_model(NAMES, 50.0, 1.0)
-    assert prior.tilt is None
-    assert prior.for_series(planes).tilt == series_tilt(planes)
-    assert prior.for_series(planes[:1]).tilt is None
-
-
-def test_a_fit_given_the_series_tilt_keeps_it_and_finds_the_rest():
-    plane = PLANE._replace(pitch=math.radians(6), yaw=math.radians(-4))
-    truth = section_cut(plane)
-    prior = AtlasPrior.for_model(NAMES, 50.0, 1.0)
-    found, _, centre = prior.for_series([plane] * SERIES_MIN).locate(erring(truth, seed=4))
-    assert (found.pitch, found.yaw) == (plane.pitch, plane.yaw)
-    refit = cut(read_volume(), found, tile_points(centre=centre)).reshape(TILE, TILE)
-    assert brain_share(refit, truth) > 0.93
-
-
-def test_the_series_tilt_lies_nearer_the_cut_than_its_sections_own():
-    """Five sections of one brain, cut at one tilt, from a model that errs in patches: the median
-    of their own fits' tilts is nearer the true tilt than a single fit is on average."""
-    tilt = (math.radians(5), math.radians(3))
-    prior = AtlasPrior.for_model(NAMES, 50.0, 1.0)
-    planes = []
-    for k, ap in enumerate((4.5, 5.5, 6.2, 7.0, 7.8)):
-        truth = section_cut(PLANE._replace(ap=ap, pitch=tilt[0], yaw=tilt[1]))
-        planes.append(prior.own_plane(erring(truth, seed=10 + k, patches=20)))
-    errors = [math.hypot(p.pitch - tilt[0], p.yaw - tilt[1]) for p in planes]
-    shared = prior.for_series(planes).tilt
-    assert math.hypot(shared[0] - tilt[0], shared[1] - tilt[1]) < np.mean(errors), (shared, errors)
-
-
 def test_no_prior_for_a_section_the_tile_edge_cuts():
     truth = section_cut(centre=(TILE / 2, 40))  # the left hemisphere past the tile's left edge
     p = erring(truth)
@@ -151,9 +108,7 @@ def test_probabilities_that_no_plane_explains_are_left_as_they_are():
     labels = np.where(brain, np.array([1, 2, 4, 5, 6, 7, 8, 9])[field], 0)
     p = np.full((len(NAMES), TILE, TILE), 0.1 / (len(NAMES) - 1), np.float32)
     np.put_along_axis(p, labels[None], 0.9, axis=0)
-    prior = AtlasPrior.for_model(NAMES, 50.0, 1.0)
-    assert prior.apply(p) is p
-    assert prior.own_plane(p) is None  # nor does it vote on a series' tilt
+    assert AtlasPrior.for_model(NAMES, 50.0, 1.0).apply(p) is p
 
 
 def test_the_prior_needs_a_weight_and_the_atlas_classes():
