@@ -89,6 +89,12 @@ def train(
         "--ema",
         help="Keep a moving average of the weights with this decay per step (e.g. 0.998; 0: the weights themselves).",
     ),
+    hemisections: float = typer.Option(
+        0.0,
+        "--hemisections",
+        help="Share of the real sections' tiles showing one half of the section only (e.g. 0.15), "
+        "for slides of hemisections.",
+    ),
     atlas_prior: float = typer.Option(
         0.0,
         "--atlas-prior",

@@ -26,6 +26,7 @@ from .tissue import MARGIN_PX, fill_holes, glass_colour
 # Of the tiles of sections that fit a tile, the share that shows them cut by the tile's edge at any
 # offset: `segment`'s tile grid cuts sections anywhere, so the model must know them in part too.
 CUT_SECTIONS = 0.5
+HEMISECTION_JITTER = 0.02  # sd of the cut's place about the midline, as a share of the section's width
 STATS_SEED = 0  # atlas sections for the card's normalisation and the loss's class weights: the same for every run
 STATS_SECTIONS = 48
 
@@ -67,6 +68,24 @@ def placed_tile(
     return photometric(image, aug, rng), classes
 
 
+def hemisection(
+    image: np.ndarray, classes: np.ndarray, glass: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The section with one side of its labelled box's middle column (moved by HEMISECTION_JITTER)
+    made glass and unlabelled: a hemisection of an upright coronal section, whose labels go with
+    its tissue (as atlas.damage cuts generated sections)."""
+    xs = np.flatnonzero(classes.any(axis=0))
+    if not len(xs):
+        return image, classes
+    at = (xs[0] + xs[-1]) / 2 + rng.normal(0.0, HEMISECTION_JITTER * (xs[-1] - xs[0] + 1))
+    columns = np.arange(classes.shape[1])
+    gone = columns < at if rng.random() < 0.5 else columns >= at
+    image, classes = image.copy(), classes.copy()
+    image[:, :, gone] = glass[:, None, None]
+    classes[:, gone] = 0
+    return image, classes
+
+
 class TileSampler:
     """Training tiles. When every section's labelled extent fits in a tile at any angle and zoom,
     each tile shows one section, as SeBRe trained: every region is then one whole object among its
@@ -74,10 +93,14 @@ class TileSampler:
     half cut by the tile's edge (CUT_SECTIONS). Larger sections give class-balanced tiles: a class
     drawn uniformly among those in the training set, then one of its pixels drawn uniformly over all
     sections, placed anywhere in the tile's middle three quarters, so a region found in few sections
-    is seen as often as cortex."""
+    is seen as often as cortex. A share `hemisections` of the tiles shows one half of the section
+    only (`hemisection`): users cut sections in two, one half for each assay."""
 
-    def __init__(self, examples: list[Example], size: int, glass: np.ndarray, aug: Augmentation):
+    def __init__(
+        self, examples: list[Example], size: int, glass: np.ndarray, aug: Augmentation, hemisections: float = 0.0
+    ):
         self.examples, self.size, self.glass, self.aug = examples, size, glass, aug
+        self.hemisections = hemisections
         self.counts = np.stack([np.bincount(e.classes.ravel(), minlength=256) for e in examples]).astype(float)
         self.classes = np.flatnonzero(self.counts[:, 1:].sum(axis=0)) + 1
         self.extents = [labelled_extent(e.classes) for e in examples]
@@ -99,8 +122,10 @@ class TileSampler:
     def tile(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """An augmented (image, classes) tile."""
         ex, *where = self.centre(rng)
-        example = self.examples[ex]
-        return placed_tile(example.image, example.classes, where, self.size, self.glass, self.aug, rng)
+        image, classes = self.examples[ex].image, self.examples[ex].classes
+        if self.hemisections and rng.random() < self.hemisections:
+            image, classes = hemisection(image, classes, self.glass, rng)
+        return placed_tile(image, classes, where, self.size, self.glass, self.aug, rng)
 
 
 def model_view(examples: list[Example], mode: str) -> list[Example]:

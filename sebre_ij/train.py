@@ -122,7 +122,9 @@ class TrainOptions:
     `atlas_prior` goes into the card: the weight of the Allen atlas cut against the semantic maps
     at inference and validation (atlas_prior.py; for a model of the atlas's classes). `ema` above 0
     validates and keeps an exponential moving average of the weights (that decay per step) instead of
-    the weights themselves: a step's noise then moves the kept model by 1 - ema of it."""
+    the weights themselves: a step's noise then moves the kept model by 1 - ema of it. A share
+    `hemisections` of the real sections' tiles shows one half of the section (sampling.hemisection),
+    as `atlas_recipe.hemisection` does for generated ones."""
 
     arch: str = "tiny_fpn"
     pixel_size: float = 16.0
@@ -149,6 +151,7 @@ class TrainOptions:
     instance_loss: float = 1.0
     atlas_prior: float = 0.0
     ema: float = 0.0
+    hemisections: float = 0.0
 
     def check(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -166,6 +169,10 @@ class TrainOptions:
             raise UserError(
                 f"instance_loss={self.instance_loss} weighs Mask R-CNN's losses against the semantic "
                 "branch's: give 0 or more, with semantic=True"
+            )
+        if not 0 <= self.hemisections <= 1:
+            raise UserError(
+                f"hemisections={self.hemisections} is the share of real sections' tiles cut in half: give 0 to 1"
             )
         if not 0 <= self.ema < 1:
             raise UserError(f"ema={self.ema} is the moving average's decay per step: give 0 (off) or more, below 1")
@@ -260,7 +267,7 @@ def atlas_tiles(options: TrainOptions, split: TrainingSplit) -> AtlasTiles | Non
 
 def tile_source(real: list[Example], atlas: AtlasTiles | None, glass: np.ndarray, options: TrainOptions):
     """Real tiles (TileSampler), atlas tiles, or both mixed by atlas_fraction."""
-    sampler = TileSampler(real, options.tile_size, glass, options.photometry) if real else None
+    sampler = TileSampler(real, options.tile_size, glass, options.photometry, options.hemisections) if real else None
     return sampler if atlas is None else MixedTiles(sampler, atlas, options.atlas_share)
 
 
@@ -300,6 +307,7 @@ def model_card(
         "lr": o.lr,
         "schedule": "linear warm-up 30 steps, cosine to 5 %",
         **({"ema": o.ema} if o.ema else {}),
+        **({"hemisections": o.hemisections} if o.hemisections else {}),
         "seed": o.seed,
         "sampling": "class-balanced",
         "augmentation": o.photometry.to_dict(),

@@ -27,7 +27,7 @@ from sebre_ij.datasets import Example, TrainingData
 from sebre_ij.infer import predict_image
 from sebre_ij.model import ModelCard
 from sebre_ij.render import Look
-from sebre_ij.sampling import AtlasTiles, AtlasView, TileSampler, shared_atlas
+from sebre_ij.sampling import AtlasTiles, AtlasView, TileSampler, hemisection, shared_atlas
 from sebre_ij.set_stats import semantic_weights
 from sebre_ij.tissue import find_sections
 from sebre_ij.train import TrainOptions, train
@@ -71,6 +71,29 @@ def test_sections_that_fit_a_tile_are_shown_whole_or_cut_at_any_angle():
     assert 10 < whole < 35  # about half whole (CUT_SECTIONS), the rest cut at random offsets
     big = TileSampler([Example(image, classes, "s0")], 48, np.full(1, 0.9, np.float32), Augmentation())
     assert not any(big.whole)  # too large for the tile: class-balanced pieces instead
+
+
+def test_hemisection_tiles_show_one_half_of_the_section_with_its_labels():
+    classes = np.zeros((60, 90), np.uint8)
+    classes[10:50, 20:80] = 1
+    classes[25:35, 30:40] = 2  # left of the middle column (50)
+    classes[25:35, 60:70] = 3  # right of it
+    image = np.where(classes > 0, 0.3, 0.9).astype(np.float32)[None]
+    glass = np.full(1, 0.9, np.float32)
+    rng = np.random.default_rng(2)
+    kept = set()
+    for _ in range(20):
+        half_image, half = hemisection(image, classes, glass, rng)
+        assert np.array_equal(half_image[0] < 0.5, half > 0)  # the tissue goes with its labels
+        cut = np.flatnonzero(half.any(axis=0))
+        assert 25 <= len(cut) <= 35  # about half the section's 60 columns
+        kept.add(tuple(sorted(set(np.unique(half)) - {0, 1})))
+    assert kept == {(2,), (3,)}  # either half
+    assert image[0, 30, 35] == 0.3 and classes[30, 35] == 2  # the section itself is left as it was
+    sampler = TileSampler([Example(image, classes, "s0")], 96, glass, Augmentation(), hemisections=1.0)
+    for _ in range(10):
+        _, tile = sampler.tile(rng)
+        assert not ({2, 3} <= set(np.unique(tile)))
 
 
 class EverywhereClassOne(torch.nn.Module):
@@ -282,7 +305,14 @@ def test_atlas_tiles_hold_their_sections_classes(atlas_dir, mode):
 def test_luminance_model_on_atlas_and_real_sections_records_its_recipe(atlas_dir, tmp_path):
     root = write_atlas_set(tmp_path / "set", atlas_dir)
     options = TrainOptions(
-        steps=2, seed=4, val_sections=("s2",), input="luminance", atlas=atlas_dir, atlas_fraction=0.5, **ATLAS_TINY
+        steps=2,
+        seed=4,
+        val_sections=("s2",),
+        input="luminance",
+        atlas=atlas_dir,
+        atlas_fraction=0.5,
+        hemisections=0.15,
+        **ATLAS_TINY,
     )
     card = train(TrainingData((str(root),)), tmp_path / "m.safetensors", options)
     saved = read_card(tmp_path / "m.safetensors")
@@ -292,6 +322,7 @@ def test_luminance_model_on_atlas_and_real_sections_records_its_recipe(atlas_dir
     assert generated["fraction"] == 0.5 and generated["version"].startswith("Allen CCFv3")
     assert SectionRecipe.from_dict(generated["recipe"]) == COARSE
     assert saved.training["augmentation"]["invert"] == 0 and saved.training["input"] == "luminance"
+    assert saved.training["hemisections"] == 0.15
 
 
 def test_atlas_runs_repeat_with_a_seed(atlas_dir, tmp_path):
@@ -354,4 +385,18 @@ def test_a_moving_average_decay_of_one_is_refused_with_its_range(tmp_path):
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert done.returncode == 2 and "ema=1.0" in done.stderr and "below 1" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_hemisection_share_past_one_is_refused_with_its_range(tmp_path):
+    root = write_synth_set(tmp_path / "set")
+    out = tmp_path / "m.safetensors"
+    done = subprocess.run(
+        [*SEBRE, "train", str(root), "--out", str(out), "--pixel-size", "64", "--steps", "1", "--hemisections", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert done.returncode == 2 and "hemisections=1.5" in done.stderr and "0 to 1" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
