@@ -11,8 +11,9 @@ steps (the model sees a whole mouse section in one tile: 320 px at 50 µm/px):
 2. `fit_plane`: the plane through the atlas whose cut best explains the probabilities: the mean log
    probability, over the section and a wide ring of glass around it, of the class the cut gives
    each pixel. Eight numbers (`Plane`): the section centre's place in the atlas, the plane's tilts,
-   the in-plane angle and the two in-plane scales. A coarse search over anteroposterior position
-   and angle (scale from the areas), then Powell's method from the best few starts.
+   the in-plane angle and the two in-plane scales; and whether the section is a hemisection, one
+   side of the atlas's midline only. A coarse search over anteroposterior position, angle and the
+   three choices of half (scale from the areas), then Powell's method from the best few starts.
 3. `fuse`: log p + weight x log q, q the cut's classes softened at their edges, as probabilities
    again. Where the cut and the model's own classes agree on less than `MIN_AGREEMENT` of the
    section (a sagittal section, a brain of another species, a model of other regions), the fit is
@@ -55,7 +56,9 @@ MAX_STEPS = 500  # objective evaluations of each refinement
 class Plane(NamedTuple):
     """Where a section lies in the atlas: its centre (mm along the atlas axes: left-right,
     posterior-anterior, inferior-superior), tilts about the left-right (`pitch`) and
-    dorsoventral (`yaw`) axes, in-plane angle (radians) and scales (atlas mm per section mm)."""
+    dorsoventral (`yaw`) axes, in-plane angle (radians) and scales (atlas mm per section mm): the
+    eight numbers the fit searches. `half` is which of the plane holds the section: 0 all of it, 1
+    or -1 only the atlas's side of greater or lesser left-right position, a hemisection."""
 
     lr: float
     ap: float
@@ -65,6 +68,7 @@ class Plane(NamedTuple):
     angle: float
     sx: float
     sy: float
+    half: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,20 @@ class ClassVolume:
     names: tuple[str, ...]
 
     @functools.cached_property
-    def coronal_centres(self) -> list[tuple[int, float, float, int]]:
-        """(ap voxel, lr mm, dv mm, brain voxels) of the coronal slices the coarse search starts from."""
+    def coronal_centres(self) -> list[tuple[int, int, float, float, int]]:
+        """(ap voxel, half, lr mm, dv mm, brain voxels) of the coronal slices the coarse search starts
+        from, whole (half 0) and each side of the midline (1: greater left-right position, -1: lesser)."""
         out = []
+        middle = self.classes.shape[0] / 2
         for j in range(AP_STEP // 2, self.classes.shape[1], AP_STEP):
             i, k = np.nonzero(self.classes[:, j, :])
-            if len(i) >= 50:
-                out.append((j, (i.mean() + 0.5) * VOXEL_MM, (k.mean() + 0.5) * VOXEL_MM, len(i)))
+            if len(i) < 50:
+                continue
+            for half in (0, 1, -1):
+                kept = (i + 0.5 - middle) * half >= 0
+                out.append(
+                    (j, half, (i[kept].mean() + 0.5) * VOXEL_MM, (k[kept].mean() + 0.5) * VOXEL_MM, int(kept.sum()))
+                )
         return out
 
     @functools.cached_property
@@ -118,19 +129,24 @@ def voxel_map(plane: Plane) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cut(volume: ClassVolume, plane: Plane, points: np.ndarray) -> np.ndarray:
-    """The volume's class at each point (0 outside it): the voxel holding it, one axis at a time
-    (the fit's objective calls this thousands of times a section)."""
+    """The volume's class at each point (0 outside it, and past the midline from a hemisection's
+    `half`): the voxel holding it, one axis at a time (the fit's objective calls this thousands of
+    times a section)."""
     padded = volume.padded
     matrix, offset = voxel_map(plane)
     flat = np.zeros(len(points), np.int64)
+    kept = None
     for axis, size in enumerate(padded.shape):
         at = points[:, 0] * matrix[0, axis]
         at += points[:, 1] * matrix[1, axis]
         at += offset[axis] + PAD
+        if axis == 0 and plane.half:
+            kept = (at - PAD - volume.classes.shape[0] / 2) * plane.half >= 0
         np.maximum(at, 0, out=at)  # then truncation is the floor
         np.minimum(at, size - 1, out=at)
         flat += at.astype(np.int64) * (padded.strides[axis] // padded.itemsize)
-    return padded.ravel()[flat]
+    classes = padded.ravel()[flat]
+    return classes if kept is None else np.where(kept, classes, 0).astype(classes.dtype)
 
 
 def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray) -> Callable[[Plane], float]:
@@ -167,10 +183,11 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
 
     Notes
     -----
-    Every coronal start is scored on COARSE_PX points, and the best STARTS refined by Powell's
-    method on FINE_PX points. Refining more starts and polishing on every point finds planes that
-    explain the probabilities better, yet on average no closer to the true regions, at three times
-    the cost (benchmarks/README.md, the atlas prior)."""
+    Every coronal start, of the whole plane or of either half (a hemisection), is scored on
+    COARSE_PX points, and the best STARTS refined by Powell's method on FINE_PX points. Refining more
+    starts and polishing on every point finds planes that explain the probabilities better, yet on
+    average no closer to the true regions, at three times the cost (benchmarks/README.md, the atlas
+    prior)."""
     rng = np.random.default_rng(0)
 
     def objective(n: int) -> Callable[[Plane], float]:
@@ -180,25 +197,28 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
     coarse = objective(COARSE_PX)
     starts = sorted(coronal_starts(volume, area_mm2), key=coarse, reverse=True)[:STARTS]
     fine = objective(FINE_PX)
-    refined = [_powell(fine, start, MAX_STEPS) for start in starts]
-    return Plane(*(float(v) for v in min(refined, key=lambda r: r.fun).x))
+    refined = [(_powell(fine, start, MAX_STEPS), start.half) for start in starts]
+    best, half = min(refined, key=lambda r: r[0].fun)
+    return Plane(*(float(v) for v in best.x), half)
 
 
 def coronal_starts(volume: ClassVolume, area_mm2: float) -> list[Plane]:
-    """Untilted coronal planes through the volume's slices every AP_STEP voxels, at every angle in
-    ANGLES, scaled so the brain's slice has the section's area."""
+    """Untilted coronal planes through the volume's slices every AP_STEP voxels, whole and either
+    half, at every angle in ANGLES, centred on that slice (or half) and scaled so it has the
+    section's area."""
     starts = []
-    for j, lr, dv, voxels in volume.coronal_centres:
+    for j, half, lr, dv, voxels in volume.coronal_centres:
         scale = math.sqrt(voxels * VOXEL_MM**2 / area_mm2)
-        starts += [Plane(lr, (j + 0.5) * VOXEL_MM, dv, 0.0, 0.0, float(a), scale, scale) for a in ANGLES]
+        starts += [Plane(lr, (j + 0.5) * VOXEL_MM, dv, 0.0, 0.0, float(a), scale, scale, half) for a in ANGLES]
     return starts
 
 
 def _powell(objective: Callable[[Plane], float], start: Plane, steps: int):
-    """scipy's result of Powell's method maximising `objective` from `start` (its `fun` negated)."""
+    """scipy's result of Powell's method maximising `objective` from `start` over its eight numbers
+    (its `fun` negated; its half kept)."""
     return minimize(
-        lambda q: -objective(Plane(*q)),
-        np.array(start),
+        lambda q: -objective(Plane(*q, start.half)),
+        np.array(start[:8]),
         method="Powell",
         options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": steps},
     )

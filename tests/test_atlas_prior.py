@@ -79,6 +79,7 @@ def test_the_fit_finds_the_plane_whatever_the_angle_in_the_tile():
         truth = section_cut(plane)
         found, refit = located_cut(erring(truth, seed=1))
         assert brain_share(refit, truth) > 0.92, angle
+        assert found.half == 0  # a whole section is not taken for a hemisection
         turn = (found.angle - plane.angle + math.pi) % (2 * math.pi) - math.pi
         assert abs(turn) < math.radians(4), (angle, math.degrees(found.angle))
 
@@ -90,6 +91,18 @@ def test_a_cut_tilted_ten_degrees_is_found():
     found, refit = located_cut(erring(truth, seed=2))
     assert brain_share(refit, truth) > 0.9
     assert abs(found.pitch - plane.pitch) < math.radians(4), math.degrees(found.pitch)
+
+
+@pytest.mark.parametrize("half", [1, -1])
+def test_a_hemisection_is_fitted_as_that_half_of_the_plane_and_mended(half):
+    truth = section_cut(PLANE._replace(half=half))
+    assert np.any(truth > 0) and np.count_nonzero(truth) < 0.6 * np.count_nonzero(section_cut())
+    p = erring(truth, seed=5)
+    found, refit = located_cut(p)
+    assert found.half == half
+    assert brain_share(refit, truth) > 0.9
+    mended = AtlasPrior.for_model(NAMES, 50.0, 1.0).apply(p)
+    assert brain_share(mended.argmax(0), truth) > brain_share(p.argmax(0), truth) + 0.05
 
 
 def test_no_prior_for_a_section_the_tile_edge_cuts():
