@@ -16,7 +16,8 @@ a larger canvas whose corners take the glass colour; only the rotated section's 
 the prediction is brought back to the section's own pixels, and `sebre evaluate`'s code scores it.
 `--fluorescence` scores each test section a second time as a one-channel fluorescence picture
 (the RGB mean inverted: bright tissue on dark glass), for a model that reads any modality
-(`input` "luminance").
+(`input` "luminance"). `--hemisections` scores each half of each test section (cut at its labelled
+box's middle column, the other half glass), with and without the atlas prior.
 
 Beside the model, a baseline that needs none: each test section given the labels of the training
 section nearest in anteroposterior position (the atlas plane its anchoring names), stretched onto the
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,7 @@ from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
 from sebre_ij.model import pick_device
+from sebre_ij.sampling import half_section
 from sebre_ij.tiles import resample_nearest
 from sebre_ij.tissue import find_sections, glass_colour
 from sebre_ij.train import TrainOptions, train
@@ -138,20 +141,37 @@ def region_dice(folder: Path, data: Path) -> dict:
     }
 
 
+def shown_sections(sections: list[Example], look: str) -> list[Example]:
+    """The test sections as `look` shows them: "rgb" as they are, "fluorescence" as `fluorescence`
+    makes them, "hemisection" each half of each, cut at its labelled box's middle column
+    (sampling.half_section), the other half glass."""
+    if look == "fluorescence":
+        return [replace(ex, image=fluorescence(ex.image)) for ex in sections]
+    if look != "hemisection":
+        return sections
+    halves = []
+    for ex in sections:
+        xs = np.flatnonzero(ex.classes.any(axis=0))
+        glass = glass_colour(ex.image, find_sections(ex.image))
+        for side in ("left", "right"):
+            image, labels = half_section(ex.image, ex.classes, glass, (xs[0] + xs[-1]) / 2, left=side == "left")
+            halves.append(replace(ex, image=image, classes=labels, name=f"{ex.name}_{side}"))
+    return halves
+
+
 def score(model_path: Path, data: Path, out: Path, tta: bool, look: str = "rgb", atlas_prior: bool = True) -> dict:
-    """Per-region Dice of the model on the TEST sections at every angle in ANGLES; `look`
-    "fluorescence" shows it each section as `fluorescence` makes it; without `atlas_prior`, the
-    model's maps alone where its card asks for the atlas prior."""
+    """Per-region Dice of the model on the TEST sections at every angle in ANGLES, each shown as
+    `look` says (shown_sections); without `atlas_prior`, the model's maps alone where its card asks
+    for the atlas prior."""
     device = pick_device()
     model, card = load_checkpoint(model_path, device)
-    sections = [e for e in shared_examples(data).examples if e.name in TEST]
+    sections = shown_sections([e for e in shared_examples(data).examples if e.name in TEST], look)
     results = {}
     for angle in ANGLES:
         folder = out / ((f"rot{angle}" if look == "rgb" else f"{look}{angle}") + ("" if atlas_prior else "_no_prior"))
         for ex in sections:
-            shown = fluorescence(ex.image) if look == "fluorescence" else ex.image
-            fill = glass_colour(shown, find_sections(shown))
-            image, truth, frame = rotated(shown, ex.classes, angle, fill)
+            fill = glass_colour(ex.image, find_sections(ex.image))
+            image, truth, frame = rotated(ex.image, ex.classes, angle, fill)
             small, _ = resample(image, truth, ex.pixel_size_um / card.pixel_size_um)
             if small.shape[0] != len(card.channels) and card.input == "channels":
                 small = np.repeat(small.mean(axis=0, keepdims=True), len(card.channels), axis=0)
@@ -201,10 +221,10 @@ def nearest_section(data: Path, anchoring: Path, out: Path) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"{'':16s}" + "".join(f"{r[:12]:>13s}" for r in [*REGIONS, "mean"]))
+    print(f"{'':24s}" + "".join(f"{r[:12]:>13s}" for r in [*REGIONS, "mean"]))
     for name, row in results.items():
         print(
-            f"{name:16s}"
+            f"{name:24s}"
             + "".join(f"{row[r] if row[r] is not None else float('nan'):13.3f}" for r in [*REGIONS, "mean"])
         )
 
@@ -241,6 +261,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training one")
     parser.add_argument(
         "--fluorescence", action="store_true", help="also score the test sections as fluorescence pictures"
+    )
+    parser.add_argument(
+        "--hemisections", action="store_true", help="also score each half of each test section, the other half glass"
     )
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="score without mirrored test-time views")
     parser.add_argument("--seed", type=int, default=0)
@@ -298,6 +321,10 @@ def main() -> None:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, atlas_prior=False))
     if args.fluorescence:
         summary["dice"].update(score(model_path, args.data, args.out, args.tta, look="fluorescence"))
+    if args.hemisections:
+        summary["dice"].update(score(model_path, args.data, args.out, args.tta, look="hemisection"))
+        if card.atlas_prior:
+            summary["dice"].update(score(model_path, args.data, args.out, args.tta, "hemisection", atlas_prior=False))
     summary["scoring_wall_s"] = round(time.perf_counter() - wall, 1)
     anchoring = args.atlas / "glta_anchoring.json"
     if anchoring.is_file():

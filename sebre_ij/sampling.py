@@ -68,22 +68,30 @@ def placed_tile(
     return photometric(image, aug, rng), classes
 
 
-def hemisection(
-    image: np.ndarray, classes: np.ndarray, glass: np.ndarray, rng: np.random.Generator
+def half_section(
+    image: np.ndarray, classes: np.ndarray, glass: np.ndarray, at: float, left: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The section with one side of its labelled box's middle column (moved by HEMISECTION_JITTER)
-    made glass and unlabelled: a hemisection of an upright coronal section, whose labels go with
-    its tissue (as atlas.damage cuts generated sections)."""
-    xs = np.flatnonzero(classes.any(axis=0))
-    if not len(xs):
-        return image, classes
-    at = (xs[0] + xs[-1]) / 2 + rng.normal(0.0, HEMISECTION_JITTER * (xs[-1] - xs[0] + 1))
+    """The section with the columns on one side of column `at` made glass and unlabelled: those
+    right of it where `left` keeps the left half, else those left of it."""
     columns = np.arange(classes.shape[1])
-    gone = columns < at if rng.random() < 0.5 else columns >= at
+    gone = columns >= at if left else columns < at
     image, classes = image.copy(), classes.copy()
     image[:, :, gone] = glass[:, None, None]
     classes[:, gone] = 0
     return image, classes
+
+
+def hemisection(
+    image: np.ndarray, classes: np.ndarray, glass: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random half of the section, cut at its labelled box's middle column moved by
+    HEMISECTION_JITTER (`half_section`): a hemisection of an upright coronal section, whose labels
+    go with its tissue (as atlas.damage cuts generated sections)."""
+    xs = np.flatnonzero(classes.any(axis=0))
+    if not len(xs):
+        return image, classes
+    at = (xs[0] + xs[-1]) / 2 + rng.normal(0.0, HEMISECTION_JITTER * (xs[-1] - xs[0] + 1))
+    return half_section(image, classes, glass, at, left=bool(rng.random() < 0.5))
 
 
 class TileSampler:
