@@ -130,18 +130,26 @@ def voxel_map(plane: Plane) -> tuple[np.ndarray, np.ndarray]:
 
 def cut(volume: ClassVolume, plane: Plane, points: np.ndarray) -> np.ndarray:
     """The volume's class at each point (0 outside it, and past the midline from a hemisection's
-    `half`): the voxel holding it, one axis at a time (the fit's objective calls this thousands of
-    times a section)."""
+    `half`): the voxel holding it (cut_many of one plane)."""
+    return cut_many(volume, [plane], points)[0]
+
+
+def cut_many(volume: ClassVolume, planes: list[Plane], points: np.ndarray) -> np.ndarray:
+    """(planes, N): `cut` of each plane at the same points, one axis at a time for all planes at
+    once (the fit's coarse search scores thousands of planes, its refinement one plane thousands of
+    times)."""
     padded = volume.padded
-    matrix, offset = voxel_map(plane)
-    flat = np.zeros(len(points), np.int64)
+    maps = [voxel_map(plane) for plane in planes]
+    matrices, offsets = np.stack([m for m, _ in maps]), np.stack([o for _, o in maps])
+    halves = np.array([plane.half for plane in planes])[:, None]
+    flat = np.zeros((len(planes), len(points)), np.int64)
     kept = None
     for axis, size in enumerate(padded.shape):
-        at = points[:, 0] * matrix[0, axis]
-        at += points[:, 1] * matrix[1, axis]
-        at += offset[axis] + PAD
-        if axis == 0 and plane.half:
-            kept = (at - PAD - volume.classes.shape[0] / 2) * plane.half >= 0
+        at = points[None, :, 0] * matrices[:, 0, axis, None]
+        at += points[None, :, 1] * matrices[:, 1, axis, None]
+        at += offsets[:, axis, None] + PAD
+        if axis == 0 and halves.any():
+            kept = (at - PAD - volume.classes.shape[0] / 2) * halves >= 0
         np.maximum(at, 0, out=at)  # then truncation is the floor
         np.minimum(at, size - 1, out=at)
         flat += at.astype(np.int64) * (padded.strides[axis] // padded.itemsize)
@@ -158,6 +166,23 @@ def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray)
         return float(flat_log_p[cut(volume, plane, points).astype(np.int64) * len(points) + columns].mean())
 
     return mean
+
+
+def _best_starts(
+    volume: ClassVolume, starts: list[Plane], points: np.ndarray, flat_log_p: np.ndarray, n: int, batch: int = 512
+) -> list[Plane]:
+    """The `n` starts of highest mean log probability (`_mean_log_p`) at `points`, in that order
+    (ties in the starts' order), scored `batch` planes at a time."""
+    columns = np.arange(len(points))
+    scores = np.concatenate(
+        [
+            flat_log_p[cut_many(volume, starts[i : i + batch], points).astype(np.int64) * len(points) + columns].mean(
+                axis=1
+            )
+            for i in range(0, len(starts), batch)
+        ]
+    )
+    return [starts[i] for i in np.argsort(-scores, kind="stable")[:n]]
 
 
 def section_points(ys: np.ndarray, xs: np.ndarray, centre: np.ndarray, px_mm: float) -> np.ndarray:
@@ -190,13 +215,12 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
     prior)."""
     rng = np.random.default_rng(0)
 
-    def objective(n: int) -> Callable[[Plane], float]:
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
         some = rng.choice(len(points), min(n, len(points)), replace=False)
-        return _mean_log_p(volume, points[some], np.ascontiguousarray(log_p[:, some]).ravel())
+        return points[some], np.ascontiguousarray(log_p[:, some]).ravel()
 
-    coarse = objective(COARSE_PX)
-    starts = sorted(coronal_starts(volume, area_mm2), key=coarse, reverse=True)[:STARTS]
-    fine = objective(FINE_PX)
+    starts = _best_starts(volume, coronal_starts(volume, area_mm2), *sample(COARSE_PX), STARTS)
+    fine = _mean_log_p(volume, *sample(FINE_PX))
     refined = [(_powell(fine, start, MAX_STEPS), start.half) for start in starts]
     best, half = min(refined, key=lambda r: r[0].fun)
     return Plane(*(float(v) for v in best.x), half)
