@@ -209,7 +209,9 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
     Notes
     -----
     Every coronal start, of the whole plane or of either half (a hemisection), is scored on
-    COARSE_PX points, and the best STARTS refined by Powell's method on FINE_PX points. Refining more
+    COARSE_PX points, and the best STARTS of the whole planes and the best STARTS of the halves are
+    refined by Powell's method on FINE_PX points (a hemisection turned in its tile can lose the
+    coarse ranking to a small whole brain, yet win once refined). Refining more
     starts and polishing on every point finds planes that explain the probabilities better, yet on
     average no closer to the true regions, at three times the cost (benchmarks/README.md, the atlas
     prior)."""
@@ -219,7 +221,13 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
         some = rng.choice(len(points), min(n, len(points)), replace=False)
         return points[some], np.ascontiguousarray(log_p[:, some]).ravel()
 
-    starts = _best_starts(volume, coronal_starts(volume, area_mm2), *sample(COARSE_PX), STARTS)
+    coarse = sample(COARSE_PX)
+    candidates = coronal_starts(volume, area_mm2)
+    starts = [
+        start
+        for whole in (True, False)
+        for start in _best_starts(volume, [c for c in candidates if (c.half == 0) == whole], *coarse, STARTS)
+    ]
     fine = _mean_log_p(volume, *sample(FINE_PX))
     refined = [(_powell(fine, start, MAX_STEPS), start.half) for start in starts]
     best, half = min(refined, key=lambda r: r[0].fun)
