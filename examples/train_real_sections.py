@@ -65,8 +65,9 @@ ANGLES = [0, 90, 45]
 CPU = {"arch": "tiny_fpn", "pixel_size": 50.0, "tile_size": 320, "overlap": 64, "batch_size": 4, "lr": 1e-3}
 # the CPU network with one luminance channel in (any stain or modality), a share of the tiles cut from
 # the Allen atlas, the semantic branch trained alone (a step half as costly, better regions), a moving
-# average of the weights kept (steadier than the last step's), and its maps weighed against the atlas
-# cut at each section's plane (atlas_prior.py)
+# average of the weights kept (steadier than the last step's), hemisections among the real sections'
+# tiles as among the atlas's (15 %), and its maps weighed against the atlas cut at each section's
+# plane (atlas_prior.py)
 ATLAS = {
     **CPU,
     "steps": 6000,
@@ -74,6 +75,7 @@ ATLAS = {
     "input": "luminance",
     "instance_loss": 0.0,
     "ema": 0.998,
+    "hemisections": 0.15,
     "atlas_prior": 1.0,
 }
 RECIPES = {
