@@ -162,6 +162,11 @@ def demo_rgb(tmp_path_factory):
 def test_segment_without_a_model_uses_the_shipped_one(demo_rgb, tmp_path):
     done = CliRunner().invoke(app, ["segment", demo_rgb, "--labels", "cli", "--rois", str(tmp_path / "r.zip")])
     assert done.exit_code == 0, done.output
-    names = {p["name"] for p in open_labels(open_slide(demo_rgb), "cli").properties.values()}
-    assert set(REGIONS) <= names
+    named = CliRunner().invoke(app, ["segment", demo_rgb, "--labels", "named", "--model", str(SHIPPED)])
+    assert named.exit_code == 0, named.output
+    slide = open_slide(demo_rgb)
+    layer = open_labels(slide, "cli")
+    assert layer.group.attrs["sebre"]["model"] == str(SHIPPED)
+    assert np.array_equal(read_plane(layer, slide, 0), read_plane(open_labels(slide, "named"), slide, 0))
+    assert {"cortex", "striatum_pallidum", "thalamus"} <= {p["name"] for p in layer.properties.values()}
     assert (tmp_path / "r.zip").stat().st_size > 0
