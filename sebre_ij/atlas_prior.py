@@ -211,10 +211,9 @@ def fit_plane(volume: ClassVolume, log_p: np.ndarray, points: np.ndarray, area_m
     Every coronal start, of the whole plane or of either half (a hemisection), is scored on
     COARSE_PX points, and the best STARTS of the whole planes and the best STARTS of the halves are
     refined by Powell's method on FINE_PX points (a hemisection turned in its tile can lose the
-    coarse ranking to a small whole brain, yet win once refined). Refining more
-    starts and polishing on every point finds planes that explain the probabilities better, yet on
-    average no closer to the true regions, at three times the cost (benchmarks/README.md, the atlas
-    prior)."""
+    coarse ranking to a small whole brain, yet win once refined). Refining more starts and
+    polishing on every point finds planes that explain the probabilities better, yet on average no
+    closer to the true regions, at three times the cost (benchmarks/README.md, the atlas prior)."""
     rng = np.random.default_rng(0)
 
     def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
