@@ -50,7 +50,7 @@ from sebre_ij.datasets import Example, TrainingData, resample, shared_examples
 from sebre_ij.evaluate import evaluate
 from sebre_ij.infer import predict_image
 from sebre_ij.model import pick_device
-from sebre_ij.sampling import half_section
+from sebre_ij.sampling import half_section, labelled_extent
 from sebre_ij.tiles import resample_nearest
 from sebre_ij.tissue import find_sections, glass_colour
 from sebre_ij.train import TrainOptions, train
@@ -153,10 +153,10 @@ def shown_sections(sections: list[Example], look: str) -> list[Example]:
         return sections
     halves = []
     for ex in sections:
-        xs = np.flatnonzero(ex.classes.any(axis=0))
+        _, middle, _ = labelled_extent(ex.classes)
         glass = glass_colour(ex.image, find_sections(ex.image))
         for side in ("left", "right"):
-            image, labels = half_section(ex.image, ex.classes, glass, (xs[0] + xs[-1]) / 2, left=side == "left")
+            image, labels = half_section(ex.image, ex.classes, glass, middle, left=side == "left")
             halves.append(replace(ex, image=image, classes=labels, name=f"{ex.name}_{side}"))
     return halves
 
