@@ -8,7 +8,9 @@
 
 The GLTa set (23 brightfield DAB coronal sections with registration-derived labels) is split by
 section: TEST sections are left out of training altogether, VAL sections pick the best checkpoint,
-the rest train. TEST covers the six reported regions (thalamus is in 9 sections, midbrain in 10).
+the rest train. The atlas-only recipe trains on none of them, so every section but TEST validates:
+two sections pick a checkpoint by a coin toss between plane fits, eighteen do not. TEST covers the
+six reported regions (thalamus is in 9 sections, midbrain in 10).
 
 Each test section is then segmented as `sebre segment` would (infer.predict_image) unrotated and
 rotated by 90 and 45 degrees about its centre: image and truth get the same transform (45 degrees on
@@ -295,12 +297,11 @@ def main() -> None:
     if "atlas_fraction" in recipe:
         recipe["atlas"] = str(args.atlas)
     model_path = args.model or args.out / f"{args.recipe}.safetensors"
-    summary = {"recipe": args.recipe, "settings": recipe, "test_sections": TEST, "val_sections": VAL}
+    val = () if recipe.get("atlas_fraction") == 1.0 else tuple(VAL)  # () validates on all but TEST
+    summary = {"recipe": args.recipe, "settings": recipe, "test_sections": TEST, "val_sections": val or "all but test"}
     if args.model is None:
         wall = time.perf_counter()
-        options = TrainOptions(
-            val_sections=tuple(VAL), test_sections=tuple(TEST), seed=args.seed, init=args.init, **recipe
-        )
+        options = TrainOptions(val_sections=val, test_sections=tuple(TEST), seed=args.seed, init=args.init, **recipe)
         card = train(TrainingData((str(args.data),)), model_path, options)
         summary["training"] = {
             "wall_s": round(time.perf_counter() - wall, 1),
