@@ -186,12 +186,13 @@ def predict_image(
     batch_size: int = 4,
     min_score: float = 0.3,
     flips: bool = False,
-    atlas_prior: bool = True,
+    atlas_prior: bool | AtlasPrior = True,
 ) -> np.ndarray:
     """The class map of a whole (C, H, W) image in [0, 1] already at the card's µm/px, made as
     `sebre segment` makes a label layer: sections found on the image, the glass colour for padding,
     overlapping tiles whose cores are written, nothing outside the sections, the card's atlas prior
-    unless `atlas_prior` is false. For validation and scoring of images held in memory."""
+    unless `atlas_prior` is false (or this prior, where it is one). For validation and scoring of
+    images held in memory."""
     sections = find_sections(image)
     out = np.zeros(image.shape[1:], np.uint8)
     tiles = tile_grid(image.shape[1:], card.tile_size, card.overlap, SectionMap(sections, (0, 0), sections.shape))
@@ -206,7 +207,7 @@ def predict_image(
         min_score=min_score,
         flips=flips,
         instances=not card.semantic,
-        prior=card_prior(card) if atlas_prior else None,
+        prior=atlas_prior if isinstance(atlas_prior, AtlasPrior) else card_prior(card) if atlas_prior else None,
     )
     # closed whatever happens here: the generator holds torch's inference mode while it is suspended,
     # and a training loop that validates with it must get its gradients back

@@ -2,15 +2,25 @@
 (instances: the best score x mask wins a pixel; or a semantic branch's probabilities)."""
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from sebre_ij.infer import EVIDENCE_THRESHOLD, best_classes, class_evidence, instance_map, predict_tiles
+from sebre_ij.atlas_prior import AtlasPrior
+from sebre_ij.infer import (
+    EVIDENCE_THRESHOLD,
+    best_classes,
+    class_evidence,
+    instance_map,
+    predict_image,
+    predict_tiles,
+)
 from sebre_ij.model import ModelCard, detect, random_model
 from sebre_ij.synth import CLASSES
 from sebre_ij.tiles import tile_grid
+from sebre_ij.tissue import find_sections
 
 
 def test_instances_best_score_times_mask_wins_each_pixel():
@@ -171,3 +181,29 @@ def test_the_semantic_branch_alone_gives_the_class_maps_the_whole_network_gives(
     with torch.inference_mode():
         (out,) = detect(model, [torch.from_numpy(images[0])], instances=False)
     assert set(out) == {"semantic"}
+
+
+@dataclass(frozen=True)
+class ClassTwoPrior(AtlasPrior):
+    """A stand-in prior: every pixel of a tile becomes class 2, whatever the model said."""
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(probabilities)
+        out[2] = 1
+        return out
+
+
+def test_predict_image_weighs_the_maps_against_the_prior_it_is_given():
+    """A prior passed as `atlas_prior` replaces the card's (benchmarks move the fitted planes so)."""
+    names = [n for n, _ in CLASSES]
+    card = ModelCard(
+        "tiny_fpn", names, [c for _, c in CLASSES], 8.0, list("RGB"), [0.8] * 3, [0.2] * 3, 96, 16, semantic=True
+    )
+    image = np.full((3, 120, 150), 0.9, np.float32)
+    image[:, 20:100, 30:120] = 0.3
+    sections = find_sections(image) > 0
+    kwargs = {"device": torch.device("cpu")}
+    alone = predict_image(random_model(card).eval(), card, image, atlas_prior=False, **kwargs)
+    given = predict_image(random_model(card).eval(), card, image, atlas_prior=ClassTwoPrior(1.0, 8.0, ()), **kwargs)
+    assert (given[sections] == 2).all() and not given[~sections].any()
+    assert (alone[sections] != 2).any()
