@@ -157,13 +157,18 @@ def cut_many(volume: ClassVolume, planes: list[Plane], points: np.ndarray) -> np
     return classes if kept is None else np.where(kept, classes, 0).astype(classes.dtype)
 
 
-def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray) -> Callable[[Plane], float]:
-    """The fit's objective over fixed points: the mean log probability of the cut's classes
+def _mean_log_ps(volume: ClassVolume, planes: list[Plane], points: np.ndarray, flat_log_p: np.ndarray) -> np.ndarray:
+    """(planes,): each plane's mean log probability of its cut's classes at fixed points
     (`flat_log_p`: the (classes, N) log probabilities, raveled)."""
     columns = np.arange(len(points))
+    return flat_log_p[cut_many(volume, planes, points).astype(np.int64) * len(points) + columns].mean(axis=1)
+
+
+def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray) -> Callable[[Plane], float]:
+    """The fit's objective over fixed points: `_mean_log_ps` of one plane."""
 
     def mean(plane: Plane) -> float:
-        return float(flat_log_p[cut(volume, plane, points).astype(np.int64) * len(points) + columns].mean())
+        return float(_mean_log_ps(volume, [plane], points, flat_log_p)[0])
 
     return mean
 
@@ -171,16 +176,10 @@ def _mean_log_p(volume: ClassVolume, points: np.ndarray, flat_log_p: np.ndarray)
 def _best_starts(
     volume: ClassVolume, starts: list[Plane], points: np.ndarray, flat_log_p: np.ndarray, n: int, batch: int = 512
 ) -> list[Plane]:
-    """The `n` starts of highest mean log probability (`_mean_log_p`) at `points`, in that order
+    """The `n` starts of highest mean log probability (`_mean_log_ps`) at `points`, in that order
     (ties in the starts' order), scored `batch` planes at a time."""
-    columns = np.arange(len(points))
     scores = np.concatenate(
-        [
-            flat_log_p[cut_many(volume, starts[i : i + batch], points).astype(np.int64) * len(points) + columns].mean(
-                axis=1
-            )
-            for i in range(0, len(starts), batch)
-        ]
+        [_mean_log_ps(volume, starts[i : i + batch], points, flat_log_p) for i in range(0, len(starts), batch)]
     )
     return [starts[i] for i in np.argsort(-scores, kind="stable")[:n]]
 
