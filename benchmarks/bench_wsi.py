@@ -21,7 +21,10 @@ Each measured run is its own process (peak RSS by getrusage of that process):
   0's time (`level0_px_per_s`: chunk files written at level 0 x pixels per chunk);
 - `outline_mm`: the length of the outlines the finer levels follow, at the inference level;
 - the model alone on the same tiles already in memory (the semantic branch alone, as `segment` runs
-  it), same batch size: `segment_over_model`.
+  it), same batch size: `segment_over_model`;
+- where the model's card asks for the atlas prior (the shipped mouse model), the prior alone on those
+  tiles' class evidence (`prior_s`: each section's plane fit and the fuse, `AtlasPrior.apply`), and
+  `segment_over_model_and_prior`: `segment` over all the inference the card asks for.
 
 `ratio_025_over_05` is the 0.25 µm/px run's `segment` time over the 0.5 µm/px run's.
 """
@@ -44,7 +47,7 @@ import zarr
 
 from sebre_ij.allocator import kept_heap
 from sebre_ij.checkpoint import load_checkpoint, save_checkpoint
-from sebre_ij.infer import tile_reader
+from sebre_ij.infer import card_prior, class_evidence, tile_reader
 from sebre_ij.model import ModelCard, detect, random_model
 from sebre_ij.model_input import input_map
 from sebre_ij.segment import SegmentOptions, segment
@@ -109,6 +112,21 @@ def model_only(model, images: list[torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
+def prior_only(model, card: ModelCard, images: list[torch.Tensor]) -> float | None:
+    """The card's atlas prior alone on the tiles' class evidence (None where the card asks for none)."""
+    prior = card_prior(card)
+    if prior is None:
+        return None
+    with torch.inference_mode():
+        batches = [images[i : i + BATCH] for i in range(0, len(images), BATCH)]
+        outputs = [o for batch in batches for o in detect(model, batch, instances=False)]
+        evidence = [class_evidence(o, len(card.classes), 0.3).numpy() for o in outputs]
+    start = time.perf_counter()
+    for e in evidence:
+        prior.apply(e)
+    return time.perf_counter() - start
+
+
 def outline_mm(slide: Path, name: str, level: int) -> float:
     """Outline length at the inference level: cells between four pixels not all of one label, times the pixel size."""
     opened = open_slide(slide)
@@ -144,6 +162,7 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
     images = model_tiles(slide, card)
     assert len(images) == result.tiles
     model_s = min(model_only(model, images) for _ in range(repeats))
+    prior_s = prior_only(model, card, images)
     chunk = open_slide(slide).levels[0].chunks[-1]
     files = level0_files(slide, f"bench{repeats - 1}")
     level0_s = result.level_seconds.get("0", 0.0)
@@ -152,6 +171,8 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
         "segment_runs_s": [round(s, 2) for s in runs],
         "model_only_s": round(model_s, 2),
         "segment_over_model": round(min(runs) / model_s, 2),
+        "prior_s": None if prior_s is None else round(prior_s, 2),
+        "segment_over_model_and_prior": None if prior_s is None else round(min(runs) / (model_s + prior_s), 2),
         "peak_rss_mb": round(rss, 1),
         "tiles": result.tiles,
         "sections": result.sections,
