@@ -103,24 +103,24 @@ def model_tiles(slide_path: Path, card: ModelCard) -> list[torch.Tensor]:
     return [torch.from_numpy(read(t)) for t in tiles]
 
 
-def model_only(model, images: list[torch.Tensor]) -> float:
-    """The semantic branch alone on the tiles, in batches, as `segment` runs it in region mode."""
+def model_only(model, images: list[torch.Tensor]) -> tuple[float, list[dict]]:
+    """The semantic branch alone on the tiles, in batches, as `segment` runs it in region mode:
+    (seconds, the tiles' outputs)."""
+    outputs = []
     start = time.perf_counter()
     with kept_heap(), torch.inference_mode():
         for i in range(0, len(images), BATCH):
-            detect(model, images[i : i + BATCH], paste_masks=False, instances=False)
-    return time.perf_counter() - start
+            outputs += detect(model, images[i : i + BATCH], paste_masks=False, instances=False)
+    return time.perf_counter() - start, outputs
 
 
-def prior_only(model, card: ModelCard, images: list[torch.Tensor]) -> float | None:
+def prior_only(card: ModelCard, outputs: list[dict]) -> float | None:
     """The card's atlas prior alone on the tiles' class evidence (None where the card asks for none)."""
     prior = card_prior(card)
     if prior is None:
         return None
-    with torch.inference_mode():
-        batches = [images[i : i + BATCH] for i in range(0, len(images), BATCH)]
-        outputs = [o for batch in batches for o in detect(model, batch, instances=False)]
-        evidence = [class_evidence(o, len(card.classes), 0.3).numpy() for o in outputs]
+    min_score = SegmentOptions().min_score  # as `segment` takes the evidence (a semantic map ignores it)
+    evidence = [class_evidence(o, len(card.classes), min_score).numpy() for o in outputs]
     start = time.perf_counter()
     for e in evidence:
         prior.apply(e)
@@ -161,8 +161,9 @@ def run_child(work: Path, name: str, repeats: int) -> dict:
     rss = peak_rss_mb()  # before the model-only pass holds every tile in memory
     images = model_tiles(slide, card)
     assert len(images) == result.tiles
-    model_s = min(model_only(model, images) for _ in range(repeats))
-    prior_s = prior_only(model, card, images)
+    passes = [model_only(model, images) for _ in range(repeats)]
+    model_s = min(seconds for seconds, _ in passes)
+    prior_s = prior_only(card, passes[-1][1])
     chunk = open_slide(slide).levels[0].chunks[-1]
     files = level0_files(slide, f"bench{repeats - 1}")
     level0_s = result.level_seconds.get("0", 0.0)
