@@ -43,14 +43,38 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return to_unit(image).mean(axis=0)
 
 
-def _bright(grey: np.ndarray, lo: float, hi: float) -> bool:
-    return bool(np.median(grey) > (lo + hi) / 2)
+def _stretched(image: np.ndarray) -> np.ndarray:
+    """The grey picture stretched between its EXTREME and 100 - EXTREME percentiles, so that tissue
+    covering a ten-thousandth of it still reaches the end of the range."""
+    grey = _grey(image)
+    lo, hi = np.percentile(grey, [EXTREME, 100 - EXTREME])
+    return np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def _edge_is_glass(unit: np.ndarray, bright: bool) -> bool:
+    """Whether the picture's outermost pixels lie in the glass's end of the range (GLASS_END)."""
+    edge = float(np.median(np.concatenate([unit[0], unit[-1], unit[:, 0], unit[:, -1]])))
+    return edge > 1 - GLASS_END if bright else edge < GLASS_END
+
+
+def _glass_is_bright(unit: np.ndarray) -> bool:
+    """Whether a stretched picture's glass is bright (brightfield) or dark (fluorescence).
+
+    Notes
+    -----
+    Glass is bright where the picture's median is in the upper half of its range: most of a slide
+    is glass. A single section cropped with a margin of glass breaks that rule: its median is
+    tissue, and the tissue mask of that polarity is then the whole picture. Where it is, and the
+    picture's edge lies in the glass's end of the range for the other polarity, the other one holds."""
+    bright = bool(np.median(unit) > 0.5)
+    if _edge_is_glass(unit, not bright) and _mask(unit, bright).all():
+        return not bright
+    return bright
 
 
 def bright_glass(image: np.ndarray) -> bool:
-    """Most of a whole slide is glass: bright glass means brightfield, dark glass fluorescence."""
-    grey = _grey(image)
-    return _bright(grey, *np.percentile(grey, [0.5, 99.5]))
+    """Bright glass means brightfield, dark glass fluorescence (`_glass_is_bright`)."""
+    return _glass_is_bright(_stretched(image))
 
 
 def of_section(labels: np.ndarray, section: int) -> np.ndarray:
@@ -60,16 +84,16 @@ def of_section(labels: np.ndarray, section: int) -> np.ndarray:
 
 def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarray:
     """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence;
-    `brightfield` is decided from the image itself unless given (a crop may be mostly tissue).
+    `brightfield` is decided from the image itself unless given (`_glass_is_bright`).
 
-    The picture is stretched between its 0.01th and 99.99th percentiles, so that tissue covering a
-    ten-thousandth of it still reaches the end of the range, then thresholded (`tissue_threshold`)."""
-    grey = _grey(image)
-    lo, hi = np.percentile(grey, [EXTREME, 100 - EXTREME])
-    bright = _bright(grey, lo, hi) if brightfield is None else brightfield
-    grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
-    if bright:
-        grey = 1.0 - grey
+    The picture is stretched (`_stretched`), then thresholded (`tissue_threshold`)."""
+    unit = _stretched(image)
+    return _mask(unit, _glass_is_bright(unit) if brightfield is None else brightfield)
+
+
+def _mask(unit: np.ndarray, bright: bool) -> np.ndarray:
+    """The tissue mask of a stretched picture with bright (brightfield) or dark glass."""
+    grey = 1.0 - unit if bright else unit
     grey = ndi.gaussian_filter(grey, sigma=2, mode="nearest", truncate=4.0)
     if grey.max() - grey.min() < 0.05:
         return np.zeros(grey.shape, bool)

@@ -6,10 +6,19 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels
 
 from sebre_ij.slide import open_slide
-from sebre_ij.stores import write_sparse_slide
+from sebre_ij.stores import write_slide, write_sparse_slide
 from sebre_ij.synth import synth_slide
 from sebre_ij.tiles import tile_grid
-from sebre_ij.tissue import _boxes_meet, fill_holes, find_sections, find_tissue, grow, tissue_mask, to_unit
+from sebre_ij.tissue import (
+    _boxes_meet,
+    bright_glass,
+    fill_holes,
+    find_sections,
+    find_tissue,
+    grow,
+    tissue_mask,
+    to_unit,
+)
 
 
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
@@ -141,6 +150,40 @@ def test_a_picture_that_is_nearly_all_tissue_is_all_tissue(fluorescence):
     assert tissue.mean() > 0.95
     found = tissue_mask(255 - crop if fluorescence else crop, brightfield=not fluorescence)
     assert 2 * (found & tissue).sum() / (found.sum() + tissue.sum()) > 0.98
+
+
+def a_section_filling_its_picture(fluorescence: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic section cropped with a narrow margin of glass, so that tissue covers about
+    two thirds of the picture (an exported single section), and its true tissue mask. Its stain is
+    darkened (gamma 2) so that the tissue lies on the dark side of the picture's range, as DAB
+    does; fluorescence is that picture inverted."""
+    image, truth = synth_slide(1, (768, 1024), 8.0, seed=4)
+    ys, xs = np.nonzero(truth)
+    window = (slice(ys.min() - 6, ys.max() + 7), slice(xs.min() - 6, xs.max() + 7))
+    crop = (255 * (image[:, window[0], window[1]] / 255.0) ** 2).astype(np.uint8)
+    return (255 - crop if fluorescence else crop), truth[window] > 0
+
+
+@pytest.mark.parametrize("fluorescence", [False, True])
+def test_a_section_filling_most_of_its_picture_is_found_without_being_told_the_glass(fluorescence):
+    """The picture's median is tissue, not glass: glass is told by the picture's edge instead."""
+    picture, truth = a_section_filling_its_picture(fluorescence)
+    assert 0.55 < truth.mean() < 0.8
+    sections = find_sections(picture)
+    assert sections.max() == 1
+    found = sections > 0
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.95
+    assert bright_glass(picture) is (not fluorescence)
+
+
+@pytest.mark.parametrize("fluorescence", [False, True])
+def test_a_section_filling_most_of_a_stored_slide_is_one_section_with_glass_around(tmp_path, fluorescence):
+    picture, truth = a_section_filling_its_picture(fluorescence)
+    write_slide(tmp_path / "s.zarr", picture, truth.astype(np.uint8), 8.0)
+    (plane,) = find_tissue(open_slide(tmp_path / "s.zarr"))
+    assert plane.sections.count == 1
+    glass_grey = float(np.mean(plane.glass))  # in [0, 1]
+    assert glass_grey < 0.2 if fluorescence else glass_grey > 0.8
 
 
 def test_a_sliver_of_tissue_on_a_whole_sparse_slide_is_one_section(tmp_path):
