@@ -8,6 +8,8 @@ recipe's tilts (sd 3°), in-plane turns, shrinkage, damage and looks, from a see
 uses. Each is segmented at 50 µm/px by the model's semantic branch with mirrored views (`model`),
 then with `AtlasPrior.apply` on those probabilities (`prior`). Dice is pooled over the sections for
 the six regions GLTa reports; `tilted` pools the sections cut more than 4° off their orientation.
+`upside_down` counts the sections read upside down: those whose cortex, found and true, lies on
+opposite sides of the tissue's centre (`cortex_side`).
 `--ring-mm` sets `atlas_prior.RING_MM`, the glass the fit explains around each section.
 """
 
@@ -67,6 +69,20 @@ def dice(matrices: list[np.ndarray], classes: list[int]) -> float:
     return float(np.mean(per_class[classes]))
 
 
+def cortex_side(classes: np.ndarray, tissue: np.ndarray, cortex: int) -> np.ndarray | None:
+    """(row, column) from the tissue's centre to the cortex's (the dorsal side of a coronal
+    section); None without cortex."""
+    found = np.argwhere(classes == cortex)
+    return None if len(found) == 0 else found.mean(axis=0) - np.argwhere(tissue).mean(axis=0)
+
+
+def upside_down(found: np.ndarray, truth: np.ndarray, cortex: int) -> bool:
+    """Whether the found cortex lies on the other side of the tissue's centre from the true cortex."""
+    true_side = cortex_side(truth, truth > 0, cortex)
+    found_side = cortex_side(found, truth > 0, cortex)
+    return true_side is not None and found_side is not None and float(true_side @ found_side) < 0
+
+
 def tilt_deg(section, axis: int) -> float:
     """How far the section's plane is turned off its orientation (its normal off that volume axis)."""
     normal = np.cross(section.plane.u, section.plane.v)
@@ -91,6 +107,8 @@ def main() -> None:
     recipe = SectionRecipe(pixel_size_um=card.pixel_size_um, orientations={args.orientation: 1.0})
     rng = np.random.default_rng(SEED)
     rows = {"model": [], "prior": []}
+    flipped = {"model": 0, "prior": 0}
+    cortex = card.classes.index("cortex")
     tilts, seconds = [], 0.0
     for _ in range(args.sections):
         image, truth, section = atlas_section(atlas, recipe, rng)
@@ -98,8 +116,9 @@ def main() -> None:
         start = time.perf_counter()
         fused = prior.apply(p)
         seconds += time.perf_counter() - start
-        rows["model"].append(confusion(p.argmax(0), truth, len(card.classes)))
-        rows["prior"].append(confusion(fused.argmax(0), truth, len(card.classes)))
+        for name, found in (("model", p.argmax(0)), ("prior", fused.argmax(0))):
+            rows[name].append(confusion(found, truth, len(card.classes)))
+            flipped[name] += upside_down(found, truth, cortex)
         tilts.append(tilt_deg(section, ORIENTATION_AXIS[args.orientation]))
     tilted = [i for i, t in enumerate(tilts) if t > 4]
     report = {
@@ -113,6 +132,7 @@ def main() -> None:
     for name, matrices in rows.items():
         report[f"{name}_dice"] = round(dice(matrices, regions), 4)
         report[f"{name}_dice_tilted"] = round(dice([matrices[i] for i in tilted], regions), 4)
+        report[f"{name}_upside_down"] = flipped[name]
     print(json.dumps(report, indent=1))
 
 
