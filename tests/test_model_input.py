@@ -65,3 +65,18 @@ def test_the_card_says_how_a_model_sees_a_slide():
             "tiny_fpn", names, [(0, 0, 0)] * 2, 50.0, list("RGB"), [0.5] * 3, [0.2] * 3, input="luminance"
         ).check()
     assert InputMap("channels", (1.0,)).fill.dtype == np.float32
+
+
+def test_a_section_filling_most_of_its_picture_puts_its_glass_at_one_in_either_look():
+    """A single section exported with a narrow margin, its stain dark as DAB: tissue is most of the
+    picture and below the middle of its range, yet glass is still found and set to 1, and the
+    fluorescence look gives the same input."""
+    image, sections = section()
+    ys, xs = np.nonzero(sections)
+    crop = image[:, ys.min() - 3 : ys.max() + 4, xs.min() - 3 : xs.max() + 4] ** 2
+    tissue = sections[ys.min() - 3 : ys.max() + 4, xs.min() - 3 : xs.max() + 4] > 0
+    assert tissue.mean() > 0.55 and np.median(crop.mean(axis=0)) < 0.5 * (crop.min() + crop.max())
+    fluorescence = (1.0 - crop.mean(axis=0, keepdims=True)).astype(np.float32)
+    bright, dark = image_input("luminance", crop), image_input("luminance", fluorescence)
+    assert np.median(bright[0][~tissue]) == pytest.approx(1.0, abs=0.02)
+    np.testing.assert_allclose(dark, bright, atol=2e-3)
