@@ -34,34 +34,53 @@ def _window(axes: str, z: int, ys: slice, xs: slice) -> tuple:
     )
 
 
-def read_tile(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float = 1.0) -> np.ndarray:
-    """A (C, size, size) float tile in [0, 1]; the part past the level's edge is glass-coloured.
+def read_tile(
+    array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float = 1.0, black_is_glass: bool = False
+) -> np.ndarray:
+    """A (C, size, size) float tile in [0, 1]; the part past the level's edge is glass-coloured, and
+    so are its black pixels (every channel 0) where `black_is_glass` (the plane holds scanner black).
 
     With `factor` != 1 the tile lies on a resampled grid (tiles.Grid) and is interpolated from
     the source level: Gaussian anti-aliasing, then bilinear at the inference pixels' centres."""
     if factor != 1.0:
-        return _read_resampled(array, axes, tile, z, glass, factor)
+        return _read_resampled(array, axes, tile, z, glass, factor, black_is_glass)
     height, width = array.shape[axes.index("y")], array.shape[axes.index("x")]
     y0, x0 = max(tile.y, 0), max(tile.x, 0)
     y1, x1 = min(tile.y + tile.size, height), min(tile.x + tile.size, width)
     out = np.empty((len(glass), tile.size, tile.size), np.float32)
     out[:] = glass[:, None, None]
     if y0 < y1 and x0 < x1:
-        data = to_unit(np.asarray(array[_window(axes, z, slice(y0, y1), slice(x0, x1))]))
-        out[:, y0 - tile.y : y1 - tile.y, x0 - tile.x : x1 - tile.x] = data if "c" in axes else data[None]
+        data = _source(array, axes, z, slice(y0, y1), slice(x0, x1), glass if black_is_glass else None)
+        out[:, y0 - tile.y : y1 - tile.y, x0 - tile.x : x1 - tile.x] = data
     return out
+
+
+def _source(array, axes: str, z: int, ys: slice, xs: slice, glass: np.ndarray | None) -> np.ndarray:
+    """(C, h, w) pixels of a window in [0, 1], black ones (every channel 0) given the `glass`
+    colour unless it is None."""
+    data = to_unit(np.asarray(array[_window(axes, z, ys, xs)]))
+    if "c" not in axes:
+        data = data[None]
+    if glass is not None:
+        black = ~data.any(axis=0)
+        if black.any():
+            data = data.copy()
+            data[:, black] = glass[:, None]
+    return data
 
 
 def tile_reader(array, axes: str, z: int, view: InputMap, factor: float) -> Callable[[Tile], np.ndarray]:
     """Model input of a tile: its pixels read (glass past the edge), then turned as `view` says."""
 
     def read(tile: Tile) -> np.ndarray:
-        return view.apply(read_tile(array, axes, tile, z, view.fill, factor))
+        return view.apply(read_tile(array, axes, tile, z, view.fill, factor, view.black_is_glass))
 
     return read
 
 
-def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float) -> np.ndarray:
+def _read_resampled(
+    array, axes: str, tile: Tile, z: int, glass: np.ndarray, factor: float, black_is_glass: bool
+) -> np.ndarray:
     # A stride bounds memory when one source level is far finer than the model (a slide without
     # a pyramid): the window read is then at most about twice the tile per side.
     stride = max(1, int(factor // 2))
@@ -83,9 +102,8 @@ def _read_resampled(array, axes: str, tile: Tile, z: int, glass: np.ndarray, fac
         min(n, math.ceil((o + v + 0.5) * factor + factor) + stride)
         for n, o, v in zip((height, width), (tile.y, tile.x), last)
     ]
-    data = to_unit(np.asarray(array[_window(axes, z, slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))]))
-    if "c" not in axes:
-        data = data[None]
+    window = (slice(lo[0], hi[0], stride), slice(lo[1], hi[1], stride))
+    data = _source(array, axes, z, *window, glass if black_is_glass else None)
     if f > 1:
         data = ndimage.gaussian_filter(data, (0, (f - 1) / 2, (f - 1) / 2), mode="nearest")
     # inference pixel i has its centre at source coordinate (i + 0.5) * factor - 0.5

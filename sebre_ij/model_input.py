@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tissue import bright_glass, find_sections, glass_colour, to_unit
+from .tissue import bright_glass, find_sections, glass_colour, to_unit, without_scanner_black
 
 INPUT_MODES = ("channels", "luminance")
 LUMINANCE = ["luminance"]
@@ -38,6 +38,7 @@ class InputMap:
     invert: bool = False
     low: float = 0.0  # luminance (after inversion) that becomes 0
     glass: float = 1.0  # and that becomes 1
+    black_is_glass: bool = False  # the plane holds scanner black (tissue.scanner_black): tiles read it as glass
 
     @property
     def fill(self) -> np.ndarray:
@@ -63,10 +64,10 @@ class InputMap:
 
 def input_map(mode: str, image: np.ndarray, sections: np.ndarray) -> InputMap:
     """The map of a plane from its coarse (C, H, W) image and its section labels (0: glass)."""
-    image = to_unit(image)
+    image, black = without_scanner_black(image)
     colour = tuple(float(c) for c in glass_colour(image, sections))
     if mode != "luminance":
-        return InputMap(mode, colour)
+        return InputMap(mode, colour, black_is_glass=black)
     glass_px = sections == 0
     grey = image.mean(axis=0)
     tissue = grey[~glass_px] if (~glass_px).any() else grey.ravel()
@@ -81,7 +82,7 @@ def input_map(mode: str, image: np.ndarray, sections: np.ndarray) -> InputMap:
     lowest, highest = np.percentile(grey, [0.5, 99.5])
     floor = max(MIN_CONTRAST * float(highest - lowest), 1e-6)
     low = min(float(np.percentile(tissue, TISSUE_PERCENTILE)), glass - floor)
-    return InputMap(mode, colour, invert, low, glass)
+    return InputMap(mode, colour, invert, low, glass, black)
 
 
 def image_input(mode: str, image: np.ndarray) -> np.ndarray:

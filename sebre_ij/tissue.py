@@ -43,6 +43,45 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return to_unit(image).mean(axis=0)
 
 
+def scanner_black(image: np.ndarray) -> np.ndarray:
+    """Where a brightfield scan holds no data, (H, W) bool: on a picture whose glass is bright
+    (`_glass_is_bright`), pixels whose every channel is exactly 0, connected to the picture's edge,
+    beside pixels brighter than the middle of the picture's range. A mosaic scanner writes that black
+    outside the regions it scanned, and so does a zarr chunk never written. A fluorescence scan's
+    glass may be exactly 0 too: it is glass already, and stays as it is."""
+    pixels = to_unit(image)
+    black = ~pixels.any(axis=0)
+    none = np.zeros(black.shape, bool)
+    if not black.any() or black.all() or not _glass_is_bright(_stretched(pixels)):
+        return none
+    pieces, _ = ndi.label(black)
+    edge = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
+    black = np.isin(pieces, edge[edge > 0])
+    beside = _beside(black)
+    if not black.any() or not beside.any():
+        return none
+    grey = pixels.mean(axis=0)
+    lo, hi = np.percentile(grey[~black], [EXTREME, 100 - EXTREME])
+    return black if np.median(grey[beside]) > (lo + hi) / 2 else none
+
+
+def _beside(mask: np.ndarray) -> np.ndarray:
+    """The 2 px around `mask`."""
+    return ndi.binary_dilation(mask, iterations=2) & ~mask
+
+
+def without_scanner_black(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """`image` in [0, 1] with its scanner black (`scanner_black`) painted the glass beside it (its
+    median colour), and whether it had any."""
+    pixels = to_unit(image)
+    black = scanner_black(pixels)
+    if not black.any():
+        return pixels, False
+    painted = pixels.copy()
+    painted[:, black] = np.median(pixels[:, _beside(black)], axis=1)[:, None]
+    return painted, True
+
+
 def _stretched(image: np.ndarray) -> np.ndarray:
     """The grey picture stretched between its EXTREME and 100 - EXTREME percentiles, so that tissue
     covering a ten-thousandth of it still reaches the end of the range."""
@@ -86,8 +125,9 @@ def tissue_mask(image: np.ndarray, brightfield: bool | None = None) -> np.ndarra
     """Boolean tissue mask of a (C, Y, X) image, brightfield (dark on bright) or fluorescence;
     `brightfield` is decided from the image itself unless given (`_glass_is_bright`).
 
-    The picture is stretched (`_stretched`), then thresholded (`tissue_threshold`)."""
-    unit = _stretched(image)
+    Scanner black is glass (`without_scanner_black`); the picture is stretched (`_stretched`), then
+    thresholded (`tissue_threshold`)."""
+    unit = _stretched(without_scanner_black(image)[0])
     return _mask(unit, _glass_is_bright(unit) if brightfield is None else brightfield)
 
 
@@ -319,8 +359,9 @@ def _finer_window(slide: Slide, tissue, padded) -> tuple[int, int, tuple[slice, 
 
 
 def glass_colour(image: np.ndarray, sections: np.ndarray) -> np.ndarray:
-    """Per-channel median of the coarse level outside tissue: what padding past the edge looks like."""
-    image = to_unit(image)
+    """Per-channel median of the coarse level outside tissue, scanner black painted as the glass
+    beside it: what padding past the edge looks like."""
+    image = without_scanner_black(image)[0]
     outside = sections == 0
     if not outside.any():
         return np.median(image.reshape(image.shape[0], -1), axis=1)

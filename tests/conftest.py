@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,21 @@ from sebre_ij.synth import CLASSES, synth_section
 
 # the command line as a subprocess runs it
 SEBRE = (sys.executable, "-m", "sebre_ij.cli")
+SHARED = Path(os.environ.get("SEBRE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def shared_set(name: str) -> Path:
+    """The shared-data folder `name` ($SEBRE_DATA/name, else ../shared/data/name), or a skip that is
+    a failure when $CI is set (a runner must have the data)."""
+    folder = SHARED / name
+    if not folder.is_dir():
+        reason = f"{folder} not found: set SEBRE_DATA to the folder holding {name}/"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (required when CI is set)")
+        pytest.skip(reason)
+    return folder
+
+
 # a light model's training flags, for tests that train one in seconds
 TINY_TRAIN = ("--pixel-size", "16", "--tile-size", "128", "--overlap", "32", "--batch-size", "2")
 

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
+from sebre_ij.infer import read_tile
 from sebre_ij.model import ModelCard
 from sebre_ij.model_input import CEILING, InputMap, image_input, input_map
 from sebre_ij.synth import synth_section
+from sebre_ij.tiles import Tile
 
 
 def section():
@@ -80,3 +82,23 @@ def test_a_section_filling_most_of_its_picture_puts_its_glass_at_one_in_either_l
     bright, dark = image_input("luminance", crop), image_input("luminance", fluorescence)
     assert np.median(bright[0][~tissue]) == pytest.approx(1.0, abs=0.02)
     np.testing.assert_allclose(dark, bright, atol=2e-3)
+
+
+def test_scanner_black_beside_the_glass_is_read_as_glass():
+    """Black where a scanner scanned nothing (every channel 0) leaves the map as on plain glass, and
+    tiles read it in the glass's colour, resampled or not."""
+    image, sections = section()
+    assert not sections[-30:].any()
+    black = image.copy()
+    black[:, -30:] = 0
+    plain, seen = input_map("luminance", image, sections), input_map("luminance", black, sections)
+    assert seen.black_is_glass and not plain.black_is_glass and not seen.invert and not plain.invert
+    assert seen.glass == pytest.approx(plain.glass, abs=0.01) and seen.low == pytest.approx(plain.low, abs=0.01)
+    h, w = image.shape[1:]
+    for factor in (1.0, 2.0):
+        tile = Tile(0, 0, 64, (slice(0, 64), slice(0, 64)))
+        size = int(64 * factor)
+        window = black[:, h - size :, w - size :]
+        read = read_tile(window, "cyx", tile, 0, seen.fill, factor, seen.black_is_glass)
+        bottom = read[:, -int(30 / factor) + 1 :]
+        np.testing.assert_allclose(bottom, np.broadcast_to(seen.fill[:, None, None], bottom.shape), atol=1e-5)

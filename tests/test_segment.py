@@ -225,3 +225,27 @@ def test_a_run_capped_at_twice_the_documented_peak_completes(slide_and_models, t
     assert done.returncode == 0, done.stderr[-2000:]
     used = int((memory_cgroup / "memory.max_usage_in_bytes").read_text())
     assert 0 < used <= limit and int((memory_cgroup / "memory.failcnt").read_text()) == 0
+
+
+def test_scanner_black_around_the_tissue_changes_no_label(slide_and_models, tmp_path):
+    """A mosaic scanner's black outside its scan regions (every channel 0, here the glass below and
+    right of the sections) is glass: the same sections, no labels there, the tissue's labels kept."""
+    from sebre_ij.evaluate import class_plane
+    from sebre_ij.stores import write_slide
+    from sebre_ij.synth import synth_slide
+
+    image, truth = synth_slide(2, (1024, 1536), 8.0, seed=5)
+    rows, cols = np.flatnonzero((truth > 0).any(axis=1)), np.flatnonzero((truth > 0).any(axis=0))
+    black = image.copy()
+    black[:, rows[-1] + 20 :, :] = 0
+    black[:, :, cols[-1] + 20 :] = 0
+    assert (~black.any(axis=0)).mean() > 0.1
+    labels = {}
+    for name, picture in (("glass", image), ("black", black)):
+        store = tmp_path / f"{name}.zarr"
+        write_slide(store, picture, truth, 8.0)
+        result = segment(store, slide_and_models / "grey.safetensors", SegmentOptions(min_score=0.0, progress=False))
+        assert result.sections == 2
+        labels[name] = class_plane(open_slide(store), "sebre", 0)
+    assert not labels["black"][~black.any(axis=0)].any()
+    assert np.mean(labels["black"] == labels["glass"]) > 0.99

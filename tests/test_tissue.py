@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import shared_set
 from scipy import ndimage
 from skimage.segmentation import expand_labels
 
@@ -15,7 +16,9 @@ from sebre_ij.tissue import (
     fill_holes,
     find_sections,
     find_tissue,
+    glass_colour,
     grow,
+    scanner_black,
     tissue_mask,
     to_unit,
 )
@@ -192,3 +195,53 @@ def test_a_sliver_of_tissue_on_a_whole_sparse_slide_is_one_section(tmp_path):
     write_sparse_slide(tmp_path / "s.zarr", image, 32, 8.0)
     (plane,) = find_tissue(open_slide(tmp_path / "s.zarr"))
     assert plane.sections.count == 1
+
+
+def with_scanner_black(image: np.ndarray) -> np.ndarray:
+    """`image` with black (every channel 0) where a scanner scanned nothing: a strip down the right
+    and one along the bottom, as a mosaic scanner leaves outside its scan regions."""
+    black = image.copy()
+    black[:, -60:, :] = 0
+    black[:, :, -80:] = 0
+    return black
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_scanner_black_on_a_brightfield_slide_is_glass(dtype):
+    image, truth = synth_slide(2, (768, 1024), 16.0, seed=1)
+    image = (image.astype(np.float64) / 255 * np.iinfo(dtype).max).astype(dtype)
+    black = with_scanner_black(image)
+    assert scanner_black(black).sum() == (~black.any(axis=0)).sum() and not scanner_black(image).any()
+    plain, found = find_sections(image), find_sections(black)
+    assert found.max() == plain.max() == 2
+    assert (found > 0).sum() == pytest.approx((plain > 0).sum(), rel=0.01)
+    assert not (found[-60:, :] > 0).any() and not (found[:, -80:] > 0).any()
+    assert bright_glass(black)
+    np.testing.assert_allclose(glass_colour(black, found), glass_colour(image, plain), atol=0.01)
+
+
+@pytest.mark.parametrize("stain", [1.0, 2.0])
+def test_exactly_black_glass_of_a_fluorescence_scan_stays_glass(stain):
+    """Background-subtracted fluorescence, or a white-balanced brightfield scan inverted: the glass
+    is exactly 0 and borders the tissue's edge, bright where the stain was dark (`stain`: the
+    brightfield's gamma), and it is glass, not a scan's gap."""
+    image, truth = synth_slide(2, (768, 1024), 16.0, seed=1)
+    grey = 255 * (1 - (image.mean(axis=0) / 255) ** stain)
+    fluorescence = np.where(truth > 0, grey, 0).astype(np.uint8)[None]
+    assert not scanner_black(fluorescence).any()
+    sections = find_sections(fluorescence)
+    assert sections.max() == 2 and not bright_glass(fluorescence)
+    assert 2 * ((sections > 0) & (truth > 0)).sum() / ((sections > 0).sum() + (truth > 0).sum()) > 0.95
+
+
+def test_a_white_balanced_section_inverted_to_fluorescence_keeps_its_glass():
+    """A real DAB section (GLTa's s119) on pure white glass, its grey inverted: the glass is then
+    exactly 0 and borders tissue that is bright at its stained edge. It is glass, not a scan's gap."""
+    from sebre_ij.datasets import shared_examples
+
+    (section,) = [e for e in shared_examples(shared_set("glta")).examples if e.name == "glta_s119"]
+    fluorescence = 1.0 - section.image.mean(axis=0, keepdims=True)
+    assert (fluorescence == 0).mean() > 0.2
+    assert not scanner_black(fluorescence).any() and not bright_glass(fluorescence)
+    found, truth = find_sections(fluorescence) > 0, section.classes > 0
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.9
