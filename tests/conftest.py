@@ -17,16 +17,20 @@ SEBRE = (sys.executable, "-m", "sebre_ij.cli")
 SHARED = Path(os.environ.get("SEBRE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-def shared_set(name: str) -> Path:
-    """The shared-data folder `name` ($SEBRE_DATA/name, else ../shared/data/name), or a skip that is
-    a failure when $CI is set (a runner must have the data)."""
-    folder = SHARED / name
+def required(folder: Path, fix: str) -> Path:
+    """`folder`, or a skip naming it and the `fix`, which is a failure when $CI is set (a runner
+    must have the data)."""
     if not folder.is_dir():
-        reason = f"{folder} not found: set SEBRE_DATA to the folder holding {name}/"
+        reason = f"{folder} not found: {fix}"
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (required when CI is set)")
         pytest.skip(reason)
     return folder
+
+
+def shared_set(name: str) -> Path:
+    """The shared-data folder `name`: $SEBRE_DATA/name, else ../shared/data/name (`required`)."""
+    return required(SHARED / name, f"set SEBRE_DATA to the folder holding {name}/")
 
 
 # a light model's training flags, for tests that train one in seconds

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import required
 from PIL import Image
 
 from sebre_ij.atlas import MIDLINE_X, ORIENTATIONS, Plane, SectionRecipe, atlas_section, cut, load_atlas, random_plane
@@ -26,12 +27,7 @@ SEEDS = range(12)
 
 def require(folder: Path) -> Path:
     """`folder`, or a skip (a failure under CI) saying where the data was looked for."""
-    if not folder.is_dir():
-        reason = f"{folder} not found: set SEBRE_ATLAS to the CCFv3 folder (with ../glta beside it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
-    return folder
+    return required(folder, "set SEBRE_ATLAS to the CCFv3 folder (with ../glta beside it)")
 
 
 @pytest.fixture(scope="module")
