@@ -50,19 +50,29 @@ def scanner_black(image: np.ndarray) -> np.ndarray:
     outside the regions it scanned, and so does a zarr chunk never written. A fluorescence scan's
     glass may be exactly 0 too: it is glass already, and stays as it is."""
     pixels = to_unit(image)
-    black = ~pixels.any(axis=0)
-    none = np.zeros(black.shape, bool)
-    if not black.any() or black.all() or not _glass_is_bright(_stretched(pixels)):
+    zero = ~pixels.any(axis=0)
+    none = np.zeros(zero.shape, bool)
+    if not zero.any():
         return none
-    pieces, _ = ndi.label(black)
-    edge = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
-    black = np.isin(pieces, edge[edge > 0])
+    black = _joined_to_edge(zero)
     beside = _beside(black)
-    if not black.any() or not beside.any():
+    if not black.any() or not beside.any() or not _glass_is_bright(_stretched(pixels)):
         return none
     grey = pixels.mean(axis=0)
     lo, hi = np.percentile(grey[~black], [EXTREME, 100 - EXTREME])
     return black if np.median(grey[beside]) > (lo + hi) / 2 else none
+
+
+def _edge(image: np.ndarray) -> np.ndarray:
+    """The picture's outermost pixels, (2 H + 2 W,): top row, bottom row, left and right columns."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+
+
+def _joined_to_edge(mask: np.ndarray) -> np.ndarray:
+    """The pieces of `mask` that reach the picture's edge."""
+    pieces, _ = ndi.label(mask)
+    edge = np.unique(_edge(pieces))
+    return np.isin(pieces, edge[edge > 0])
 
 
 def _beside(mask: np.ndarray) -> np.ndarray:
@@ -92,7 +102,7 @@ def _stretched(image: np.ndarray) -> np.ndarray:
 
 def _edge_is_glass(unit: np.ndarray, bright: bool) -> bool:
     """Whether the picture's outermost pixels lie in the glass's end of the range (GLASS_END)."""
-    edge = float(np.median(np.concatenate([unit[0], unit[-1], unit[:, 0], unit[:, -1]])))
+    edge = float(np.median(_edge(unit)))
     return edge > 1 - GLASS_END if bright else edge < GLASS_END
 
 
@@ -171,9 +181,7 @@ def tissue_threshold(grey: np.ndarray) -> float:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """ndimage.binary_fill_holes, by labelling the glass once (a third of the time): glass not
     connected to the image's edge is a hole."""
-    glass, _ = ndi.label(~mask)
-    edge = np.unique(np.concatenate([glass[0], glass[-1], glass[:, 0], glass[:, -1]]))
-    return mask | ~np.isin(glass, edge)
+    return mask | ~_joined_to_edge(~mask)
 
 
 def reading_order(labels: np.ndarray) -> np.ndarray:
