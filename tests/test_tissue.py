@@ -24,6 +24,11 @@ from sebre_ij.tissue import (
 )
 
 
+def dice(found: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks."""
+    return 2 * (found & truth).sum() / (found.sum() + truth.sum())
+
+
 def slide_with_blobs(fluorescence: bool, dtype=np.uint8) -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:300, :400]
@@ -152,7 +157,7 @@ def test_a_picture_that_is_nearly_all_tissue_is_all_tissue(fluorescence):
     )
     assert tissue.mean() > 0.95
     found = tissue_mask(255 - crop if fluorescence else crop, brightfield=not fluorescence)
-    assert 2 * (found & tissue).sum() / (found.sum() + tissue.sum()) > 0.98
+    assert dice(found, tissue) > 0.98
 
 
 def a_section_filling_its_picture(fluorescence: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +180,7 @@ def test_a_section_filling_most_of_its_picture_is_found_without_being_told_the_g
     sections = find_sections(picture)
     assert sections.max() == 1
     found = sections > 0
-    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.95
+    assert dice(found, truth) > 0.95
     assert bright_glass(picture) is (not fluorescence)
 
 
@@ -231,7 +236,7 @@ def test_exactly_black_glass_of_a_fluorescence_scan_stays_glass(stain):
     assert not scanner_black(fluorescence).any()
     sections = find_sections(fluorescence)
     assert sections.max() == 2 and not bright_glass(fluorescence)
-    assert 2 * ((sections > 0) & (truth > 0)).sum() / ((sections > 0).sum() + (truth > 0).sum()) > 0.95
+    assert dice(sections > 0, truth > 0) > 0.95
 
 
 def test_a_white_balanced_section_inverted_to_fluorescence_keeps_its_glass():
@@ -244,4 +249,4 @@ def test_a_white_balanced_section_inverted_to_fluorescence_keeps_its_glass():
     assert (fluorescence == 0).mean() > 0.2
     assert not scanner_black(fluorescence).any() and not bright_glass(fluorescence)
     found, truth = find_sections(fluorescence) > 0, section.classes > 0
-    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.9
+    assert dice(found, truth) > 0.9
